@@ -1,0 +1,168 @@
+"""ROS-free tests of the fallback synchronisers, the latest slot and the sync monitor."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, LatestSlot, SyncMonitor
+
+MS = 1_000_000
+
+
+def ident(x):
+    return x
+
+
+def collect():
+    out = []
+    return out, (lambda *m: out.append(m))
+
+
+def test_approximate_pairs_within_slop_and_picks_closest():
+    out, cb = collect()
+    s = ApproximateTimeSync(2, 10, 0.02, cb, stamp_fn=ident)
+    s.add(0, 100 * MS)
+    s.add(1, 130 * MS)          # 30 ms away: outside slop
+    assert out == []
+    s.add(0, 133 * MS)          # closest partner 130 -> fires once
+    assert out == [(133 * MS, 130 * MS)]
+    s.add(1, 101 * MS)          # 100 still queued, pairs now
+    assert out[-1] == (100 * MS, 101 * MS)
+
+
+def test_approximate_prefers_closest_of_several():
+    out, cb = collect()
+    s = ApproximateTimeSync(2, 10, 0.05, cb, stamp_fn=ident)
+    for t in (100, 110, 120):
+        s.add(1, t * MS)
+    s.add(0, 112 * MS)
+    assert out == [(112 * MS, 110 * MS)]
+
+
+def test_matched_messages_are_consumed():
+    out, cb = collect()
+    s = ApproximateTimeSync(2, 10, 0.01, cb, stamp_fn=ident)
+    s.add(0, 5 * MS)
+    s.add(1, 5 * MS)
+    s.add(1, 6 * MS)  # colour 5 already used
+    assert out == [(5 * MS, 5 * MS)]
+
+
+def test_queue_size_drops_oldest():
+    out, cb = collect()
+    s = ApproximateTimeSync(2, 2, 0.001, cb, stamp_fn=ident)
+    for t in (1, 2, 3):
+        s.add(0, t * 1000 * MS)
+    s.add(1, 1000 * MS)         # 1 s was dropped from the 2-deep queue
+    assert out == []
+    s.add(1, 3000 * MS)
+    assert out == [(3000 * MS, 3000 * MS)]
+
+
+def test_exact_needs_equal_stamps():
+    out, cb = collect()
+    s = ExactTimeSync(2, 5, cb, stamp_fn=ident)
+    s.add(0, 10)
+    s.add(1, 11)
+    assert out == []
+    s.add(1, 10)
+    assert out == [(10, 10)]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="slop"):
+        ApproximateTimeSync(2, 5, 0.0, print)
+    with pytest.raises(ValueError, match="queue_size"):
+        ExactTimeSync(2, 0, print)
+
+
+def test_three_inputs_like_message_filters():
+    out, cb = collect()
+    s = ApproximateTimeSync(3, 5, 0.01, cb, stamp_fn=ident)
+    s.add(0, 100 * MS)
+    s.add(2, 105 * MS)
+    s.add(1, 120 * MS)
+    assert out == []
+    s.add(1, 102 * MS)
+    assert out == [(100 * MS, 102 * MS, 105 * MS)]
+
+
+def test_latest_slot_keeps_newest_and_counts_drops():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True
+    assert slot.put(3) is True
+    assert slot.take(0) == 3
+    assert slot.take(0.01) is None
+    assert slot.dropped == 2 and slot.put_count == 3
+
+
+def test_latest_slot_wakes_worker_and_close():
+    slot: LatestSlot[str] = LatestSlot()
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.take(5)))
+    t.start()
+    slot.put("x")
+    t.join(2)
+    assert got == ["x"]
+    t = threading.Thread(target=lambda: got.append(slot.take(5)))
+    t.start()
+    slot.close()
+    t.join(2)
+    assert not t.is_alive() and got[-1] is None
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def monitor(slop=0.05):
+    clock = FakeClock()
+    m = SyncMonitor([("colour", "/c"), ("depth", "/d")], slop=slop, delay=3.0, clock=clock)
+    return m, clock
+
+
+def test_monitor_quiet_before_delay_and_after_pairs():
+    m, clock = monitor()
+    clock.t = 2.0
+    assert m.diagnose() is None
+    m.paired()
+    clock.t = 4.0
+    assert m.diagnose() is None
+    clock.t = 5.5
+    assert "since the last one for 3.5 s" in m.diagnose()
+
+
+def test_monitor_names_silent_topic():
+    m, clock = monitor()
+    for i in range(5):
+        m.observe(0, (i + 1) * 33 * MS, "cam")
+    clock.t = 3.5
+    msg = m.diagnose()
+    assert "no messages on the depth topic '/d' (colour: 5 received)" in msg
+
+
+def test_monitor_zero_stamps_and_gap_and_frame_ids():
+    m, clock = monitor()
+    m.observe(0, 0, "rgb")
+    m.observe(0, 1_000 * MS, "rgb")
+    m.observe(1, 1_250 * MS, "depth")
+    clock.t = 3.0
+    msg = m.diagnose()
+    assert "1 of 2 colour messages have a zero header.stamp" in msg
+    assert "0.250 s apart at best, more than sync_slop 0.050 s" in msg
+    assert "frame ids differ (colour ['rgb'], depth ['depth'])" in msg
+
+
+def test_monitor_exact_policy_hint():
+    m, clock = monitor(slop=None)
+    m.observe(0, 1_000 * MS, "c")
+    m.observe(1, 1_004 * MS, "c")
+    clock.t = 10
+    assert "never equal (closest 4.0 ms apart) under sync_policy 'exact'" in m.diagnose()
