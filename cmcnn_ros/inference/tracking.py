@@ -1,0 +1,154 @@
+"""Stable face ids across frames (greedy IoU tracking) and per-face score smoothing.
+
+The paper (Ni et al., IEEE TCDS 2023) classifies each frame independently
+(Section III); a robot needs to follow the same person over time, so the node
+associates each frame's face boxes with the previous tracks by
+intersection-over-union, greedily from the best-overlapping pair down, and
+optionally smooths each track's class scores with an exponential moving
+average (EMA) to damp frame-to-frame flicker of the eq. (4) sigmoid scores.
+ROS-free.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+Box = Tuple[int, int, int, int]
+
+
+class TrackingError(ValueError):
+    """Bad tracker parameters or inputs."""
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes (0 when disjoint)."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    """One followed face."""
+
+    face_id: str
+    box: Box
+    scores: Optional[np.ndarray]
+    hits: int = 1
+    missed: int = 0
+
+
+@dataclass(frozen=True)
+class TrackedFace:
+    """Result for one detection of the current frame."""
+
+    face_id: str
+    box: Box
+    scores: Optional[np.ndarray]  # smoothed when smoothing > 0
+    is_new: bool
+
+
+class FaceTracker:
+    """Greedy IoU tracker with optional EMA score smoothing.
+
+    Args:
+        iou_threshold: smallest IoU (0..1] that links a box to a track.
+        max_missed: frames a track survives without a matching box.
+        smoothing: EMA weight of the previous scores in [0, 1); 0 = off.
+            ``s_t = smoothing * s_{t-1} + (1 - smoothing) * raw_t``.
+        id_prefix: prefix of generated ids (ids are ``<prefix><n>``).
+
+    Raises:
+        TrackingError: a parameter is out of range.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5, smoothing: float = 0.0,
+                 id_prefix: str = "face") -> None:
+        if not 0.0 < iou_threshold <= 1.0:
+            raise TrackingError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if max_missed < 0:
+            raise TrackingError(f"max_missed must be >= 0, got {max_missed}")
+        if not 0.0 <= smoothing < 1.0:
+            raise TrackingError(f"smoothing must be in [0, 1), got {smoothing}")
+        self.iou_threshold = float(iou_threshold)
+        self.max_missed = int(max_missed)
+        self.smoothing = float(smoothing)
+        self.id_prefix = id_prefix
+        self.tracks: List[Track] = []
+        self._ids = itertools.count(1)
+        self.removed: List[str] = []  # ids dropped by the last update
+
+    def reset(self) -> None:
+        """Forget all tracks (ids keep counting, so they stay unique)."""
+        self.removed = [t.face_id for t in self.tracks]
+        self.tracks = []
+
+    def update(self, boxes: Sequence[Box],
+               scores: Optional[Sequence[np.ndarray]] = None) -> List[TrackedFace]:
+        """Associate this frame's boxes with the tracks.
+
+        Args:
+            boxes: ``(x, y, w, h)`` per detected face.
+            scores: per-face class scores (same order), or None.
+
+        Returns:
+            One :class:`TrackedFace` per box, in the order of ``boxes``.
+
+        Raises:
+            TrackingError: ``scores`` length differs from ``boxes``, or a score
+                vector's length changes within a track.
+        """
+        if scores is not None and len(scores) != len(boxes):
+            raise TrackingError(f"{len(boxes)} boxes but {len(scores)} score vectors")
+        pairs = sorted(((iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks)
+                        for bi, b in enumerate(boxes)), reverse=True)
+        track_of: dict = {}
+        used_tracks: set = set()
+        for value, ti, bi in pairs:
+            if value < self.iou_threshold:
+                break
+            if ti in used_tracks or bi in track_of:
+                continue
+            track_of[bi] = ti
+            used_tracks.add(ti)
+
+        out: List[TrackedFace] = []
+        new_tracks: List[Track] = []
+        for bi, box in enumerate(boxes):
+            box = tuple(int(v) for v in box)
+            raw = None if scores is None else np.asarray(scores[bi], dtype=np.float32)
+            if bi in track_of:
+                track = self.tracks[track_of[bi]]
+                track.box, track.hits, track.missed = box, track.hits + 1, 0
+                track.scores = self._smooth(track.scores, raw)
+                out.append(TrackedFace(track.face_id, box, track.scores, False))
+            else:
+                track = Track(f"{self.id_prefix}{next(self._ids)}", box, raw)
+                new_tracks.append(track)
+                out.append(TrackedFace(track.face_id, box, raw, True))
+        self.removed = []
+        kept: List[Track] = []
+        for ti, track in enumerate(self.tracks):
+            if ti not in used_tracks:
+                track.missed += 1
+                if track.missed > self.max_missed:
+                    self.removed.append(track.face_id)
+                    continue
+            kept.append(track)
+        self.tracks = kept + new_tracks
+        return out
+
+    def _smooth(self, prev: Optional[np.ndarray], raw: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        if raw is None or prev is None or self.smoothing == 0.0:
+            return raw
+        if prev.shape != raw.shape:
+            raise TrackingError(f"score length changed from {prev.shape} to {raw.shape}")
+        return (self.smoothing * prev + (1.0 - self.smoothing) * raw).astype(np.float32)
