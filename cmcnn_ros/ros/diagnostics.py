@@ -1,0 +1,130 @@
+"""Rates, latency percentiles and counters behind the node's ``/diagnostics``.
+
+Not part of the paper's method (Ni et al., IEEE TCDS 2023); it is how the node
+shows that the CM-CNN pipeline keeps up with the camera: input and processed
+rates, dropped pairs, stamp-to-publish latency (p50/p95), bad messages.
+ROS-free and thread-safe; the node turns :meth:`PipelineStats.key_values`
+into a ``diagnostic_msgs/DiagnosticStatus``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+class RateMeter:
+    """Events per second over a sliding window.
+
+    Args:
+        window: seconds of history.
+        clock: monotonic time source.
+    """
+
+    def __init__(self, window: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = float(window)
+        self._clock = clock
+        self._times: Deque[float] = deque()
+
+    def tick(self) -> None:
+        self._times.append(self._clock())
+        self._trim()
+
+    def _trim(self) -> None:
+        limit = self._clock() - self._window
+        while self._times and self._times[0] < limit:
+            self._times.popleft()
+
+    def rate(self) -> float:
+        """Hz over the window (0 with fewer than two events)."""
+        self._trim()
+        if len(self._times) < 2:
+            return 0.0
+        span = self._times[-1] - self._times[0]
+        return (len(self._times) - 1) / span if span > 0 else 0.0
+
+
+class LatencyWindow:
+    """The last ``size`` latencies (ms) and their percentiles."""
+
+    def __init__(self, size: int = 300) -> None:
+        self._values: Deque[float] = deque(maxlen=size)
+
+    def add(self, ms: float) -> None:
+        self._values.append(float(ms))
+
+    def percentiles(self, qs: Tuple[float, ...] = (50, 95)) -> Optional[List[float]]:
+        if not self._values:
+            return None
+        return [float(v) for v in np.percentile(np.fromiter(self._values, float), qs)]
+
+
+class PipelineStats:
+    """All counters of one node run (reset on activation)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.input_rate = RateMeter(clock=self._clock)
+            self.processed_rate = RateMeter(clock=self._clock)
+            self.latency = LatencyWindow()
+            self.processing = LatencyWindow()
+            self.pairs = 0
+            self.processed = 0
+            self.dropped = 0
+            self.bad_messages = 0
+            self.zero_stamps = 0
+            self.faces = 0
+            self.last_error = ""
+
+    def on_pair(self, dropped: bool) -> None:
+        with self._lock:
+            self.pairs += 1
+            self.dropped += int(dropped)
+            self.input_rate.tick()
+
+    def on_processed(self, latency_ms: float, processing_ms: float, faces: int) -> None:
+        with self._lock:
+            self.processed += 1
+            self.faces += faces
+            self.processed_rate.tick()
+            self.latency.add(latency_ms)
+            self.processing.add(processing_ms)
+
+    def on_bad(self, reason: str) -> None:
+        with self._lock:
+            self.bad_messages += 1
+            self.last_error = reason
+
+    def on_zero_stamp(self) -> None:
+        with self._lock:
+            self.zero_stamps += 1
+
+    def key_values(self) -> Dict[str, str]:
+        """Diagnostic key/value strings (stable keys, documented in the README)."""
+        with self._lock:
+            lat = self.latency.percentiles() or [float("nan")] * 2
+            proc = self.processing.percentiles() or [float("nan")] * 2
+            return {
+                "input rate (Hz)": f"{self.input_rate.rate():.2f}",
+                "processed rate (Hz)": f"{self.processed_rate.rate():.2f}",
+                "synchronised pairs": str(self.pairs),
+                "processed frames": str(self.processed),
+                "dropped pairs": str(self.dropped),
+                "latency p50 (ms)": f"{lat[0]:.1f}",
+                "latency p95 (ms)": f"{lat[1]:.1f}",
+                "processing p50 (ms)": f"{proc[0]:.1f}",
+                "processing p95 (ms)": f"{proc[1]:.1f}",
+                "bad messages": str(self.bad_messages),
+                "zero stamps": str(self.zero_stamps),
+                "faces published": str(self.faces),
+                "last bad message": self.last_error,
+            }

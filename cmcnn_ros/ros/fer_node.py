@@ -1,0 +1,544 @@
+"""``fer_node``: ROS 2 managed node publishing CM-CNN facial expressions.
+
+Runs the CM-CNN recogniser of Ni et al., "Facial Expression Recognition
+Through Cross-Modality Attention Fusion", IEEE TCDS 2023 (preprocessing of
+Section III-B, network of Sections III-C to III-E, via
+:class:`cmcnn_ros.inference.recognizer.Recognizer`) on synchronised colour +
+registered depth images and publishes ``cmcnn_ros/EmotionArray`` on
+``~/emotions`` (RELIABLE), one message per processed frame, with the colour
+image's header.
+
+Lifecycle (``rclpy.lifecycle``): configure loads the checkpoint and creates
+the publishers; activate subscribes and starts the worker; deactivate stops
+both; cleanup releases the model. With ``autostart`` (default true) the node
+configures and activates itself; the launch file sets it false and drives the
+transitions itself.
+
+Never a backlog: the sync callback only puts the newest pair into a one-slot
+mailbox (:class:`cmcnn_ros.ros.sync.LatestSlot`); a worker thread processes
+the newest pair when it is free, so overwritten pairs are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import Image, RegionOfInterest
+
+from cmcnn_ros.classes import valence_arousal
+from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
+from cmcnn_ros.ros import conversions
+from cmcnn_ros.ros.conversions import ImageConversionError
+from cmcnn_ros.ros.diagnostics import PipelineStats
+from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, LatestSlot, SyncMonitor, ros_stamp_ns
+
+try:  # a full ROS 2 install has message_filters; the PyPI wheels do not
+    import message_filters  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the install
+    message_filters = None
+
+try:  # ROS4HRI output only where hri_msgs is installed
+    from hri_msgs.msg import Expression as HriExpression  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the install
+    HriExpression = None
+
+LOG = logging.getLogger(__name__)
+
+NODE_NAME = "fer_node"
+DEFAULT_MODEL = "models/cmcnn_synthetic.pt"
+
+# name -> (default, description, extra descriptor fields). Declared once here;
+# config/fer.yaml mirrors every entry with a comment.
+PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
+    "model_path": ("", "CM-CNN checkpoint (.pt). Empty: models/cmcnn_synthetic.pt from the "
+                       "installed share directory, else from the source checkout. Read on configure.", {}),
+    "device": ("auto", "Torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N. "
+                       "Read on configure.", {}),
+    "num_threads": (0, "Torch CPU threads; 0 keeps the library default. Read on configure.",
+                    {"integer_range": [IntegerRange(from_value=0, to_value=256, step=1)]}),
+    "colour_topic": ("/camera/color/image_raw",
+                     "Colour image topic (rgb8, bgr8, rgba8, bgra8, mono8). Azure Kinect: "
+                     "/rgb/image_raw; Kinect v2 (iai_kinect2): /kinect2/qhd/image_color_rect. "
+                     "Read on activate.", {}),
+    "depth_topic": ("/camera/depth_registered/image_raw",
+                    "Depth registered to the colour image (16UC1/mono16 mm, 32FC1 m). Azure "
+                    "Kinect: /depth_to_rgb/image_raw; Kinect v2: /kinect2/qhd/image_depth_rect. "
+                    "Empty: colour only (depth channel zeroed). Read on activate.", {}),
+    "sync_policy": ("approximate", "approximate (ApproximateTimeSynchronizer) or exact "
+                                   "(TimeSynchronizer: identical stamps). Read on activate.", {}),
+    "sync_slop": (0.05, "Largest colour/depth stamp difference (s) paired by the approximate policy.",
+                  {"floating_point_range": [FloatingPointRange(from_value=0.001, to_value=5.0)]}),
+    "sync_queue_size": (10, "Messages per topic the synchroniser keeps while waiting for a partner.",
+                        {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]}),
+    "tracking_iou_threshold": (0.3, "Smallest box IoU that keeps a face_id from one frame to the next.",
+                               {"floating_point_range": [FloatingPointRange(from_value=0.01, to_value=1.0)]}),
+    "tracking_max_missed": (5, "Processed frames a face may be missing before its face_id is retired.",
+                            {"integer_range": [IntegerRange(from_value=0, to_value=1000, step=1)]}),
+    "score_smoothing": (0.0, "Per-face EMA weight of the previous scores in [0, 1); 0 = no smoothing.",
+                        {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=0.99)]}),
+    "publish_debug_image": (False, "Publish an annotated bgr8 image on ~/debug_image (drawn only "
+                                   "while someone subscribes). Read on configure.", {}),
+    "publish_hri": (True, "Also publish hri_msgs/Expression on /humans/faces/<face_id>/expression "
+                          "when hri_msgs is installed.", {}),
+    "diagnostics_period": (1.0, "Seconds between diagnostic_msgs/DiagnosticArray on /diagnostics.",
+                           {"floating_point_range": [FloatingPointRange(from_value=0.1, to_value=60.0)]}),
+    "sync_warning_delay": (3.0, "Seconds without a synchronised pair before warning why.",
+                           {"floating_point_range": [FloatingPointRange(from_value=0.1, to_value=600.0)]}),
+    "sync_warning_period": (10.0, "Seconds between repeated sync warnings.",
+                            {"floating_point_range": [FloatingPointRange(from_value=0.1, to_value=3600.0)]}),
+    "bad_message_log_period": (5.0, "Seconds between log lines for the same kind of bad message.",
+                               {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=3600.0)]}),
+    "autostart": (True, "Configure and activate at start-up. The launch file sets false and drives "
+                        "the lifecycle transitions itself.", {"read_only": True}),
+}
+
+RESULT_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=QoSReliabilityPolicy.RELIABLE,
+                        durability=QoSDurabilityPolicy.VOLATILE)
+
+
+class FerConfigError(ValueError):
+    """A parameter or the checkpoint is unusable; the message says what to fix."""
+
+
+def resolve_model_path(value: str) -> Path:
+    """Find the checkpoint named by the ``model_path`` parameter.
+
+    Empty -> ``models/cmcnn_synthetic.pt`` in the installed share directory
+    (``ament_index_python``), else in the source checkout. A relative path is
+    tried against the working directory, the share directory and the checkout.
+
+    Raises:
+        FerConfigError: no such file.
+    """
+    rel = value.strip() or DEFAULT_MODEL
+    candidates: List[Path] = []
+    path = Path(rel).expanduser()
+    if path.is_absolute():
+        candidates.append(path)
+    else:
+        if value.strip():
+            candidates.append(Path.cwd() / path)
+        try:
+            from ament_index_python.packages import get_package_share_directory
+            candidates.append(Path(get_package_share_directory("cmcnn_ros")) / path)
+        except Exception:  # noqa: BLE001 - not installed as an ament package
+            pass
+        candidates.append(Path(__file__).resolve().parents[2] / path)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FerConfigError(
+        f"model_path {value!r}: no checkpoint at {', '.join(str(c) for c in candidates)}; "
+        "set the parameter model_path to a CM-CNN .pt file (train one with cmcnn-train)")
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class FerNode(LifecycleNode):
+    """Managed node: RGB-D images in, ``EmotionArray`` out (see module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, text, extra) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text, **extra))
+        self._stats = PipelineStats()
+        self._slot: LatestSlot[Tuple[Image, Optional[Image]]] = LatestSlot()
+        self._recognizer: Any = None
+        self._class_names: List[str] = []
+        self._model_path = ""
+        self._device = ""
+        self._tracker: Optional[FaceTracker] = None
+        self._emotions_pub: Any = None
+        self._debug_pub: Any = None
+        self._hri_pubs: Dict[str, Any] = {}
+        self._subs: List[Any] = []
+        self._sync: Any = None
+        self._monitor: Optional[SyncMonitor] = None
+        self._worker: Optional[threading.Thread] = None
+        self._running = threading.Event()
+        self._warn_timer: Any = None
+        self._last_sync_warning = -math.inf
+        self._throttle: Dict[str, float] = {}
+        self._state_label = "unconfigured"
+        self._sync_backend = ""
+        self._emotion_types: Any = None
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(self._p("diagnostics_period"), self._publish_diagnostics)
+
+    # ---------------------------------------------------------------- helpers
+    def _p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    def _log_throttled(self, level: str, text: str, period: Optional[float] = None) -> None:
+        """Log ``text`` at most once per period per kind (digits ignored)."""
+        key = re.sub(r"[\d.]+", "#", text)[:160]
+        period = self._p("bad_message_log_period") if period is None else period
+        now = time.monotonic()
+        if now - self._throttle.get(key, -math.inf) < period:
+            return
+        self._throttle[key] = now
+        getattr(self.get_logger(), level)(text)
+
+    def _read_config(self) -> Dict[str, Any]:
+        """Validate parameters read at configure.
+
+        Raises:
+            FerConfigError: a value is out of range or unknown.
+        """
+        cfg = {n: self._p(n) for n in PARAMETERS}
+        if cfg["sync_policy"] not in ("approximate", "exact"):
+            raise FerConfigError(f"sync_policy {cfg['sync_policy']!r}: use 'approximate' or 'exact'")
+        if not str(cfg["colour_topic"]).strip():
+            raise FerConfigError("colour_topic is empty: set it to the camera's colour image topic")
+        device = str(cfg["device"])
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+            raise FerConfigError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
+        return cfg
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            cfg = self._read_config()
+            path = resolve_model_path(str(cfg["model_path"]))
+            from cmcnn_ros.inference.recognizer import Recognizer  # torch: import only when needed
+            try:
+                rec = Recognizer.from_checkpoint(str(path), device=cfg["device"],
+                                                 num_threads=cfg["num_threads"] or None)
+            except ValueError as exc:  # CheckpointError and friends
+                raise FerConfigError(f"cannot load model_path {str(path)!r}: {exc}") from exc
+            except RuntimeError as exc:  # e.g. CUDA requested but absent
+                raise FerConfigError(f"cannot use device {cfg['device']!r} for {str(path)!r}: {exc}; "
+                                     "set device to cpu or auto") from exc
+            self._tracker = FaceTracker(cfg["tracking_iou_threshold"], cfg["tracking_max_missed"],
+                                        cfg["score_smoothing"])
+        except (FerConfigError, TrackingError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        from cmcnn_ros.msg import Emotion, EmotionArray
+        self._emotion_types = (Emotion, EmotionArray)
+        self._recognizer = rec
+        self._class_names = [str(c) for c in rec.class_names]
+        self._model_path = str(path)
+        self._device = str(getattr(rec, "device", cfg["device"]))
+        self._emotions_pub = self.create_lifecycle_publisher(EmotionArray, "~/emotions", RESULT_QOS)
+        if cfg["publish_debug_image"]:
+            self._debug_pub = self.create_lifecycle_publisher(Image, "~/debug_image", qos_profile_sensor_data)
+        self._state_label = "inactive"
+        self.get_logger().info(f"configured: model {self._model_path} on {self._device}, "
+                               f"classes {self._class_names}, image decoding {conversions.backend_name()}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            cfg = self._read_config()
+        except FerConfigError as exc:
+            self.get_logger().error(f"activate failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._stats.reset()
+        self._slot = LatestSlot()
+        self._last_sync_warning = -math.inf
+        self._running.set()
+        self._worker = threading.Thread(target=self._work, name="fer_worker", daemon=True)
+        self._worker.start()
+        self._subscribe(cfg)
+        self._warn_timer = self.create_timer(0.5, self._check_sync)
+        self._state_label = "active"
+        self.get_logger().info(
+            f"active: colour {self.resolve_topic_name(cfg['colour_topic'])}, depth "
+            f"{self.resolve_topic_name(cfg['depth_topic']) if cfg['depth_topic'] else '(none)'}, "
+            f"sync {cfg['sync_policy']} via {self._sync_backend}")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._state_label = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        self._state_label = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        self._state_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        for pub in self._hri_pubs.values():
+            self.destroy_publisher(pub)
+        self._hri_pubs.clear()
+        for attr in ("_emotions_pub", "_debug_pub"):
+            pub = getattr(self, attr)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, attr, None)
+        self._recognizer = None
+        self._tracker = None
+
+    # ---------------------------------------------------------------- input
+    def _subscribe(self, cfg: Dict[str, Any]) -> None:
+        colour_topic, depth_topic = str(cfg["colour_topic"]), str(cfg["depth_topic"]).strip()
+        slop = float(cfg["sync_slop"]) if cfg["sync_policy"] == "approximate" else None
+        inputs = [("colour", self.resolve_topic_name(colour_topic))]
+        if depth_topic:
+            inputs.append(("depth", self.resolve_topic_name(depth_topic)))
+        self._monitor = SyncMonitor(inputs, slop=slop, delay=float(cfg["sync_warning_delay"]))
+        if not depth_topic:
+            self._sync_backend = "none (colour only)"
+            self._subs = [self.create_subscription(Image, colour_topic, self._on_colour_only,
+                                                   qos_profile_sensor_data)]
+            return
+        queue = int(cfg["sync_queue_size"])
+        if message_filters is not None:
+            subs = [message_filters.Subscriber(self, Image, t, qos_profile=qos_profile_sensor_data)
+                    for t in (colour_topic, depth_topic)]
+            for i, sub in enumerate(subs):
+                sub.registerCallback(lambda msg, i=i: self._observe(i, msg))
+            if slop is None:
+                self._sync = message_filters.TimeSynchronizer(subs, queue)
+            else:
+                self._sync = message_filters.ApproximateTimeSynchronizer(subs, queue, slop)
+            self._sync.registerCallback(self._on_pair)
+            self._subs = [s.sub for s in subs]
+            self._sync_backend = "message_filters"
+            return
+        if slop is None:
+            self._sync = ExactTimeSync(2, queue, self._on_pair, ros_stamp_ns)
+        else:
+            self._sync = ApproximateTimeSync(2, queue, slop, self._on_pair, ros_stamp_ns)
+        self._subs = [self.create_subscription(Image, t, lambda msg, i=i: self._on_input(i, msg),
+                                               qos_profile_sensor_data)
+                      for i, t in enumerate((colour_topic, depth_topic))]
+        self._sync_backend = "cmcnn_ros.ros.sync"
+
+    def _observe(self, index: int, msg: Image) -> None:
+        stamp = _stamp_ns(msg.header)
+        if self._monitor is not None:
+            self._monitor.observe(index, stamp, msg.header.frame_id)
+        if stamp == 0:
+            name = ("colour", "depth")[index]
+            self._log_throttled("warning", f"{name} image has a zero header.stamp (frame_id "
+                                f"{msg.header.frame_id!r}): the driver does not stamp its images; "
+                                "results carry the zero stamp and no latency can be measured")
+
+    def _on_input(self, index: int, msg: Image) -> None:
+        self._observe(index, msg)
+        self._sync.add(index, msg)
+
+    def _on_colour_only(self, msg: Image) -> None:
+        self._observe(0, msg)
+        self._on_pair(msg, None)
+
+    def _on_pair(self, colour: Image, depth: Optional[Image]) -> None:
+        if self._monitor is not None:
+            self._monitor.paired()
+        dropped = self._slot.put((colour, depth))
+        self._stats.on_pair(dropped)
+
+    def _check_sync(self) -> None:
+        if self._monitor is None:
+            return
+        text = self._monitor.diagnose()
+        now = time.monotonic()
+        if text and now - self._last_sync_warning >= float(self._p("sync_warning_period")):
+            self._last_sync_warning = now
+            self.get_logger().warning(text)
+
+    def _stop_processing(self) -> None:
+        if self._warn_timer is not None:
+            self.destroy_timer(self._warn_timer)
+            self._warn_timer = None
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs, self._sync, self._monitor = [], None, None
+        self._running.clear()
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+        self._slot.clear()
+        if self._tracker is not None:
+            self._tracker.reset()
+
+    # ---------------------------------------------------------------- processing
+    def _work(self) -> None:
+        slot = self._slot
+        while self._running.is_set():
+            pair = slot.take(timeout=0.2)
+            if pair is None:
+                continue
+            try:
+                self._process(*pair)
+            except Exception as exc:  # noqa: BLE001 - keep serving later frames
+                self._stats.on_bad(f"{type(exc).__name__}: {exc}")
+                self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
+
+    def _process(self, colour_msg: Image, depth_msg: Optional[Image]) -> None:
+        t0 = time.monotonic()
+        stamp = _stamp_ns(colour_msg.header)
+        if stamp == 0:
+            self._stats.on_zero_stamp()
+        try:
+            colour, depth = conversions.frame_pair(colour_msg, depth_msg)
+            result = self._recognizer.recognize(colour, depth, depth_scale=1.0)
+        except ValueError as exc:  # ImageConversionError, PreprocessingError
+            reason = str(exc)
+            self._stats.on_bad(reason)
+            self._log_throttled("warning", f"skipping bad frame (stamp {stamp / 1e9:.3f}): {reason}")
+            return
+        faces = result.faces
+        tracked = self._tracker.update([f.box for f in faces], [np.asarray(f.scores) for f in faces])
+        msg = self._build_message(colour_msg, colour.shape[:2], faces, tracked)
+        pub = self._emotions_pub
+        if pub is None or not self._running.is_set():
+            return
+        pub.publish(msg)
+        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else float("nan")
+        processing_ms = (time.monotonic() - t0) * 1e3
+        if stamp:
+            self._stats.on_processed(latency_ms, processing_ms, len(faces))
+        else:
+            self._stats.on_processed(processing_ms, processing_ms, len(faces))
+        if self._p("publish_hri"):
+            self._publish_hri(msg)
+        if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
+            self._publish_debug(colour_msg, colour, msg)
+
+    def _build_message(self, colour_msg: Image, shape: Tuple[int, int], faces: Sequence[Any],
+                       tracked: Sequence[Any]) -> Any:
+        Emotion, EmotionArray = self._emotion_types
+        out = EmotionArray()
+        out.header = colour_msg.header
+        out.classes = list(self._class_names)
+        h, w = shape
+        for face, tr in zip(faces, tracked):
+            scores = np.asarray(tr.scores if tr.scores is not None else face.scores, dtype=np.float32)
+            best = int(np.argmax(scores)) if scores.size else 0
+            valence, arousal = valence_arousal(scores, self._class_names)
+            x, y, bw, bh = (int(v) for v in face.box)
+            x0, y0 = min(max(x, 0), w), min(max(y, 0), h)
+            e = Emotion()
+            e.face_id = tr.face_id
+            e.roi = RegionOfInterest(x_offset=x0, y_offset=y0, width=max(0, min(x + bw, w) - x0),
+                                     height=max(0, min(y + bh, h) - y0), do_rectify=False)
+            e.roll = float(face.roll)
+            e.eyes_found = bool(face.eyes_found)
+            e.expression = self._class_names[best] if scores.size else ""
+            e.confidence = float(scores[best]) if scores.size else 0.0
+            e.scores = [float(s) for s in scores]
+            e.valence, e.arousal = float(valence), float(arousal)
+            e.depth_valid = bool(face.depth_valid)
+            e.depth_valid_fraction = float(face.depth_valid_fraction)
+            out.faces.append(e)
+        return out
+
+    def _publish_hri(self, msg: Any) -> None:
+        if HriExpression is None:
+            return
+        for fid in (self._tracker.removed if self._tracker else []):
+            pub = self._hri_pubs.pop(fid, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
+        for e in msg.faces:
+            pub = self._hri_pubs.get(e.face_id)
+            if pub is None:
+                pub = self.create_publisher(HriExpression, f"/humans/faces/{e.face_id}/expression", RESULT_QOS)
+                self._hri_pubs[e.face_id] = pub
+            out = HriExpression()
+            out.header = msg.header
+            out.expression = e.expression
+            out.valence, out.arousal, out.confidence = e.valence, e.arousal, e.confidence
+            pub.publish(out)
+
+    def _publish_debug(self, colour_msg: Image, colour: np.ndarray, msg: Any) -> None:
+        import cv2
+
+        img = cv2.cvtColor(colour, cv2.COLOR_GRAY2BGR) if colour.ndim == 2 else colour.copy()
+        for e in msg.faces:
+            p0 = (int(e.roi.x_offset), int(e.roi.y_offset))
+            p1 = (p0[0] + int(e.roi.width), p0[1] + int(e.roi.height))
+            cv2.rectangle(img, p0, p1, (0, 255, 0), 2)
+            label = f"{e.face_id} {e.expression} {e.confidence:.2f}{'' if e.depth_valid else ' (no depth)'}"
+            cv2.putText(img, label, (p0[0], max(12, p0[1] - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                        (0, 255, 0), 1, cv2.LINE_AA)
+            for k, (name, s) in enumerate(zip(msg.classes, e.scores)):
+                cv2.putText(img, f"{name} {s:.2f}", (p1[0] + 4, p0[1] + 14 * (k + 1)),
+                            cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
+        out = Image(**conversions.array_to_image_fields(img, "bgr8",
+                                                         bigendian=conversions.native_is_bigendian()))
+        out.header = colour_msg.header
+        self._debug_pub.publish(out)
+
+    # ---------------------------------------------------------------- diagnostics
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name()}: CM-CNN facial expressions"
+        status.hardware_id = self._device or "none"
+        kv = {"lifecycle state": self._state_label, "model path": self._model_path or "(not loaded)",
+              "device": self._device or "(not loaded)", "sync": self._sync_backend or "(inactive)",
+              "image decoding": conversions.backend_name()}
+        kv.update(self._stats.key_values())
+        stall = self._monitor.diagnose() if self._monitor is not None else None
+        if self._state_label != "active":
+            status.level, status.message = DiagnosticStatus.OK, f"{self._state_label}, not processing"
+        elif stall:
+            status.level, status.message = DiagnosticStatus.WARN, stall
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = f"processing at {kv['processed rate (Hz)']} Hz"
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in kv.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self._diag_pub.publish(arr)
+
+
+def main(args: Optional[List[str]] = None) -> None:
+    """Entry point ``fer_node``: spin the node until shutdown."""
+    rclpy.init(args=args)
+    node = FerNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("autostart: configure failed (see above); fix the parameter and "
+                                        "call the lifecycle transition 'configure' again")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_processing()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Launch cmcnn_ros fer_node (CM-CNN, Ni et al., IEEE TCDS 2023) as a managed node.
+
+Standard launch_ros lifecycle pattern: start the LifecycleNode with
+autostart false, emit the 'configure' transition, and emit 'activate' once
+the node reaches 'inactive'. If configure fails (bad model_path, device...),
+the node logs what to fix and stays 'unconfigured'.
+
+    ros2 launch cmcnn_ros fer.launch.py model_path:=/path/to/model.pt \
+        colour_topic:=/rgb/image_raw depth_topic:=/depth_to_rgb/image_raw
+"""
+
+import os
+
+import launch
+import lifecycle_msgs.msg
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+
+
+def generate_launch_description():
+    share = get_package_share_directory("cmcnn_ros")
+    args = [
+        DeclareLaunchArgument("model_path", default_value=os.path.join(share, "models", "cmcnn_synthetic.pt"),
+                              description="CM-CNN checkpoint (.pt)"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
+        DeclareLaunchArgument("colour_topic", default_value="/camera/color/image_raw",
+                              description="colour image topic"),
+        DeclareLaunchArgument("depth_topic", default_value="/camera/depth_registered/image_raw",
+                              description="depth registered to colour ('' = colour only)"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "fer.yaml"),
+                              description="node parameters (YAML)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="use /clock (bag replay)"),
+        DeclareLaunchArgument("namespace", default_value="", description="node namespace"),
+    ]
+    node = LifecycleNode(
+        package="cmcnn_ros",
+        executable="fer_node",
+        name="fer_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "model_path": LaunchConfiguration("model_path"),
+                "device": LaunchConfiguration("device"),
+                "colour_topic": LaunchConfiguration("colour_topic"),
+                "depth_topic": LaunchConfiguration("depth_topic"),
+                "use_sim_time": LaunchConfiguration("use_sim_time"),
+                "autostart": False,
+            },
+        ],
+    )
+    configure = EmitEvent(event=ChangeState(
+        lifecycle_node_matcher=matches_action(node),
+        transition_id=lifecycle_msgs.msg.Transition.TRANSITION_CONFIGURE))
+    activate_when_inactive = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=node, goal_state="inactive",
+        entities=[EmitEvent(event=ChangeState(
+            lifecycle_node_matcher=matches_action(node),
+            transition_id=lifecycle_msgs.msg.Transition.TRANSITION_ACTIVATE))]))
+    return launch.LaunchDescription(args + [node, activate_when_inactive, configure])
