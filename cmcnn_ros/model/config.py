@@ -1,0 +1,265 @@
+"""Configuration of the CM-CNN network (Sections III-C and III-D).
+
+:class:`ModelConfig` is the single description of a network: which modalities
+it reads (and in which channel order), how wide and deep its feature
+extraction networks (FENs) are, which fusion it uses and how the
+cross-modality attention of eq. (3) is scaled. It is stored in every
+checkpoint (``to_dict``) and rebuilt from there (``from_dict``), so every
+field is a plain ``int``/``float``/``str``/``bool`` or a tuple of them.
+
+Presets (:data:`PRESETS`):
+
+``"paper"``
+    Widths as close to Fig. 3 of the paper as the text lets us infer: a
+    DeepID-like depth FEN and a texture FEN of the same four widths
+    32-64-128-256 (the figure itself is not legible in the text version; the
+    paper only says the channel numbers were tuned by cross-validation).
+``"default"``
+    Narrower widths 8-16-32-64 chosen by measured CPU latency (see
+    ``benchmarks/bench_network.py``) so the whole recognizer fits a real-time
+    budget on two CPU cores.
+``"tiny"``
+    Very small widths for unit tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Tuple
+
+#: Every modality name the preprocessing can produce.
+MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor", "depth")
+#: Modalities read by the deep texture FEN (Fig. 3(b)); ``depth`` uses the shallow one.
+TEXTURE_MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor")
+DEPTH_MODALITIES: Tuple[str, ...] = ("depth",)
+FUSIONS: Tuple[str, ...] = ("cmfn", "concat")
+ATTENTIONS: Tuple[str, ...] = ("sigmoid", "softmax")
+
+#: Both FEN types halve the resolution four times (148 -> 74 -> 37 -> 18 -> 9).
+NUM_STAGES = 4
+
+
+class ModelConfigError(ValueError):
+    """A :class:`ModelConfig` (or its dict form) is invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a CM-CNN.
+
+    Args:
+        modalities: Input channels in order; any non-empty subset of
+            :data:`MODALITIES` without repeats. The model input is
+            ``(B, len(modalities), input_size, input_size)``.
+        num_classes: Number of expression classes (6 or 7 in this project).
+        fusion: ``"cmfn"`` (cross-modality attention, Section III-D) or
+            ``"concat"`` (global max+average pooled FEN features
+            concatenated; the paper's baseline). With a single modality both
+            reduce to pooling its own features.
+        input_size: Side of the square input crops (paper: 148).
+        depth_widths: Output channels of the four conv layers of the
+            shallow depth FEN (Fig. 3(a)).
+        depth_kernels: Kernel sizes of those four conv layers.
+        texture_widths: Output channels of the four stages of the deep
+            texture FEN (Fig. 3(b)); each stage has two conv layers.
+        texture_kernels: Kernel size of the first conv of each texture stage
+            (the second, skip-connected conv is always 3x3).
+        attention: ``"sigmoid"`` as eq. (3) is written, or ``"softmax"``
+            over the guide positions (SAGAN-style, as the paper's text says).
+        attention_reduction: Channel reduction of the query/key 1x1 convs
+            (``G1``, ``D1``): they output ``C // attention_reduction``
+            channels. The paper keeps ``C`` (reduction 1).
+        attention_scale: Divide ``G1^T D1`` by ``sqrt(C')`` before the
+            sigmoid/softmax. Not in the paper; keeps the sigmoid out of
+            saturation at initialisation.
+        attention_normalize: With ``attention="sigmoid"``, divide the
+            aggregated values ``G2 Att^T`` by ``N = H*W`` so the attention
+            branch has the magnitude of one feature vector rather than the
+            sum of ``N`` of them. Not in the paper; ignored for softmax,
+            whose rows already sum to one.
+        fen_head_pool: Output side of the adaptive average pooling in each
+            FEN's classification head (Section III-C).
+        dropout: Dropout before the final FC layer and the FEN heads' FC
+            layers (0 disables it; the paper does not mention dropout).
+    """
+
+    modalities: Tuple[str, ...] = ("grey", "lbp", "depth")
+    num_classes: int = 7
+    fusion: str = "cmfn"
+    input_size: int = 148
+    depth_widths: Tuple[int, ...] = (8, 16, 32, 64)
+    depth_kernels: Tuple[int, ...] = (5, 3, 3, 3)
+    texture_widths: Tuple[int, ...] = (8, 16, 32, 64)
+    texture_kernels: Tuple[int, ...] = (5, 3, 3, 3)
+    attention: str = "sigmoid"
+    attention_reduction: int = 1
+    attention_scale: bool = True
+    attention_normalize: bool = True
+    fen_head_pool: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Accept lists (JSON/YAML/checkpoints) but store tuples so the config
+        # stays hashable and immutable.
+        for name in ("modalities", "depth_widths", "depth_kernels", "texture_widths", "texture_kernels"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not hasattr(value, "__iter__"):
+                raise ModelConfigError(f"ModelConfig.{name} must be a sequence, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    # ------------------------------------------------------------------ checks
+    def _validate(self) -> None:
+        if not self.modalities:
+            raise ModelConfigError("ModelConfig.modalities is empty: name at least one of " f"{MODALITIES}")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ModelConfigError(f"unknown modalities {unknown}; choose from {MODALITIES}")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ModelConfigError(f"ModelConfig.modalities has repeats: {self.modalities}")
+        _check_int("num_classes", self.num_classes, 2)
+        if self.fusion not in FUSIONS:
+            raise ModelConfigError(f"ModelConfig.fusion={self.fusion!r}; choose from {FUSIONS}")
+        _check_int("input_size", self.input_size, 2 ** NUM_STAGES)
+        for name in ("depth_widths", "depth_kernels", "texture_widths", "texture_kernels"):
+            values = getattr(self, name)
+            if len(values) != NUM_STAGES:
+                raise ModelConfigError(f"ModelConfig.{name} needs {NUM_STAGES} values, got {values}")
+            for v in values:
+                _check_int(name, v, 1)
+        for name in ("depth_kernels", "texture_kernels"):
+            if any(k % 2 == 0 for k in getattr(self, name)):
+                raise ModelConfigError(
+                    f"ModelConfig.{name}={getattr(self, name)}: kernels must be odd so 'same' padding "
+                    "keeps both FEN types at the same spatial size"
+                )
+        uses_depth = any(m in DEPTH_MODALITIES for m in self.modalities)
+        uses_texture = any(m in TEXTURE_MODALITIES for m in self.modalities)
+        if uses_depth and uses_texture and self.depth_widths[-1] != self.texture_widths[-1]:
+            raise ModelConfigError(
+                f"depth_widths[-1]={self.depth_widths[-1]} != texture_widths[-1]={self.texture_widths[-1]}: "
+                "both FEN types must end with the same channel count for cross-modal attention"
+            )
+        if self.attention not in ATTENTIONS:
+            raise ModelConfigError(f"ModelConfig.attention={self.attention!r}; choose from {ATTENTIONS}")
+        _check_int("attention_reduction", self.attention_reduction, 1)
+        if self.feature_channels // self.attention_reduction < 1:
+            raise ModelConfigError(
+                f"attention_reduction={self.attention_reduction} leaves no channels of {self.feature_channels}"
+            )
+        for name in ("attention_scale", "attention_normalize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ModelConfigError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        _check_int("fen_head_pool", self.fen_head_pool, 1)
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
+            raise ModelConfigError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    # -------------------------------------------------------------- derived
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channel count ``C`` of every FEN output (the attention's ``C``)."""
+        if all(m in DEPTH_MODALITIES for m in self.modalities):
+            return self.depth_widths[-1]
+        return self.texture_widths[-1]
+
+    @property
+    def feature_size(self) -> int:
+        """Side of every FEN output map (148 -> 9)."""
+        size = self.input_size
+        for _ in range(NUM_STAGES):
+            size //= 2
+        return size
+
+    # --------------------------------------------------------- conversions
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-``dict`` form (lists instead of tuples) for checkpoints and YAML."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        """Rebuild a config from :meth:`to_dict` output.
+
+        Args:
+            d: Mapping of field names to values; missing fields take their
+                defaults.
+
+        Raises:
+            ModelConfigError: ``d`` is not a mapping, names unknown fields,
+                or holds invalid values.
+        """
+        if not isinstance(d, Mapping):
+            raise ModelConfigError(f"model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelConfigError(f"unknown ModelConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**dict(d))
+
+    def replace(self, **overrides: Any) -> "ModelConfig":
+        """Copy with some fields changed (validated like :meth:`from_dict`)."""
+        d = self.to_dict()
+        d.update(overrides)
+        return ModelConfig.from_dict(d)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelConfigError(f"ModelConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+
+#: Named presets; values are overrides of the :class:`ModelConfig` defaults.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "default": {},
+    "paper": {
+        "depth_widths": (32, 64, 128, 256),
+        "depth_kernels": (5, 3, 3, 3),
+        "texture_widths": (32, 64, 128, 256),
+        "texture_kernels": (5, 3, 3, 3),
+    },
+    "tiny": {
+        "depth_widths": (4, 4, 8, 8),
+        "texture_widths": (4, 4, 8, 8),
+        "depth_kernels": (3, 3, 3, 3),
+        "texture_kernels": (3, 3, 3, 3),
+    },
+}
+
+
+def preset_config(name: str = "default", **overrides: Any) -> ModelConfig:
+    """Config of a named preset with optional field overrides.
+
+    Args:
+        name: One of :data:`PRESETS`.
+        **overrides: Fields to change (e.g. ``num_classes=6``).
+
+    Raises:
+        ModelConfigError: unknown preset or invalid override.
+    """
+    if name not in PRESETS:
+        raise ModelConfigError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    d: Dict[str, Any] = dict(PRESETS[name])
+    d.update(overrides)
+    return ModelConfig.from_dict(d)
+
+
+__all__ = [
+    "ATTENTIONS",
+    "DEPTH_MODALITIES",
+    "FUSIONS",
+    "MODALITIES",
+    "ModelConfig",
+    "ModelConfigError",
+    "NUM_STAGES",
+    "PRESETS",
+    "TEXTURE_MODALITIES",
+    "preset_config",
+]
