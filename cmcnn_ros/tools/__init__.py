@@ -1,0 +1,1 @@
+"""Console tools: recognition CLI, rosbag writer / evaluator / replayer, and the demo."""

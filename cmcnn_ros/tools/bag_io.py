@@ -1,0 +1,341 @@
+"""Shared rosbag reading for the bag tools: topics, ground-truth labels, colour/depth pairing.
+
+The bag tools feed recorded Kinect-style RGB-D streams to the CM-CNN pipeline
+(Ni et al., IEEE TCDS 2023, Section III-B: one colour frame plus the
+registered depth frame per inference). This module is ROS-free: it reads
+rosbag2 (MCAP or sqlite3) and ROS 1 bags with the pure-Python ``rosbags``
+library, so the offline evaluator runs on machines without a ROS runtime.
+
+Conventions of the bags written by ``cmcnn-bag-write`` (Kinect-style; the
+colour and depth topics are the ``fer_node`` defaults, so a replayed bag
+feeds the node without remapping):
+
+* colour ``sensor_msgs/msg/Image`` (``rgb8``) on :data:`COLOUR_TOPIC`,
+* registered depth ``sensor_msgs/msg/Image`` (``16UC1``, millimetres, 0 = no
+  reading) on :data:`DEPTH_TOPIC` with the *same* stamp and frame id,
+* ``sensor_msgs/msg/CameraInfo`` on :data:`CAMERA_INFO_TOPIC`,
+* the ground truth as ``std_msgs/msg/String`` JSON on :data:`LABELS_TOPIC`,
+  one message per frame carrying that frame's stamp (:class:`FrameLabels`).
+
+Users' own recordings may lack the labels topic or use other topic names;
+:func:`resolve_topics` guesses the colour and depth topics from their names
+and says what it found when it cannot decide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+LOGGER = logging.getLogger(__name__)
+
+COLOUR_TOPIC = "/camera/color/image_raw"
+DEPTH_TOPIC = "/camera/depth_registered/image_raw"
+CAMERA_INFO_TOPIC = "/camera/color/camera_info"
+LABELS_TOPIC = "/cmcnn/ground_truth"
+# Registered depth shares the colour optical frame (that is what "registered" means).
+CAMERA_FRAME_ID = "camera_color_optical_frame"
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+STRING_TYPE = "std_msgs/msg/String"
+LABELS_FORMAT = "cmcnn_ros.ground_truth/1"
+
+# Name fragments of colour / depth topics of common RGB-D drivers (openni,
+# freenect, iai_kinect2, Azure Kinect, RealSense), most specific first.
+_DEPTH_HINTS = ("depth_registered", "depth_to_rgb", "image_depth_rect", "aligned_depth_to_color", "depth")
+_COLOUR_HINTS = ("rgb/image", "color/image", "colour/image", "image_color", "rgb", "color", "colour", "image")
+
+class BagError(ValueError):
+    """A bag is missing, unreadable, or lacks the topics a tool needs."""
+
+
+@dataclass(frozen=True)
+class GroundTruthFace:
+    """One labelled face in one frame.
+
+    Attributes:
+        subject: identity of the rendered subject; stable for the whole bag,
+            also when the face leaves and comes back (the timeline's rows).
+        label: canonical expression name (``cmcnn_ros.classes``).
+        box: ``(x, y, w, h)`` in colour pixels.
+        intensity: expression intensity level (1-4 like BU-3DFE) or None.
+        eyes: ``((x, y), (x, y))`` eye centres in colour pixels, or None.
+    """
+
+    subject: str
+    label: str
+    box: Tuple[int, int, int, int]
+    intensity: Optional[int] = None
+    eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "subject": self.subject, "label": self.label, "box": list(self.box),
+            "intensity": self.intensity,
+            "eyes": None if self.eyes is None else [list(e) for e in self.eyes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "GroundTruthFace":
+        """Raises:
+            BagError: a field is missing or malformed.
+        """
+        try:
+            box = tuple(int(v) for v in d["box"])
+            if len(box) != 4:
+                raise ValueError("box needs 4 numbers")
+            eyes = d.get("eyes")
+            eyes_t = None if eyes is None else tuple((float(e[0]), float(e[1])) for e in eyes)
+            intensity = d.get("intensity")
+            return cls(subject=str(d["subject"]), label=str(d["label"]), box=box,  # type: ignore[arg-type]
+                       intensity=None if intensity is None else int(intensity), eyes=eyes_t)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BagError(f"malformed ground-truth face {d!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class FrameLabels:
+    """Ground truth of one frame, as carried by one labels-topic message."""
+
+    stamp_ns: int
+    frame_index: int
+    faces: Tuple[GroundTruthFace, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": LABELS_FORMAT, "stamp_ns": self.stamp_ns, "frame": self.frame_index,
+            "faces": [f.to_dict() for f in self.faces],
+        }, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "FrameLabels":
+        """Raises:
+            BagError: the text is not a ground-truth message of this package.
+        """
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BagError(f"labels message is not JSON: {exc}") from exc
+        if not isinstance(d, dict) or d.get("format") != LABELS_FORMAT:
+            raise BagError(f"labels message is not {LABELS_FORMAT!r}: {text[:120]!r}")
+        try:
+            return cls(stamp_ns=int(d["stamp_ns"]), frame_index=int(d["frame"]),
+                       faces=tuple(GroundTruthFace.from_dict(f) for f in d["faces"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BagError(f"malformed labels message: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """Topics a tool reads; ``depth`` and ``labels`` may be absent."""
+
+    colour: str
+    depth: Optional[str] = None
+    labels: Optional[str] = None
+    camera_info: Optional[str] = None
+
+
+@dataclass
+class FramePair:
+    """One colour frame with its depth partner (if any) and ground truth (if any)."""
+
+    stamp_ns: int
+    colour: Any
+    depth: Optional[Any] = None
+    labels: Optional[FrameLabels] = None
+    depth_dt_ns: Optional[int] = None
+
+
+def stamp_ns(stamp: Any) -> int:
+    """Nanoseconds of a ``builtin_interfaces/Time`` (any object with sec/nanosec)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@contextmanager
+def open_bag(path: "str | Path") -> Iterator[Any]:
+    """Open a rosbag2 folder (MCAP/sqlite3) or ROS 1 ``.bag`` file for reading.
+
+    A context manager yielding an opened ``rosbags.highlevel.AnyReader``
+    (whose ``deserialize`` handles both CDR and ROS 1 serialisation).
+
+    Raises:
+        BagError: the path does not exist or is not a readable bag.
+    """
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.typesys import Stores, get_typestore
+
+    p = Path(path)
+    if not p.exists():
+        raise BagError(f"bag {p} does not exist (write one with cmcnn-bag-write, or record with ros2 bag record)")
+    reader = AnyReader([p], default_typestore=get_typestore(Stores.ROS2_KILTED))
+    try:
+        reader.open()
+    except (AnyReaderError, OSError, ValueError) as exc:
+        raise BagError(f"cannot read bag {p}: {exc}") from exc
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def topic_types(reader: Any) -> Dict[str, str]:
+    """``topic -> message type`` of an opened reader."""
+    return {t: info.msgtype for t, info in reader.topics.items()}
+
+
+def _pick(candidates: Sequence[str], hints: Sequence[str]) -> Optional[str]:
+    for hint in hints:
+        hits = sorted(t for t in candidates if hint in t.lower())
+        if hits:
+            return hits[0]
+    return None
+
+
+def resolve_topics(reader: Any, colour: Optional[str] = None, depth: Optional[str] = None,
+                   labels: Optional[str] = None, use_depth: bool = True) -> BagTopics:
+    """Choose the colour, depth and labels topics of a bag.
+
+    Explicit names win; otherwise this package's defaults, then topics whose
+    names look like an RGB-D driver's. Depth is optional (recognition then uses
+    grey + LBP only) and so are labels (the evaluator then reports predictions
+    and latency only).
+
+    Raises:
+        BagError: an explicit topic is absent or not of the right type, or no
+            colour image topic can be identified.
+    """
+    types = topic_types(reader)
+    images = [t for t, ty in types.items() if ty == IMAGE_TYPE]
+
+    def check(name: str, want: str, what: str) -> str:
+        if name not in types:
+            raise BagError(f"{what} topic {name!r} is not in the bag; its topics: {sorted(types)}")
+        if types[name] != want:
+            raise BagError(f"{what} topic {name!r} has type {types[name]}, expected {want}")
+        return name
+
+    if depth is not None:
+        depth_t: Optional[str] = check(depth, IMAGE_TYPE, "depth")
+    elif not use_depth:
+        depth_t = None
+    elif DEPTH_TOPIC in images:
+        depth_t = DEPTH_TOPIC
+    else:
+        depth_t = _pick([t for t in images if t != colour], _DEPTH_HINTS)
+
+    if colour is not None:
+        colour_t = check(colour, IMAGE_TYPE, "colour")
+    elif COLOUR_TOPIC in images:
+        colour_t = COLOUR_TOPIC
+    else:
+        rest = [t for t in images if t != depth_t and "depth" not in t.lower() and "ir" not in t.lower().split("/")]
+        colour_t = _pick(rest, _COLOUR_HINTS) or (rest[0] if len(rest) == 1 else None)  # type: ignore[assignment]
+        if colour_t is None:
+            raise BagError(
+                f"cannot tell which sensor_msgs/msg/Image topic is the colour stream; image topics: {images}. "
+                "Name it with --colour-topic")
+    if depth_t == colour_t:
+        depth_t = None
+
+    if labels is not None:
+        labels_t: Optional[str] = check(labels, STRING_TYPE, "labels")
+    else:
+        labels_t = LABELS_TOPIC if types.get(LABELS_TOPIC) == STRING_TYPE else None
+    info = CAMERA_INFO_TOPIC if types.get(CAMERA_INFO_TOPIC) == CAMERA_INFO_TYPE else None
+    return BagTopics(colour=colour_t, depth=depth_t, labels=labels_t, camera_info=info)
+
+
+def read_labels(reader: Any, topic: Optional[str]) -> Dict[int, FrameLabels]:
+    """All ground-truth messages of a bag, keyed by the frame stamp (ns).
+
+    Raises:
+        BagError: a labels message is malformed.
+    """
+    if topic is None:
+        return {}
+    conns = [c for c in reader.connections if c.topic == topic]
+    out: Dict[int, FrameLabels] = {}
+    for conn, _t, raw in reader.messages(connections=conns):
+        lab = FrameLabels.from_json(reader.deserialize(raw, conn.msgtype).data)
+        out[lab.stamp_ns] = lab
+    return out
+
+
+def iter_frame_pairs(reader: Any, topics: BagTopics, slop_s: float = 0.02,
+                     labels: Optional[Dict[int, FrameLabels]] = None,
+                     queue_size: int = 10) -> Iterator[FramePair]:
+    """Colour frames of a bag in order, each with its depth partner and labels.
+
+    Pairing uses the node's own synchroniser
+    (:class:`cmcnn_ros.ros.sync.ApproximateTimeSync`, message_filters'
+    rule), so offline evaluation sees the same pairs the live node would.
+    Without a depth topic every colour frame is yielded alone. Messages are
+    deserialised lazily (raw bytes wait in the synchroniser), so a long
+    recording is streamed rather than loaded.
+
+    Args:
+        reader: an opened reader from :func:`open_bag`.
+        topics: from :func:`resolve_topics`.
+        slop_s: largest colour/depth stamp difference accepted as a pair.
+        labels: from :func:`read_labels`; looked up by the colour stamp.
+        queue_size: messages the synchroniser keeps per input.
+    """
+    from cmcnn_ros.ros.sync import ApproximateTimeSync
+
+    wanted = {topics.colour} | ({topics.depth} if topics.depth else set())
+    conns = [c for c in reader.connections if c.topic in wanted]
+    labels = labels or {}
+    matched: List[Tuple[_Raw, Optional[_Raw]]] = []
+    sync = ApproximateTimeSync(2, queue_size, slop_s, lambda c, d: matched.append((c, d)),
+                               stamp_fn=lambda item: item.stamp)
+
+    def emit(colour: _Raw, depth: Optional[_Raw]) -> FramePair:
+        return FramePair(
+            stamp_ns=colour.stamp, colour=reader.deserialize(colour.raw, colour.msgtype),
+            depth=None if depth is None else reader.deserialize(depth.raw, depth.msgtype),
+            labels=labels.get(colour.stamp), depth_dt_ns=None if depth is None else depth.stamp - colour.stamp)
+
+    for conn, _t, raw in reader.messages(connections=conns):
+        # Only the header is needed to pair; the image is decoded again when emitted.
+        item = _Raw(stamp_ns(reader.deserialize(raw, conn.msgtype).header.stamp), conn.msgtype, raw)
+        if topics.depth is None:
+            yield emit(item, None)
+            continue
+        sync.add(0 if conn.topic == topics.colour else 1, item)
+        while matched:
+            yield emit(*matched.pop(0))
+
+
+@dataclass(frozen=True)
+class _Raw:
+    stamp: int
+    msgtype: str
+    raw: bytes
+
+
+def count_messages(reader: Any, topic: Optional[str]) -> int:
+    """Number of messages recorded on ``topic`` (0 when absent or None)."""
+    if topic is None:
+        return 0
+    return sum(c.msgcount for c in reader.connections if c.topic == topic)
+
+
+def decode_pair(pair: FramePair) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """``(colour BGR uint8, depth metres float32 or None)`` of a pair.
+
+    Uses the package's message conversions (``cmcnn_ros.ros.conversions``,
+    ROS-free) so bags and the live node decode images identically.
+
+    Raises:
+        cmcnn_ros.ros.conversions.ImageConversionError: bad encoding, size or data.
+    """
+    from cmcnn_ros.ros.conversions import frame_pair
+
+    return frame_pair(pair.colour, pair.depth)
