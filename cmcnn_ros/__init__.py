@@ -7,3 +7,8 @@ rclpy.
 """
 
 __version__ = "0.1.0"
+
+# The generated ROS message module is also named cmcnn_ros; on the pip/venv
+# path it lives in another folder (.ros_prefix/install/...). extend_path adds
+# every cmcnn_ros folder on sys.path, so cmcnn_ros.msg resolves there.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)

@@ -1,0 +1,32 @@
+# Newcomer entry points on a machine without ROS 2 (see README.md):
+#   make demo   - set up if needed, then run the demo (cmcnn-demo)
+#   make test   - set up if needed, then run the test suite
+#   make setup  - create .venv, install pinned deps, build the messages
+# On a robot with ROS 2, use colcon instead (README.md).
+SHELL := /bin/bash
+ENV_FILE := .ros_prefix/env.sh
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: setup test demo clean
+
+# The setup script is idempotent and takes well under a second when nothing
+# changed, so every target runs it: that *is* the "if needed" check.
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	@source $(ENV_FILE) && python -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	@source $(ENV_FILE) && \
+	if [[ -f cmcnn_ros/tools/demo.py ]]; then \
+		cmcnn-demo $(DEMO_ARGS); \
+	else \
+		echo "make demo: the demo (cmcnn_ros/tools/demo.py, command cmcnn-demo) is not there yet." >&2; \
+		exit 2; \
+	fi
+
+# Removes the venv and the message prefix; the next `make setup` rebuilds all.
+clean:
+	rm -rf .venv .ros_prefix
