@@ -1,0 +1,250 @@
+"""Recognizer: one colour frame + registered depth -> per-face expressions.
+
+Ties the preprocessing of Section III-B (detection, rectification by eq. 1,
+grey/LBP/depth crops) to the CM-CNN of Sections III-C/III-D. Everything
+the recognizer needs to reproduce training-time preprocessing (modalities,
+crop size, detector and depth parameters) and to name its outputs (class
+names) comes from the checkpoint, so training, evaluation, the command line
+and the ROS node all see identical inputs.
+
+All faces of a frame go through the network as one batch. A face whose depth
+is unusable gets an all-zero depth channel -- the missing-depth convention the
+trainer teaches with depth-modality dropout -- and ``depth_valid=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..classes import valence_arousal
+from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
+from ..model.cmcnn import CMCNN
+from ..preprocessing.depth import depth_to_metres
+from ..preprocessing.params import PreprocessingError, PreprocessingParams
+from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
+
+LOGGER = logging.getLogger(__name__)
+
+Box = Tuple[int, int, int, int]
+
+
+class RecognizerError(ValueError):
+    """The recognizer cannot be built or cannot process an input; the message says why."""
+
+
+@dataclass
+class FaceResult:
+    """Recognition result for one face.
+
+    Attributes:
+        box: ``(x, y, w, h)`` in colour-image pixels.
+        roll: in-plane rotation removed by alignment, radians.
+        eyes_found: the roll came from detected eyes (else it is 0).
+        expression: top class name (ROS4HRI spelling).
+        confidence: probability of ``expression``.
+        scores: class probabilities in ``Recognizer.class_names`` order.
+        valence: circumplex valence in [-1, 1] (see ``cmcnn_ros.classes``).
+        arousal: circumplex arousal in [-1, 1].
+        depth_valid: the depth crop was usable and fed to the network.
+        depth_valid_fraction: fraction of valid depth readings on the face.
+    """
+
+    box: Box
+    roll: float
+    eyes_found: bool
+    expression: str
+    confidence: float
+    scores: np.ndarray
+    valence: float
+    arousal: float
+    depth_valid: bool
+    depth_valid_fraction: float
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-friendly dict (used by the command line and the bag evaluator)."""
+        return {
+            "box": [int(v) for v in self.box],
+            "roll_deg": round(float(np.degrees(self.roll)), 2),
+            "eyes_found": bool(self.eyes_found),
+            "expression": self.expression,
+            "confidence": round(float(self.confidence), 4),
+            "scores": [round(float(s), 4) for s in self.scores],
+            "valence": round(float(self.valence), 4),
+            "arousal": round(float(self.arousal), 4),
+            "depth_valid": bool(self.depth_valid),
+            "depth_valid_fraction": round(float(self.depth_valid_fraction), 3),
+        }
+
+
+@dataclass
+class RecognitionResult:
+    """All faces of one frame plus per-stage timings in milliseconds.
+
+    ``timings`` keys: ``detect``, ``align``, one per modality (``grey``,
+    ``lbp``, ``depth``...), ``preprocess`` (all of the above plus
+    conversions), ``network`` and ``total``.
+    """
+
+    faces: List[FaceResult]
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is validated.
+
+    Raises:
+        RecognizerError: unknown device string or CUDA asked for but absent.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    else:
+        name = str(device).strip().lower()
+        if name in ("", "auto"):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            resolved = torch.device(name)
+        except (RuntimeError, ValueError) as exc:
+            raise RecognizerError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RecognizerError(f"device {device!r} requested but CUDA is not available here; use 'auto' or 'cpu'")
+    if resolved.type not in ("cpu", "cuda"):
+        raise RecognizerError(f"device type {resolved.type!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+    return resolved
+
+
+class Recognizer:
+    """CM-CNN facial expression recognizer over NumPy frames.
+
+    Not thread-safe (the preprocessor holds OpenCV cascades): use one per thread.
+
+    Attributes:
+        class_names: output class order.
+        params: preprocessing parameters from the checkpoint.
+        modalities: model input channel order.
+        device: torch device the network runs on.
+    """
+
+    def __init__(self, model: CMCNN, class_names: Sequence[str], params: PreprocessingParams,
+                 device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
+                 source: Optional[str] = None) -> None:
+        """Wrap a network and its preprocessing.
+
+        Args:
+            model: a CM-CNN (any modality subset).
+            class_names: names of the model outputs, in order.
+            params: the preprocessing parameters the model was trained with.
+            device: "auto", "cpu", "cuda" or "cuda:N".
+            num_threads: torch intra-op threads on CPU (None leaves torch's default).
+            source: where the model came from (for logs and diagnostics).
+
+        Raises:
+            RecognizerError: inconsistent classes, bad device or thread count.
+        """
+        if len(class_names) != model.num_classes:
+            raise RecognizerError(
+                f"{len(class_names)} class names for a model with {model.num_classes} outputs")
+        if int(params.crop_size) != int(model.config.input_size):
+            raise RecognizerError(
+                f"preprocessing crop_size {params.crop_size} does not match the model input size "
+                f"{model.config.input_size}; the checkpoint is inconsistent: retrain or re-export it")
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise RecognizerError(f"num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(int(num_threads))
+        self.device = resolve_device(device)
+        self.class_names: List[str] = list(class_names)
+        self.params = params
+        self.modalities = tuple(model.modalities)
+        self.source = source or "<in-memory model>"
+        self.preprocessor = FacePreprocessor(params, self.modalities)
+        # BatchNorm folded into the convs: same outputs, fewer passes over the
+        # full-resolution maps (measured in benchmarks/bench_network.py).
+        self.model = model.eval().fuse_for_inference().to(self.device)
+        self._depth_index = self.modalities.index("depth") if "depth" in self.modalities else None
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
+                        num_threads: Optional[int] = None) -> "Recognizer":
+        """Build from a checkpoint written by ``cmcnn-train``.
+
+        Raises:
+            CheckpointError: missing, truncated or inconsistent file (says what to fix).
+            RecognizerError: bad device, or preprocessing parameters that do not validate.
+        """
+        loaded: LoadedCheckpoint = load_checkpoint(path, map_location="cpu")
+        try:
+            params = PreprocessingParams.from_dict(loaded.preprocessing)
+        except (PreprocessingError, TypeError, ValueError) as exc:
+            raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
+        return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
+                   source=str(path))
+
+    # ------------------------------------------------------------------ API
+    def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
+                  depth_scale: Optional[float] = None,
+                  boxes: Optional[Sequence[Sequence[float]]] = None) -> RecognitionResult:
+        """Recognise the expression of every face in a frame.
+
+        Args:
+            colour: ``uint8`` BGR HxWx3, BGRA HxWx4 or grey HxW.
+            depth: registered depth, ``uint16`` (raw units, millimetres by
+                default) or ``float32`` metres; None when there is no depth.
+            depth_scale: metres per depth unit; default 0.001 for ``uint16``
+                and 1.0 for float depth.
+            boxes: optional face boxes ``(x, y, w, h)`` that replace detection.
+
+        Returns:
+            A :class:`RecognitionResult`; ``faces`` is empty when no face is found.
+
+        Raises:
+            RecognizerError: the frame or depth is malformed (message says how).
+        """
+        t_start = time.perf_counter()
+        try:
+            depth_m = None
+            if depth is not None:
+                unit = depth_scale if depth_scale is not None else ("mm" if depth.dtype == np.uint16 else "m")
+                depth_m = depth_to_metres(depth, unit)
+            faces = self.preprocessor.process(colour, depth_m, boxes=boxes)
+        except PreprocessingError as exc:
+            raise RecognizerError(str(exc)) from exc
+        timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
+        timings["preprocess"] = (time.perf_counter() - t_start) * 1000.0
+
+        t0 = time.perf_counter()
+        probs = self.classify(self.preprocessor.to_tensor(faces), faces) if faces else np.zeros((0, 0))
+        timings["network"] = (time.perf_counter() - t0) * 1000.0
+        results = [self._face_result(face, p) for face, p in zip(faces, probs)]
+        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        return RecognitionResult(faces=results, timings=timings)
+
+    @torch.inference_mode()
+    def classify(self, inputs: np.ndarray, faces: Optional[Sequence[FaceCrops]] = None) -> np.ndarray:
+        """Class probabilities for a stacked input ``(B, M, S, S)``.
+
+        Faces whose depth is not valid get an all-zero depth channel, whatever
+        the crop held, so the network sees the same missing-depth input it was
+        trained on.
+        """
+        if self._depth_index is not None and faces is not None:
+            for i, face in enumerate(faces):
+                if not face.depth_valid:
+                    inputs[i, self._depth_index] = 0.0
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+        return torch.softmax(self.model(x), dim=1).float().cpu().numpy()
+
+    def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
+        top = int(np.argmax(probs))
+        valence, arousal = valence_arousal(probs, self.class_names)
+        return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found,
+                          expression=self.class_names[top], confidence=float(probs[top]),
+                          scores=probs.astype(np.float32), valence=valence, arousal=arousal,
+                          depth_valid=bool(face.depth_valid and self._depth_index is not None),
+                          depth_valid_fraction=float(face.depth_valid_fraction))
