@@ -410,6 +410,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs platform noise at INFO
     try:
         rec = load_recognizer(args.weights, args.device, args.threads)
         opts = EvaluateOptions(colour_topic=args.colour_topic, depth_topic=args.depth_topic,

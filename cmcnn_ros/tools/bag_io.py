@@ -67,6 +67,7 @@ class GroundTruthFace:
         box: ``(x, y, w, h)`` in colour pixels.
         intensity: expression intensity level (1-4 like BU-3DFE) or None.
         eyes: ``((x, y), (x, y))`` eye centres in colour pixels, or None.
+        visible_fraction: share of the face's landmarks in view and not occluded, or None.
     """
 
     subject: str
@@ -74,12 +75,14 @@ class GroundTruthFace:
     box: Tuple[int, int, int, int]
     intensity: Optional[int] = None
     eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
+    visible_fraction: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "subject": self.subject, "label": self.label, "box": list(self.box),
             "intensity": self.intensity,
             "eyes": None if self.eyes is None else [list(e) for e in self.eyes],
+            "visible_fraction": self.visible_fraction,
         }
 
     @classmethod
@@ -94,8 +97,10 @@ class GroundTruthFace:
             eyes = d.get("eyes")
             eyes_t = None if eyes is None else tuple((float(e[0]), float(e[1])) for e in eyes)
             intensity = d.get("intensity")
+            vis = d.get("visible_fraction")
             return cls(subject=str(d["subject"]), label=str(d["label"]), box=box,  # type: ignore[arg-type]
-                       intensity=None if intensity is None else int(intensity), eyes=eyes_t)  # type: ignore[arg-type]
+                       intensity=None if intensity is None else int(intensity), eyes=eyes_t,  # type: ignore[arg-type]
+                       visible_fraction=None if vis is None else float(vis))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BagError(f"malformed ground-truth face {d!r}: {exc}") from exc
 

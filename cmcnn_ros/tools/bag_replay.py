@@ -324,6 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs platform noise at INFO
     try:
         options = ReplayOptions(rate=args.rate, loop=args.loop, clock=not args.no_clock, clock_hz=args.clock_hz,
                                 qos=args.qos, topics=tuple(args.topics) if args.topics else None,
