@@ -1,0 +1,181 @@
+"""Recognizer and cmcnn-recognize: checkpoint-driven inference on real pixels.
+
+The network here is randomly initialised (tiny preset): these tests check the
+plumbing -- batching, the missing-depth path, bad input, the command line --
+not accuracy, which the trained default weights are tested for elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
+from cmcnn_ros.inference import Recognizer, RecognizerError
+from cmcnn_ros.model import cmcnn
+from cmcnn_ros.model.checkpoint import CheckpointError, save_checkpoint
+from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = cmcnn(preset="tiny", num_classes=7)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams().to_dict())
+    return path
+
+
+@pytest.fixture(scope="module")
+def recognizer(checkpoint) -> Recognizer:
+    return Recognizer.from_checkpoint(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def astronaut_frame() -> np.ndarray:
+    """The astronaut photograph in a 640x480 Kinect-sized BGR frame."""
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:480, 64:576] = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)[:480]
+    return frame
+
+
+def _plane_depth_mm(shape, metres: float = 1.0) -> np.ndarray:
+    return np.full(shape[:2], int(metres * 1000), np.uint16)
+
+
+def test_recognizes_the_astronaut_face(recognizer, astronaut_frame):
+    result = recognizer.recognize(astronaut_frame, _plane_depth_mm(astronaut_frame.shape))
+    assert len(result.faces) >= 1
+    face = result.faces[0]
+    x, y, w, h = face.box
+    # the face is around (236..336, 60..170) in this frame
+    assert 200 < x + w / 2 < 370 and 60 < y + h / 2 < 180
+    assert face.scores.shape == (7,)
+    assert abs(float(face.scores.sum()) - 1.0) < 1e-5
+    assert face.expression == EXPRESSIONS_WITH_NEUTRAL[int(np.argmax(face.scores))]
+    assert face.confidence == pytest.approx(float(face.scores.max()))
+    assert -1.0 <= face.valence <= 1.0 and -1.0 <= face.arousal <= 1.0
+    assert face.depth_valid and face.depth_valid_fraction > 0.9
+    for stage in ("detect", "align", "grey", "lbp", "depth", "preprocess", "network", "total"):
+        assert result.timings[stage] >= 0.0
+    assert result.timings["total"] >= result.timings["network"]
+
+
+def test_batch_equals_one_face_at_a_time(recognizer, astronaut_frame):
+    depth = _plane_depth_mm(astronaut_frame.shape)
+    boxes = [(230, 70, 110, 110), (400, 250, 120, 120)]
+    batched = recognizer.recognize(astronaut_frame, depth, boxes=boxes)
+    singles = [recognizer.recognize(astronaut_frame, depth, boxes=[b]).faces[0] for b in boxes]
+    assert [f.box for f in batched.faces] == boxes
+    for a, b in zip(batched.faces, singles):
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_missing_depth_answers_from_grey_and_lbp(recognizer, astronaut_frame):
+    boxes = [(230, 70, 110, 110)]
+    no_depth = recognizer.recognize(astronaut_frame, None, boxes=boxes).faces[0]
+    nan_depth = recognizer.recognize(astronaut_frame, np.full((480, 640), np.nan, np.float32), boxes=boxes).faces[0]
+    zero_depth = recognizer.recognize(astronaut_frame, np.zeros((480, 640), np.uint16), boxes=boxes).faces[0]
+    good = recognizer.recognize(astronaut_frame, _plane_depth_mm((480, 640)), boxes=boxes).faces[0]
+    for face in (no_depth, nan_depth, zero_depth):
+        assert not face.depth_valid
+        assert face.depth_valid_fraction == pytest.approx(0.0) or face is no_depth
+        # all three feed the same all-zero depth channel
+        np.testing.assert_allclose(face.scores, no_depth.scores, atol=1e-6)
+    assert good.depth_valid
+    assert not np.allclose(good.scores, no_depth.scores, atol=1e-7)
+
+
+def test_metres_and_millimetres_agree(recognizer, astronaut_frame):
+    boxes = [(230, 70, 110, 110)]
+    mm = recognizer.recognize(astronaut_frame, _plane_depth_mm((480, 640), 1.2), boxes=boxes).faces[0]
+    metres = recognizer.recognize(astronaut_frame, np.full((480, 640), 1.2, np.float32), boxes=boxes).faces[0]
+    np.testing.assert_allclose(mm.scores, metres.scores, atol=1e-5)
+
+
+def test_no_face_gives_empty_result(recognizer):
+    blank = np.full((480, 640, 3), 127, np.uint8)
+    result = recognizer.recognize(blank, _plane_depth_mm(blank.shape))
+    assert result.faces == []
+    assert result.timings["network"] >= 0.0
+
+
+@pytest.mark.parametrize("colour, depth, needle", [
+    (np.zeros((0, 0, 3), np.uint8), None, "empty"),
+    (np.zeros((480, 640, 3), np.float32), None, "dtype"),
+    (np.zeros((480, 640, 3), np.uint8), np.zeros((240, 320), np.uint16), "does not match"),
+    (np.zeros((480, 640, 3), np.uint8), np.zeros((480, 640), np.int32), "dtype"),
+])
+def test_bad_input_raises_clear_error(recognizer, colour, depth, needle):
+    with pytest.raises(RecognizerError) as info:
+        recognizer.recognize(colour, depth)
+    assert needle in str(info.value).lower()
+
+
+def test_grey_only_frame_works(recognizer, astronaut_frame):
+    grey = cv2.cvtColor(astronaut_frame, cv2.COLOR_BGR2GRAY)
+    result = recognizer.recognize(grey, None)
+    assert len(result.faces) >= 1 and not result.faces[0].depth_valid
+
+
+@pytest.mark.parametrize("device, needle", [("bogus", "unknown device"), ("tpu", "unknown device")])
+def test_bad_device_is_rejected(checkpoint, device, needle):
+    with pytest.raises(RecognizerError, match=needle):
+        Recognizer.from_checkpoint(checkpoint, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
+def test_cuda_without_gpu_is_a_clear_error(checkpoint):
+    with pytest.raises(RecognizerError, match="CUDA is not available"):
+        Recognizer.from_checkpoint(checkpoint, device="cuda")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist|not found|missing"):
+        Recognizer.from_checkpoint(tmp_path / "nope.pt")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cmcnn_ros.tools.recognize_cli", *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_cli_prints_json_per_face_and_annotates(tmp_path, checkpoint, astronaut_frame):
+    image, depth, out = tmp_path / "frame.png", tmp_path / "depth.png", tmp_path / "annotated.png"
+    cv2.imwrite(str(image), astronaut_frame)
+    cv2.imwrite(str(depth), _plane_depth_mm(astronaut_frame.shape))
+    run = _cli(str(image), "--depth", str(depth), "--checkpoint", str(checkpoint), "--annotate", str(out))
+    assert run.returncode == 0, run.stderr
+    faces = json.loads(run.stdout)
+    assert len(faces) >= 1
+    assert faces[0]["expression"] in EXPRESSIONS_WITH_NEUTRAL
+    assert len(faces[0]["scores"]) == 7 and faces[0]["depth_valid"] is True
+    annotated = cv2.imread(str(out))
+    assert annotated.shape == astronaut_frame.shape
+    assert np.any(annotated != astronaut_frame)  # boxes were drawn
+
+
+def test_cli_without_model_and_without_face(tmp_path):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 127, np.uint8))
+    run = _cli(str(blank), "--no-model")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == []
+
+
+def test_cli_reports_corrupt_image(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    run = _cli(str(bad), "--no-model")
+    assert run.returncode == 2
+    assert "could not be decoded" in run.stderr and "Traceback" not in run.stderr
