@@ -1,0 +1,269 @@
+"""One training epoch and one evaluation pass over in-memory crops (Section IV-B).
+
+The reference-script split (timm / torchvision ``train_one_epoch`` and
+``evaluate``): the trainer owns the protocol, this module owns the loops.
+
+* :class:`CropBatches` serves mini-batches of a :class:`~cmcnn_training.crops.CropSet`
+  as float tensors ``(B, M, S, S)`` in the model's channel order, with the
+  optional light augmentation and depth-modality dropout applied in numpy.
+* :func:`train_one_epoch` runs either the fused network (CM-CNN logits of
+  eq. (4), before the sigmoid) or every FEN through its own classification
+  head (Section III-C; the pre-training stage) against the loss of eq. (5).
+* :func:`evaluate` returns predictions for the metrics module.
+
+Augmentation (not in the paper, used only when asked): horizontal flip
+(texture modalities are recomputed from the flipped grey crop with the
+preprocessing's own functions, because an LBP code is not mirror-symmetric:
+flipping the LBP image would swap the meaning of its bits), a small integer
+shift and scale applied identically to every channel with nearest-neighbour
+sampling (codes stay codes), and brightness/contrast on the grey channel only
+(LBP is invariant to monotonic grey changes, so the pair stays consistent).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .crops import CropSet
+
+LOG = logging.getLogger(__name__)
+
+TEXTURE_DERIVED = ("lbp", "hog", "gabor")
+
+
+@dataclass
+class AugmentConfig:
+    """Light augmentation settings (all off when ``enabled`` is False)."""
+
+    enabled: bool = False
+    flip_p: float = 0.5
+    max_shift: float = 0.05      # fraction of the crop side
+    max_scale: float = 0.05      # +- relative zoom
+    brightness: float = 0.1      # +- added to grey in [0, 1]
+    contrast: float = 0.15       # +- relative contrast of grey
+
+
+class CropBatches:
+    """Iterable of ``(x, y)`` mini-batches over some rows of a crop set.
+
+    Args:
+        crops: the crop set.
+        rows: row indices of ``crops`` to serve.
+        label_index: class index of every row of ``crops`` (``-1`` = unused).
+        modalities: channel order of the model input.
+        batch_size: rows per batch.
+        shuffle: reshuffle every epoch (training).
+        seed: RNG seed for the order, augmentation and depth dropout.
+        augment: augmentation settings.
+        depth_dropout: fraction of samples whose depth channel is zeroed.
+        preprocessing: PreprocessingParams, needed to recompute texture
+            modalities after a flip.
+        drop_last: drop a final batch smaller than ``batch_size`` (training:
+            a batch of one breaks batch normalisation).
+    """
+
+    def __init__(self, crops: CropSet, rows: Sequence[int], label_index: np.ndarray,
+                 modalities: Sequence[str], batch_size: int, shuffle: bool = False, seed: int = 0,
+                 augment: Optional[AugmentConfig] = None, depth_dropout: float = 0.0,
+                 preprocessing: object = None, drop_last: bool = False) -> None:
+        self.crops = crops
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.y = np.asarray(label_index, dtype=np.int64)
+        self.modalities = tuple(modalities)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.augment = augment or AugmentConfig()
+        self.depth_dropout = float(depth_dropout)
+        self.params = preprocessing
+        self.drop_last = drop_last and len(self.rows) > self.batch_size
+        if self.augment.enabled and any(m in TEXTURE_DERIVED for m in self.modalities) and self.params is None:
+            raise ValueError("augmentation with texture modalities needs the preprocessing params")
+        self._gabor = None
+
+    def __len__(self) -> int:
+        n = len(self.rows)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        order = self.rng.permutation(self.rows) if self.shuffle else self.rows
+        for b in range(len(self)):
+            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._batch(rows)
+
+    # ----------------------------------------------------------------- batch
+    def _batch(self, rows: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.crops.to_tensor(rows, self.modalities)
+        if self.augment.enabled:
+            x = np.stack([self._augment_one(x[i], int(r)) for i, r in enumerate(rows)])
+        if self.depth_dropout > 0 and "depth" in self.modalities:
+            drop = self.rng.random(len(rows)) < self.depth_dropout
+            x[drop, self.modalities.index("depth")] = 0.0
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.y[rows])
+
+    def _augment_one(self, x: np.ndarray, row: int) -> np.ndarray:
+        a, rng = self.augment, self.rng
+        mods = self.modalities
+        if rng.random() < a.flip_p:
+            x = x[:, :, ::-1].copy()
+            self._recompute_texture(x, row)
+        s = x.shape[-1]
+        scale = 1.0 + rng.uniform(-a.max_scale, a.max_scale)
+        tx, ty = rng.uniform(-a.max_shift, a.max_shift, size=2) * s
+        if abs(scale - 1.0) > 1e-3 or abs(tx) >= 0.5 or abs(ty) >= 0.5:
+            c = (s - 1) / 2.0
+            m = np.array([[scale, 0, (1 - scale) * c + tx], [0, scale, (1 - scale) * c + ty]], np.float32)
+            for i in range(len(mods)):
+                x[i] = cv2.warpAffine(x[i], m, (s, s), flags=cv2.INTER_NEAREST,
+                                      borderMode=cv2.BORDER_REPLICATE)
+        if "grey" in mods:
+            g = x[mods.index("grey")]
+            mean = float(g.mean())
+            g = (g - mean) * (1.0 + rng.uniform(-a.contrast, a.contrast)) + mean
+            g += rng.uniform(-a.brightness, a.brightness)
+            x[mods.index("grey")] = np.clip(g, 0.0, 1.0)
+        return x
+
+    def _recompute_texture(self, x: np.ndarray, row: int) -> None:
+        derived = [m for m in self.modalities if m in TEXTURE_DERIVED]
+        if not derived:
+            return
+        from cmcnn_ros.preprocessing import texture
+
+        # The cached texture crops were computed from the uint8 grey crop; use
+        # the same uint8 crop (flipped) so the recomputed codes are exact.
+        grey = np.ascontiguousarray(self.crops.images["grey"][row][:, ::-1]) if "grey" in self.crops.images \
+            else None
+        if grey is None:
+            raise ValueError("flip augmentation of texture modalities needs the grey crop in the crop set")
+        for m in derived:
+            i = self.modalities.index(m)
+            if m == "lbp":
+                x[i] = texture.lbp_image(grey, self.params)
+            elif m == "hog":
+                x[i] = texture.hog_image(grey, self.params)
+            else:
+                if self._gabor is None:
+                    self._gabor = texture.GaborBank(self.params)
+                x[i] = self._gabor.magnitude(grey)
+            # Same uint8 quantisation as the cache, so flipped and unflipped
+            # samples look alike to the network.
+            x[i] = np.rint(x[i] * 255.0) / 255.0
+
+
+# ---------------------------------------------------------------------------
+# Loops
+# ---------------------------------------------------------------------------
+
+@dataclass
+class EpochStats:
+    """Averages of one training epoch."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    count: int
+    seconds: float
+    lr: float
+    per_head_accuracy: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Predictions:
+    """Output of :func:`evaluate` (aligned with the loader's rows)."""
+
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    seconds: float
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int, mode: str = "fusion", progress: bool = True,
+                    desc: str = "train") -> EpochStats:
+    """Train ``model`` for one pass over ``loader``.
+
+    Args:
+        model: a CM-CNN.
+        loader: training batches.
+        loss_fn: ``loss(logits, target_index) -> scalar``.
+        optimizer: the optimiser (its first group's lr is reported).
+        device: torch device.
+        epoch: epoch number for logging.
+        mode: ``"fusion"`` trains the whole network on the fused logits;
+            ``"fens"`` trains every FEN through its own head (sum of the
+            per-FEN losses; the FENs share no parameters, so this equals
+            pre-training each on its own).
+        progress: show a tqdm bar.
+        desc: progress-bar label.
+
+    Raises:
+        ValueError: unknown mode, or the loss became NaN/inf.
+    """
+    if mode not in ("fusion", "fens"):
+        raise ValueError(f"train mode must be 'fusion' or 'fens', got {mode!r}")
+    model.train()
+    t0 = time.perf_counter()
+    total_loss, total_n = 0.0, 0
+    correct: Dict[str, int] = {}
+    bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=not progress, unit="batch")
+    for x, y in bar:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if mode == "fusion":
+            outputs = {"fused": model(x)}
+        else:
+            outputs = model.fen_logits(x)
+        loss = sum(loss_fn(logits, y) for logits in outputs.values())
+        if not torch.isfinite(loss):
+            raise ValueError(f"training loss became {loss.item()} at epoch {epoch}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = int(y.shape[0])
+        total_loss += float(loss.detach()) * n
+        total_n += n
+        for name, logits in outputs.items():
+            correct[name] = correct.get(name, 0) + int((logits.detach().argmax(1) == y).sum())
+        bar.set_postfix(loss=f"{total_loss / total_n:.4f}")
+    bar.close()
+    per_head = {k: v / max(total_n, 1) for k, v in correct.items()}
+    return EpochStats(epoch=epoch, loss=total_loss / max(total_n, 1),
+                      accuracy=float(np.mean(list(per_head.values()))) if per_head else float("nan"),
+                      count=total_n, seconds=time.perf_counter() - t0,
+                      lr=float(optimizer.param_groups[0]["lr"]), per_head_accuracy=per_head)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: CropBatches, device: torch.device, progress: bool = True,
+             desc: str = "eval") -> Predictions:
+    """Predict every batch of ``loader`` with the fused network (argmax of the logits).
+
+    ``argmax`` of the logits equals the argmax of eq. (4)'s sigmoid scores and
+    of the softmax probabilities; ``probs`` holds the softmax.
+    """
+    model.eval()
+    t0 = time.perf_counter()
+    ys: List[np.ndarray] = []
+    probs: List[np.ndarray] = []
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        logits = model(x.to(device, non_blocking=True))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        ys.append(y.numpy())
+    p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    y_true = np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    return Predictions(y_true=y_true, y_pred=p.argmax(1) if p.size else np.zeros(0, np.int64), probs=p,
+                       seconds=time.perf_counter() - t0)

@@ -1,0 +1,222 @@
+"""``cmcnn-evaluate``: run a trained checkpoint over a dataset (paper Section IV-A, IV-E).
+
+The checkpoint carries its own preprocessing parameters, modalities and
+class list; the crops are made with exactly those (the node does the same),
+so the numbers reflect what the deployed model sees. Output: ``metrics.json``
+(accuracy, per class, per intensity, confusion matrix, plus per-band
+accuracy for every extra per-sample column of the dataset's ``labels.csv``,
+e.g. the synthetic generator's yaw/pitch/roll/light columns, whose top band
+is marked ``(extreme)``) and ``confusion_matrix.png``; a one-line JSON
+summary is printed on stdout.
+
+Example::
+
+    cmcnn-evaluate --checkpoint models/cmcnn_synthetic.pt --dataset kinect \\
+        --root data/synth_test --output-dir runs/eval_synth
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from cmcnn_ros.classes import canonical_name
+
+from .config import BOX_MODES, ConfigError, TrainConfig
+from .crops import CropSet, SubsetDataset, get_crops
+from .engine import CropBatches, evaluate as run_eval
+from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
+from .train import TrainingError, git_commit, load_training_dataset, resolve_device, select_samples, \
+    setup_logging
+
+LOG = logging.getLogger("cmcnn_training.evaluate")
+
+#: Columns of the generic Kinect folder layout (docs/ARCHITECTURE.md); anything else is an extra.
+STANDARD_COLUMNS = ("colour", "depth", "label", "subject", "intensity", "box_x", "box_y", "box_w", "box_h")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """Command-line parser of ``cmcnn-evaluate``."""
+    p = argparse.ArgumentParser(
+        prog="cmcnn-evaluate", add_help=add_help,
+        description="Evaluate a CM-CNN checkpoint on a dataset with the checkpoint's own preprocessing "
+                    "parameters; writes metrics.json and confusion_matrix.png.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (save_checkpoint format)")
+    p.add_argument("--dataset", default="kinect", help="dataset loader name (default: kinect)")
+    p.add_argument("--root", required=True, help="dataset root folder")
+    p.add_argument("--subjects", nargs="+", default=None, help="evaluate only these subject ids")
+    p.add_argument("--min-intensity", type=int, default=None,
+                   help="drop samples whose known intensity is below this")
+    p.add_argument("--output-dir", default=None,
+                   help="output folder (default: <checkpoint folder>/eval-<dataset>-<root name>)")
+    p.add_argument("--box-mode", choices=BOX_MODES, default="detect",
+                   help="detect (like the node; ground-truth box as fallback) or gt (default: detect)")
+    p.add_argument("--cache-dir", default="cache/crops", help="crop cache folder; '' disables (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="crop extraction processes (default: 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default: 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--no-depth", action="store_true",
+                   help="zero the depth channel of every sample (what the node does when depth is missing)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    return p
+
+
+def read_extra_columns(root: str | os.PathLike, sources: Sequence[str]) -> Dict[str, List[Any]]:
+    """Per-sample values of the non-standard columns of ``ROOT/labels.csv``.
+
+    Rows are matched to samples by their colour path (the sample's
+    ``source``), resolved against ``root``. Returns an empty dict when there
+    is no labels.csv, no extra column, or no sample could be matched.
+    """
+    path = Path(root) / "labels.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        extras = [c for c in (reader.fieldnames or []) if c and c.strip() not in STANDARD_COLUMNS]
+        if not extras:
+            return {}
+        by_path: Dict[str, Dict[str, str]] = {}
+        by_name: Dict[str, Dict[str, str]] = {}
+        for row in reader:
+            colour = (row.get("colour") or "").strip()
+            if not colour:
+                continue
+            by_path[os.path.normpath(os.path.abspath(os.path.join(root, colour)))] = row
+            by_name.setdefault(os.path.basename(colour), row)
+    out: Dict[str, List[Any]] = {c: [] for c in extras}
+    matched = 0
+    for src in sources:
+        key = os.path.normpath(os.path.abspath(src if os.path.isabs(src) else os.path.join(root, src)))
+        row = by_path.get(key) or by_name.get(os.path.basename(src))
+        matched += row is not None
+        for c in extras:
+            out[c].append(None if row is None else row.get(c))
+    if matched == 0:
+        LOG.warning("labels.csv has extra columns %s but no sample matched a row; skipping them", extras)
+        return {}
+    if matched < len(sources):
+        LOG.warning("extra columns: %d of %d samples matched a labels.csv row", matched, len(sources))
+    return out
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`run_evaluation` produced."""
+
+    metrics: EvaluationMetrics
+    output_dir: Path
+    metrics_path: Path
+    summary: Dict[str, Any]
+
+
+def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
+                   subjects: Optional[Sequence[str]] = None, output_dir: Optional[str | os.PathLike] = None,
+                   min_intensity: Optional[int] = None, box_mode: str = "detect",
+                   cache_dir: Optional[str] = "cache/crops", workers: int = 2, batch_size: int = 64,
+                   device: str = "auto", no_depth: bool = False, progress: bool = True) -> EvaluationResult:
+    """Evaluate ``checkpoint`` on a dataset and write metrics JSON + confusion PNG.
+
+    Raises:
+        CheckpointError: unreadable checkpoint.
+        TrainingError: no sample of the checkpoint's classes in the selection.
+        CropError: no face crops.
+    """
+    from cmcnn_ros.model.checkpoint import load_checkpoint
+    from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    model = ckpt.model.to(dev).eval()
+    class_names = list(ckpt.class_names)
+    params = PreprocessingParams.from_dict(ckpt.preprocessing)
+    modalities = tuple(ckpt.model_config.modalities)
+    if output_dir is None:
+        output_dir = Path(checkpoint).resolve().parent / f"eval-{dataset}-{Path(root).resolve().name}"
+    out = Path(output_dir)
+
+    ds = load_training_dataset(dataset, root)
+    present = {canonical_name(l) for l in ds.labels}
+    unknown = sorted(present - set(class_names))
+    if unknown:
+        LOG.warning("dataset classes %s are not among the checkpoint's %s; those samples are skipped",
+                    unknown, class_names)
+    sel = TrainConfig(root=root, classes=class_names, subjects=list(subjects) if subjects else None,
+                      min_intensity=min_intensity)
+    keep, _ = select_samples(ds, sel)
+    view = ds if len(keep) == len(ds) else SubsetDataset(ds, keep)
+    crops, cache = get_crops(view, params, modalities, cache_dir or None, box_mode=box_mode,
+                             workers=workers, progress=progress, name=dataset)
+    label_of = {c: i for i, c in enumerate(class_names)}
+    y = np.array([label_of[canonical_name(l)] for l in crops.labels], dtype=np.int64)
+    batches = CropBatches(crops, np.arange(len(crops)), y, modalities, batch_size,
+                          depth_dropout=1.0 if no_depth else 0.0)
+    pred = run_eval(model, batches, dev, progress=progress)
+    extras = read_extra_columns(root, crops.sources.tolist())
+    metrics = compute_metrics(pred.y_true, pred.y_pred, class_names, intensities=crops.intensities,
+                              extra_columns=extras)
+    LOG.info("accuracy %.4f on %d samples (%d classes)", metrics.accuracy, metrics.count, len(class_names))
+    for column, bands in metrics.per_group.items():
+        LOG.info("  %s: %s", column, ", ".join(f"{k} {v.accuracy:.3f} (n={v.count})" for k, v in bands.items()))
+
+    summary = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "dataset": dataset, "root": os.path.abspath(root),
+        "accuracy": metrics.accuracy, "count": metrics.count,
+        "no_depth": no_depth,
+    }
+    doc = {
+        "summary": summary,
+        "metrics": metrics.to_dict(),
+        "class_names": class_names,
+        "checkpoint_metadata": ckpt.metadata,
+        "model_config": ckpt.model_config.to_dict(),
+        "preprocessing": params.to_dict(),
+        "crop_stats": crops.stats, "crop_cache": cache.path, "crop_cache_hit": cache.hit,
+        "box_sources": {k: int(v) for k, v in zip(*np.unique(crops.box_sources, return_counts=True))},
+        "depth_valid_fraction": float(crops.depth_valid.mean()) if len(crops) else None,
+        "subjects": sorted(set(crops.subjects.tolist())),
+        "git_commit": git_commit(),
+        "timings": {"crops_seconds": cache.seconds, "inference_seconds": pred.seconds,
+                    "total_seconds": time.perf_counter() - t0},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", doc)
+    plot_confusion_matrix(metrics.confusion, class_names, out / "confusion_matrix.png",
+                          title=f"{Path(checkpoint).name} on {dataset}: {metrics.accuracy * 100:.1f}%")
+    LOG.info("metrics written: %s", out / "metrics.json")
+    return EvaluationResult(metrics=metrics, output_dir=out, metrics_path=out / "metrics.json", summary=summary)
+
+
+def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
+    """Console entry point ``cmcnn-evaluate``; prints a JSON summary, returns the exit status."""
+    args = argv if isinstance(argv, argparse.Namespace) else get_args_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        result = run_evaluation(args.checkpoint, args.dataset, args.root, subjects=args.subjects,
+                                output_dir=args.output_dir, min_intensity=args.min_intensity,
+                                box_mode=args.box_mode, cache_dir=args.cache_dir, workers=args.workers,
+                                batch_size=args.batch_size, device=args.device, no_depth=args.no_depth,
+                                progress=args.progress)
+    except (ValueError, OSError) as exc:  # CheckpointError, TrainingError, CropError, ConfigError ...
+        LOG.error("%s: %s", type(exc).__name__, exc)
+        return 2
+    print(json.dumps(result.summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
