@@ -1,0 +1,188 @@
+"""Face detection with the Viola-Jones detector (Section III-B 1).
+
+Ni et al. (IEEE TCDS 2023) detect facial regions with the V-J detector [65].
+This uses OpenCV 4.x's bundled Haar cascades (``cv2.data.haarcascades``;
+OpenCV 5 ships none, see docs). To keep detection off the critical path it
+runs on a downscaled, histogram-equalised grey frame (``detect_max_side``)
+and maps boxes back to full-resolution pixels; overlapping boxes are pruned
+so every face appears once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .params import PreprocessingError, PreprocessingParams
+
+LOGGER = logging.getLogger(__name__)
+
+Box = Tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class FaceDetection:
+    """One detected face.
+
+    Attributes:
+        box: ``(x, y, w, h)`` in full-frame pixels (clipped to the frame).
+        score: number of merged cascade hits (``detectMultiScale2``
+            ``numDetections``); higher is more certain.
+    """
+
+    box: Box
+    score: float
+
+
+def load_cascade(name: str) -> cv2.CascadeClassifier:
+    """Load a Haar cascade bundled with OpenCV.
+
+    Args:
+        name: file name inside ``cv2.data.haarcascades``.
+
+    Raises:
+        PreprocessingError: the file is missing or does not load (OpenCV 5
+            ships no cascades: install ``opencv-python-headless<5``).
+    """
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    if folder is None or not hasattr(cv2, "CascadeClassifier"):
+        raise PreprocessingError(
+            f"OpenCV {cv2.__version__} has no Haar cascades; install opencv-python-headless 4.x")
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise PreprocessingError(f"Haar cascade {path} not found (OpenCV {cv2.__version__})")
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise PreprocessingError(f"Haar cascade {path} failed to load")
+    return cascade
+
+
+def suppress_overlaps(boxes: Sequence[Box], scores: Sequence[float], max_overlap: float) -> List[int]:
+    """Greedy non-maximum suppression by intersection over the smaller area.
+
+    Intersection-over-minimum rather than IoU, because the cascade's typical
+    duplicate is a small box nested inside a larger one (IoU is low there).
+
+    Args:
+        boxes: ``(x, y, w, h)`` boxes.
+        scores: one score per box (higher wins; ties go to the larger box).
+        max_overlap: a box is dropped when its intersection with a kept box
+            exceeds this fraction of the smaller of the two areas.
+
+    Returns:
+        Indices of the kept boxes, best first.
+    """
+    order = sorted(range(len(boxes)), key=lambda i: (-scores[i], -boxes[i][2] * boxes[i][3]))
+    kept: List[int] = []
+    for i in order:
+        xi, yi, wi, hi = boxes[i]
+        ok = True
+        for j in kept:
+            xj, yj, wj, hj = boxes[j]
+            iw = min(xi + wi, xj + wj) - max(xi, xj)
+            ih = min(yi + hi, yj + hj) - max(yi, yj)
+            if iw > 0 and ih > 0 and iw * ih > max_overlap * min(wi * hi, wj * hj):
+                ok = False
+                break
+        if ok:
+            kept.append(i)
+    return kept
+
+
+def _check_grey(grey: np.ndarray) -> None:
+    if not isinstance(grey, np.ndarray) or grey.dtype != np.uint8 or grey.ndim != 2:
+        raise PreprocessingError(
+            "face detection needs a uint8 HxW grey image, got "
+            + (f"{grey.dtype} array of shape {grey.shape}" if isinstance(grey, np.ndarray)
+               else type(grey).__name__))
+    if grey.size == 0:
+        raise PreprocessingError(f"face detection got an empty image of shape {grey.shape}")
+
+
+class FaceDetector:
+    """Viola-Jones face detector on a downscaled grey frame.
+
+    Not thread-safe (OpenCV cascades keep state): one per thread.
+    """
+
+    def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
+        """Load the cascade named by ``params.face_cascade``.
+
+        Raises:
+            PreprocessingError: the cascade cannot be loaded.
+        """
+        self.params = params or PreprocessingParams()
+        self._cascade = load_cascade(self.params.face_cascade)
+        win = self._cascade.getOriginalWindowSize()
+        # Faces smaller than the training window are invisible to the cascade.
+        self.window = int(max(win[0], win[1])) if win[0] > 0 else 24
+
+    def detection_scale(self, shape: Tuple[int, int]) -> float:
+        """Downscale factor used for a frame (or ROI) of ``shape`` ``(h, w)``.
+
+        ``detect_max_side / max(h, w)``, never above 1, but never so small
+        that a ``min_face_size`` face falls below the cascade window.
+        """
+        p = self.params
+        scale = min(1.0, p.detect_max_side / float(max(shape)))
+        return min(1.0, max(scale, (self.window + 1) / float(p.min_face_size)))
+
+    def detect(self, grey: np.ndarray, roi: Optional[Box] = None) -> List[FaceDetection]:
+        """Find every face in ``grey`` (or in the region ``roi`` of it).
+
+        Args:
+            grey: ``uint8`` HxW full-resolution grey frame.
+            roi: optional ``(x, y, w, h)`` region in full-frame pixels (e.g.
+                around a tracked face) to search instead of the whole frame;
+                it is clipped to the frame.
+
+        Returns:
+            Detections in full-frame pixels, best first, not overlapping by
+            more than ``params.nms_overlap`` of the smaller box.
+
+        Raises:
+            PreprocessingError: ``grey`` is not a non-empty uint8 HxW array or ``roi`` is malformed.
+        """
+        _check_grey(grey)
+        p = self.params
+        ox, oy = 0, 0
+        if roi is not None:
+            try:
+                rx, ry, rw, rh = (int(round(v)) for v in roi)
+            except (TypeError, ValueError) as exc:
+                raise PreprocessingError(f"roi must be (x, y, w, h), got {roi!r}") from exc
+            x0, y0 = max(rx, 0), max(ry, 0)
+            x1, y1 = min(rx + rw, grey.shape[1]), min(ry + rh, grey.shape[0])
+            if x1 - x0 < p.min_face_size or y1 - y0 < p.min_face_size:
+                return []
+            grey = grey[y0:y1, x0:x1]
+            ox, oy = x0, y0
+        scale = self.detection_scale(grey.shape)
+        if scale < 1.0:
+            small = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))),
+                               interpolation=cv2.INTER_AREA)
+        else:
+            small = grey
+        if p.detect_equalize:
+            small = cv2.equalizeHist(small)
+        min_side = max(self.window, int(round(p.min_face_size * scale)))
+        max_side = int(round(p.max_face_size * scale)) if p.max_face_size else 0
+        rects, neighbours = self._cascade.detectMultiScale2(
+            small, scaleFactor=p.scale_factor, minNeighbors=p.min_neighbors,
+            minSize=(min_side, min_side), maxSize=(max_side, max_side) if max_side else (0, 0))
+        if len(rects) == 0:
+            return []
+        h_full, w_full = grey.shape
+        boxes: List[Box] = []
+        for x, y, w, h in np.asarray(rects, dtype=np.float64) / scale:
+            x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+            x1, y1 = min(w_full, int(round(x + w))), min(h_full, int(round(y + h)))
+            boxes.append((x0 + ox, y0 + oy, x1 - x0, y1 - y0))
+        scores = [float(n) for n in np.asarray(neighbours).ravel()]
+        keep = suppress_overlaps(boxes, scores, p.nms_overlap)
+        return [FaceDetection(box=boxes[i], score=scores[i]) for i in keep]

@@ -1,0 +1,242 @@
+"""Preprocessing parameters: the single source of truth for Section III-B.
+
+Ni et al. (IEEE TCDS 2023), Section III-B, turn one RGB-D frame into
+148x148 facial crops: Viola-Jones face detection, rotation rectification from
+the eye line (eq. 1), grey-scale, LBP (eq. 2) and depth images. Every number
+that changes what the network sees lives in :class:`PreprocessingParams`, and
+a copy is stored in every checkpoint (``"preprocessing"``) so training,
+evaluation, the CLI and the ROS node crop faces the same way.
+
+Defaults were chosen by measurement on these CPUs (2 cores, OpenCV 4.14,
+see ``benchmarks/bench_preprocessing.py`` and the notes beside each field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Tuple
+
+#: Modality names understood by the preprocessing (ARCHITECTURE.md "Modalities").
+MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor", "depth")
+
+#: LBP mapping methods of ``skimage.feature.local_binary_pattern``.
+LBP_METHODS: Tuple[str, ...] = ("default", "ror", "uniform", "nri_uniform", "var")
+
+FACE_CASCADES: Tuple[str, ...] = (
+    "haarcascade_frontalface_default.xml",
+    "haarcascade_frontalface_alt.xml",
+    "haarcascade_frontalface_alt2.xml",
+)
+EYE_CASCADES: Tuple[str, ...] = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")
+
+
+class PreprocessingError(ValueError):
+    """Bad input or bad settings for the preprocessing; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class PreprocessingParams:
+    """Settings of the Section III-B preprocessing.
+
+    Geometry:
+        crop_size: side of every output crop in pixels (paper: 148).
+        crop_margin: fraction of the detected box side added on *each* side
+            before resizing to ``crop_size`` (0.1 turns a 100 px box into a
+            120 px square region).
+
+    Face detection (Viola-Jones, OpenCV Haar cascade):
+        face_cascade: cascade file name in ``cv2.data.haarcascades``. alt2
+            found all five faces of the benchmark frame and the astronaut
+            rotated by +-12 deg at more settings than "default", with no false
+            positive on 12 scikit-image photographs.
+        detect_max_side: the grey frame is downscaled so its longer side is at
+            most this many pixels before detection (a full 512x512 frame at
+            scale factor 1.1 costs ~60-110 ms here, 240 px about 5x less).
+        min_face_size: smallest face to find, in full-frame pixels. If the
+            downscaled frame would make such a face smaller than the cascade
+            window, detection runs at a finer scale so the promise holds.
+        max_face_size: largest face to find in full-frame pixels (0 = no limit).
+        scale_factor: ``detectMultiScale`` pyramid step.
+        min_neighbors: ``detectMultiScale`` grouping threshold (higher = fewer
+            false positives, fewer detections).
+        detect_equalize: equalise the histogram of the small frame first
+            (off: on a dark scene it saturated a lit face and lost it).
+        nms_overlap: a box whose intersection with a better (more neighbours)
+            box exceeds this fraction of the smaller box's area is dropped, so
+            the output boxes do not overlap by more than that.
+
+    Rotation rectification (eq. 1):
+        align: estimate the in-plane roll from the eyes and remove it.
+        eye_cascade: cascade file name in ``cv2.data.haarcascades``.
+        eye_region_width: the upper face is resized to this width before the
+            eye cascade runs (fixed cost per face; eyes land at ~22 px, just
+            above the cascade's 20 px window).
+        eye_scale_factor, eye_min_neighbors: eye ``detectMultiScale`` settings.
+        max_roll_deg: eye pairs whose line is steeper than this are rejected.
+        eye_refine: move each eye centre onto the dark pupil blob inside its
+            Haar box (roll error on a rotated photograph: ~2.7 -> ~0.5 deg).
+
+    Texture (LBP eq. 2, HOG and Gabor for the ablation rows):
+        lbp_points, lbp_radius, lbp_method: ``skimage.feature.local_binary_pattern``
+            P, R and method. P=8, R=1, "default" is eq. (2) (8 neighbours,
+            codes 0..255, not rotation invariant: the crop is already aligned);
+            the code is divided by its maximum (2**P - 1 for "default").
+        hog_orientations, hog_pixels_per_cell: ``skimage.feature.hog`` settings
+            of the HOG visualisation image.
+        gabor_wavelengths: Gabor wavelengths in crop pixels.
+        gabor_orientations: number of orientations in [0, pi).
+
+    Depth (Section III-B 4, Kinect path):
+        depth_min_m, depth_max_m: readings outside this range are invalid
+            (Kinect v2 works from 0.5 to 4.5 m; the slack keeps good edges).
+        depth_range_m: depth span mapped to [1, 0] behind the reference
+            (nearest face point = 1, ``depth_range_m`` behind it = 0).
+        depth_reference_percentile: percentile of the valid depths in the
+            central region used as the reference (a low one: the nose tip,
+            robust to a few flying pixels).
+        depth_center_fraction: side of the central square region (fraction of
+            the crop) that is the face proper; the reference and the valid
+            fraction are measured there, not in the margin and corners where
+            background may be legitimately out of range.
+        depth_fill_kernel: holes are filled by normalised box filtering with
+            this odd kernel (crop pixels); holes wider than that get the
+            background value 0.
+        min_depth_valid_fraction: below this valid fraction the depth is
+            unusable: ``depth_valid=False`` and an all-zero depth crop.
+    """
+
+    crop_size: int = 148
+    crop_margin: float = 0.1
+
+    face_cascade: str = "haarcascade_frontalface_alt2.xml"
+    detect_max_side: int = 240
+    min_face_size: int = 60
+    max_face_size: int = 0
+    scale_factor: float = 1.15
+    min_neighbors: int = 3
+    detect_equalize: bool = False
+    nms_overlap: float = 0.2
+
+    align: bool = True
+    eye_cascade: str = "haarcascade_eye.xml"
+    eye_region_width: int = 80
+    eye_scale_factor: float = 1.1
+    eye_min_neighbors: int = 2
+    max_roll_deg: float = 30.0
+    eye_refine: bool = True
+
+    lbp_points: int = 8
+    lbp_radius: float = 1.0
+    lbp_method: str = "default"
+    hog_orientations: int = 9
+    hog_pixels_per_cell: int = 8
+    gabor_wavelengths: Tuple[float, ...] = field(default=(4.0, 8.0))
+    gabor_orientations: int = 4
+
+    depth_min_m: float = 0.3
+    depth_max_m: float = 5.0
+    depth_range_m: float = 0.15
+    depth_reference_percentile: float = 2.0
+    depth_center_fraction: float = 0.6
+    depth_fill_kernel: int = 9
+    min_depth_valid_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        # Tuples survive a JSON/YAML round trip as lists; normalise first.
+        object.__setattr__(self, "gabor_wavelengths", tuple(float(w) for w in self.gabor_wavelengths))
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check every value; raise PreprocessingError naming the first bad field."""
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise PreprocessingError(
+                    f"PreprocessingParams.{name}={getattr(self, name)!r} is invalid: {what}")
+
+        for name in ("crop_size", "detect_max_side", "min_face_size", "max_face_size", "min_neighbors",
+                     "eye_region_width", "eye_min_neighbors", "lbp_points", "hog_orientations",
+                     "hog_pixels_per_cell", "gabor_orientations", "depth_fill_kernel"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), name, "must be an int")
+        for name in ("detect_equalize", "align", "eye_refine"):
+            need(isinstance(getattr(self, name), bool), name, "must be a bool")
+        for name in ("crop_margin", "scale_factor", "nms_overlap", "eye_scale_factor", "max_roll_deg",
+                     "lbp_radius", "depth_min_m", "depth_max_m", "depth_range_m",
+                     "depth_reference_percentile", "depth_center_fraction", "min_depth_valid_fraction"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                 name, "must be a finite number")
+
+        need(16 <= self.crop_size <= 1024, "crop_size", "must be in [16, 1024]")
+        need(0.0 <= self.crop_margin <= 1.0, "crop_margin", "must be in [0, 1]")
+        need(self.face_cascade in FACE_CASCADES, "face_cascade", f"must be one of {FACE_CASCADES}")
+        need(self.detect_max_side >= 64, "detect_max_side", "must be >= 64")
+        need(self.min_face_size >= 8, "min_face_size", "must be >= 8 pixels")
+        need(self.max_face_size == 0 or self.max_face_size >= self.min_face_size, "max_face_size",
+             "must be 0 (no limit) or >= min_face_size")
+        need(1.01 <= self.scale_factor <= 2.0, "scale_factor", "must be in [1.01, 2]")
+        need(self.min_neighbors >= 0, "min_neighbors", "must be >= 0")
+        need(0.0 <= self.nms_overlap <= 1.0, "nms_overlap", "must be in [0, 1]")
+        need(self.eye_cascade in EYE_CASCADES, "eye_cascade", f"must be one of {EYE_CASCADES}")
+        need(40 <= self.eye_region_width <= 400, "eye_region_width", "must be in [40, 400]")
+        need(1.01 <= self.eye_scale_factor <= 2.0, "eye_scale_factor", "must be in [1.01, 2]")
+        need(self.eye_min_neighbors >= 0, "eye_min_neighbors", "must be >= 0")
+        need(0.0 < self.max_roll_deg <= 90.0, "max_roll_deg", "must be in (0, 90]")
+        need(1 <= self.lbp_points <= 24, "lbp_points", "must be in [1, 24]")
+        need(0.5 <= self.lbp_radius <= 8.0, "lbp_radius", "must be in [0.5, 8]")
+        need(self.lbp_method in LBP_METHODS, "lbp_method", f"must be one of {LBP_METHODS}")
+        need(self.hog_orientations >= 1, "hog_orientations", "must be >= 1")
+        need(2 <= self.hog_pixels_per_cell <= self.crop_size // 2, "hog_pixels_per_cell",
+             "must be in [2, crop_size // 2]")
+        need(len(self.gabor_wavelengths) >= 1 and all(2.0 <= w <= self.crop_size / 2
+                                                      for w in self.gabor_wavelengths),
+             "gabor_wavelengths", "must be a non-empty list of wavelengths in [2, crop_size / 2] pixels")
+        need(self.gabor_orientations >= 1, "gabor_orientations", "must be >= 1")
+        need(0.0 <= self.depth_min_m < self.depth_max_m, "depth_min_m", "must be >= 0 and < depth_max_m")
+        need(0.0 < self.depth_range_m <= 2.0, "depth_range_m", "must be in (0, 2] metres")
+        need(0.0 <= self.depth_reference_percentile <= 50.0, "depth_reference_percentile",
+             "must be in [0, 50]")
+        need(0.05 <= self.depth_center_fraction <= 1.0, "depth_center_fraction", "must be in [0.05, 1]")
+        need(self.depth_fill_kernel >= 1 and self.depth_fill_kernel % 2 == 1, "depth_fill_kernel",
+             "must be an odd int >= 1")
+        need(0.0 <= self.min_depth_valid_fraction <= 1.0, "min_depth_valid_fraction", "must be in [0, 1]")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain-Python copy (JSON/YAML/torch.save friendly); tuples become lists."""
+        out = dataclasses.asdict(self)
+        out["gabor_wavelengths"] = list(self.gabor_wavelengths)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessingParams":
+        """Build from a dict such as a checkpoint's ``"preprocessing"`` entry.
+
+        Missing keys take their defaults (older checkpoints stay loadable).
+
+        Args:
+            d: mapping of field name to value.
+
+        Raises:
+            PreprocessingError: ``d`` is not a mapping, has unknown keys, or a value is invalid.
+        """
+        if not isinstance(d, Mapping):
+            raise PreprocessingError(f"preprocessing parameters must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PreprocessingError(
+                f"unknown preprocessing parameter(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**dict(d))
+        except TypeError as exc:  # e.g. a non-iterable gabor_wavelengths
+            raise PreprocessingError(f"invalid preprocessing parameters: {exc}") from exc
+
+    def replace(self, **changes: Any) -> "PreprocessingParams":
+        """Copy with some fields changed (validated).
+
+        Raises:
+            PreprocessingError: a changed value is invalid or a name is unknown.
+        """
+        return type(self).from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,288 @@
+"""FacePreprocessor: one colour (+ depth) frame -> per-face crops (Section III-B).
+
+The order follows Ni et al. (IEEE TCDS 2023), Section III-B and Fig. 2:
+V-J face detection, rotation rectification from the eye line (eq. 1),
+grey-scale conversion, LBP (eq. 2) and the facial depth image, each
+``crop_size`` (148) square. HOG and Gabor images are available for the
+ablation rows of Tables II/III. Only the requested modalities are computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .alignment import Aligner, warp_crop
+from .depth import face_depth_crop
+from .detection import Box, FaceDetector
+from .params import MODALITIES, PreprocessingError, PreprocessingParams
+from .texture import GaborBank, hog_image, lbp_image
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class FaceCrops:
+    """Everything the model needs about one face.
+
+    Attributes:
+        box: ``(x, y, w, h)`` ints in colour-frame pixels.
+        roll: radians removed by the alignment (image coordinates, y down;
+            positive = face turned clockwise on screen); 0 without eyes.
+        eyes_found: whether the roll came from a detected eye pair.
+        crops: modality name -> ``float32`` SxS image in [0, 1].
+        depth_valid: depth usable for this face (else its crop is all zeros).
+        depth_valid_fraction: fraction of valid depth readings in the central
+            face region (0 when no depth was given).
+        timings: per-stage milliseconds; ``detect`` (and ``convert``) are the
+            frame's shared cost, the others this face's own.
+        eyes: eye centres ``((xl, yl), (xr, yr))`` in frame pixels, if found.
+        detection_score: cascade neighbour count (``nan`` for given boxes).
+    """
+
+    box: Tuple[int, int, int, int]
+    roll: float
+    eyes_found: bool
+    crops: Dict[str, np.ndarray]
+    depth_valid: bool
+    depth_valid_fraction: float
+    timings: Dict[str, float] = field(default_factory=dict)
+    eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
+    detection_score: float = float("nan")
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
+    """Validate a modality list.
+
+    Raises:
+        PreprocessingError: empty, duplicated or unknown names.
+    """
+    if isinstance(modalities, str):
+        raise PreprocessingError(f"modalities must be a sequence of names, got the string {modalities!r}")
+    mods = tuple(modalities)
+    if not mods:
+        raise PreprocessingError("at least one modality is needed")
+    unknown = [m for m in mods if m not in MODALITIES]
+    if unknown:
+        raise PreprocessingError(f"unknown modality name(s) {unknown}; known: {list(MODALITIES)}")
+    if len(set(mods)) != len(mods):
+        raise PreprocessingError(f"duplicate modality names in {list(mods)}")
+    return mods
+
+
+def to_grey(colour: np.ndarray) -> np.ndarray:
+    """Grey ``uint8`` HxW from BGR, BGRA or grey ``uint8`` input.
+
+    Raises:
+        PreprocessingError: not a non-empty uint8 HxW / HxWx1 / HxWx3 / HxWx4 array.
+    """
+    if not isinstance(colour, np.ndarray):
+        raise PreprocessingError(f"colour must be a numpy array, got {type(colour).__name__}")
+    if colour.size == 0:
+        raise PreprocessingError(f"colour frame is empty (shape {colour.shape})")
+    if colour.dtype != np.uint8:
+        raise PreprocessingError(
+            f"colour must be uint8 (BGR, BGRA or grey), got dtype {colour.dtype}; scale float images "
+            "to 0..255 and convert with .astype(np.uint8)")
+    if colour.ndim == 2:
+        return colour
+    if colour.ndim == 3:
+        channels = colour.shape[2]
+        if channels == 1:
+            return colour[:, :, 0]
+        if channels == 3:
+            return cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
+        if channels == 4:
+            return cv2.cvtColor(colour, cv2.COLOR_BGRA2GRAY)
+    raise PreprocessingError(
+        f"colour must be HxW grey, HxWx3 BGR or HxWx4 BGRA, got shape {colour.shape}")
+
+
+def _check_depth(depth_m: np.ndarray, frame_shape: Tuple[int, int]) -> np.ndarray:
+    if not isinstance(depth_m, np.ndarray):
+        raise PreprocessingError(f"depth_m must be a numpy array or None, got {type(depth_m).__name__}")
+    if depth_m.ndim == 3 and depth_m.shape[2] == 1:
+        depth_m = depth_m[:, :, 0]
+    if depth_m.ndim != 2:
+        raise PreprocessingError(f"depth_m must be HxW, got shape {depth_m.shape}")
+    if depth_m.dtype == np.float64:
+        depth_m = depth_m.astype(np.float32)
+    elif depth_m.dtype != np.float32:
+        raise PreprocessingError(
+            f"depth_m must be float32 metres, got dtype {depth_m.dtype}; decode raw depth with "
+            "cmcnn_ros.preprocessing.depth_to_metres(depth, unit='mm')")
+    if depth_m.shape != frame_shape:
+        raise PreprocessingError(
+            f"depth {depth_m.shape[1]}x{depth_m.shape[0]} does not match colour "
+            f"{frame_shape[1]}x{frame_shape[0]}: depth must be registered to the colour frame")
+    return depth_m
+
+
+def _check_boxes(boxes: Sequence[Sequence[float]], frame_shape: Tuple[int, int]) -> List[Box]:
+    out: List[Box] = []
+    for i, b in enumerate(boxes):
+        try:
+            x, y, w, h = (int(round(float(v))) for v in b)
+        except (TypeError, ValueError) as exc:
+            raise PreprocessingError(f"boxes[{i}] must be (x, y, w, h), got {b!r}") from exc
+        if w <= 0 or h <= 0:
+            raise PreprocessingError(f"boxes[{i}]={tuple(b)} has a non-positive size")
+        if x >= frame_shape[1] or y >= frame_shape[0] or x + w <= 0 or y + h <= 0:
+            raise PreprocessingError(
+                f"boxes[{i}]={tuple(b)} lies outside the {frame_shape[1]}x{frame_shape[0]} frame")
+        out.append((x, y, w, h))
+    return out
+
+
+class FacePreprocessor:
+    """Frame -> list of :class:`FaceCrops` -> model tensor ``(B, M, S, S)``.
+
+    Not thread-safe (OpenCV cascades and ``last_timings``): one per thread.
+
+    Attributes:
+        params: the preprocessing parameters.
+        modalities: channel order of :meth:`to_tensor`.
+        last_timings: frame-level milliseconds of the last :meth:`process`
+            call (``convert``, ``detect``, ``align``, one key per modality,
+            ``total``), also filled when no face was found.
+    """
+
+    def __init__(self, params: Optional[PreprocessingParams] = None,
+                 modalities: Sequence[str] = ("grey", "lbp", "depth")) -> None:
+        """Load the cascades and prepare the requested modalities.
+
+        Args:
+            params: preprocessing parameters (defaults if None).
+            modalities: names among "grey", "lbp", "hog", "gabor", "depth" in model order.
+
+        Raises:
+            PreprocessingError: bad modalities, params or missing cascades.
+        """
+        if params is not None and not isinstance(params, PreprocessingParams):
+            raise PreprocessingError(f"params must be PreprocessingParams, got {type(params).__name__}")
+        self.params = params or PreprocessingParams()
+        self.modalities = check_modalities(modalities)
+        self.detector = FaceDetector(self.params)
+        self.aligner = Aligner(self.params)
+        self._gabor = GaborBank(self.params) if "gabor" in self.modalities else None
+        self.last_timings: Dict[str, float] = {}
+
+    def process(self, colour: np.ndarray, depth_m: Optional[np.ndarray] = None,
+                boxes: Optional[Sequence[Sequence[float]]] = None) -> List[FaceCrops]:
+        """Detect, align and crop every face of a frame.
+
+        Args:
+            colour: ``uint8`` BGR HxWx3, BGRA HxWx4 or grey HxW frame.
+            depth_m: ``float32`` HxW metres registered to ``colour`` (0/NaN =
+                no reading) or None (depth crops are then zeros, invalid).
+            boxes: optional ``(x, y, w, h)`` face boxes in colour pixels; they
+                replace detection (ground truth, tracking).
+
+        Returns:
+            One :class:`FaceCrops` per face, in detection order (best first)
+            or in the order of ``boxes``.
+
+        Raises:
+            PreprocessingError: empty frame, wrong dtype/shape, colour/depth
+                size mismatch, malformed boxes.
+        """
+        t_frame = time.perf_counter()
+        t0 = time.perf_counter()
+        grey = to_grey(colour)
+        if depth_m is not None:
+            depth_m = _check_depth(depth_m, grey.shape)
+        timings: Dict[str, float] = {"convert": _ms(t0)}
+
+        t0 = time.perf_counter()
+        if boxes is None:
+            detections = self.detector.detect(grey)
+            face_boxes = [d.box for d in detections]
+            scores = [d.score for d in detections]
+        else:
+            face_boxes = _check_boxes(boxes, grey.shape)
+            scores = [float("nan")] * len(face_boxes)
+        timings["detect"] = _ms(t0)
+        for key in ("align",) + self.modalities:
+            timings[key] = 0.0
+
+        faces = [self._crop_face(grey, depth_m, box, score, timings) for box, score in zip(face_boxes, scores)]
+        timings["total"] = _ms(t_frame)
+        for face in faces:
+            face.timings["convert"] = timings["convert"]
+            face.timings["detect"] = timings["detect"]
+        self.last_timings = timings
+        return faces
+
+    def _crop_face(self, grey: np.ndarray, depth_m: Optional[np.ndarray], box: Box, score: float,
+                   frame_timings: Dict[str, float]) -> FaceCrops:
+        p = self.params
+        t: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        alignment = self.aligner.align(grey, box)
+        grey_crop = warp_crop(grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0)
+        t["align"] = _ms(t0)
+
+        crops: Dict[str, np.ndarray] = {}
+        depth_valid, fraction = False, 0.0
+        for name in self.modalities:
+            t0 = time.perf_counter()
+            if name == "grey":
+                crops[name] = grey_crop.astype(np.float32) * np.float32(1.0 / 255.0)
+            elif name == "lbp":
+                crops[name] = lbp_image(grey_crop, p)
+            elif name == "hog":
+                crops[name] = hog_image(grey_crop, p)
+            elif name == "gabor":
+                assert self._gabor is not None
+                crops[name] = self._gabor.magnitude(grey_crop)
+            elif name == "depth":
+                if depth_m is None:
+                    crops[name] = np.zeros((p.crop_size, p.crop_size), np.float32)
+                else:
+                    d = face_depth_crop(depth_m, alignment.matrix, p)
+                    crops[name] = d.image
+                    depth_valid, fraction = d.valid, d.valid_fraction
+            t[name] = _ms(t0)
+        for key, value in t.items():
+            frame_timings[key] = frame_timings.get(key, 0.0) + value
+        eyes = (alignment.eyes.left, alignment.eyes.right) if alignment.eyes is not None else None
+        return FaceCrops(box=tuple(int(v) for v in box), roll=float(alignment.roll),
+                         eyes_found=alignment.eyes_found, crops=crops, depth_valid=depth_valid,
+                         depth_valid_fraction=fraction, timings=t, eyes=eyes, detection_score=score)
+
+    def to_tensor(self, faces: Sequence[FaceCrops]) -> np.ndarray:
+        """Stack crops into the model input.
+
+        Args:
+            faces: output of :meth:`process`.
+
+        Returns:
+            ``float32`` array ``(B, M, S, S)`` with channels in ``self.modalities`` order
+            (``(0, M, S, S)`` for no faces).
+
+        Raises:
+            PreprocessingError: a face lacks a modality or has a crop of the wrong shape.
+        """
+        size = self.params.crop_size
+        out = np.zeros((len(faces), len(self.modalities), size, size), np.float32)
+        for i, face in enumerate(faces):
+            for j, name in enumerate(self.modalities):
+                crop = face.crops.get(name)
+                if crop is None:
+                    raise PreprocessingError(
+                        f"face {i} has no {name!r} crop (has {sorted(face.crops)}); it was made by a "
+                        "preprocessor with other modalities")
+                if crop.shape != (size, size):
+                    raise PreprocessingError(
+                        f"face {i} {name!r} crop has shape {crop.shape}, expected {(size, size)}")
+                out[i, j] = crop
+        return out
