@@ -137,6 +137,12 @@ def test_detection_in_a_region_of_interest(astronaut: np.ndarray) -> None:
     assert max(abs(a - b) for a, b in zip(inside[0].box, full)) <= 8
     assert det.detect(grey, roi=(300, 300, 200, 200)) == []
     assert det.detect(grey, roi=(0, 0, 20, 20)) == []  # smaller than min_face_size
+    w = full[2]
+    tracked = det.detect(grey, roi=(130, 20, 190, 190), size_range=(int(0.7 * w), int(1.4 * w)))
+    assert len(tracked) == 1 and abs(tracked[0].box[2] - w) <= 0.2 * w
+    assert det.detect(grey, size_range=(2 * w, 0)) == []
+    with pytest.raises(PreprocessingError, match="size_range"):
+        det.detect(grey, size_range=(100, 50))
 
 
 def test_suppress_overlaps_drops_nested_and_keeps_separate_boxes() -> None:
@@ -384,6 +390,9 @@ def test_given_boxes_skip_detection(astronaut: np.ndarray, pre: FacePreprocessor
     assert [f.box for f in faces] == [(175, 66, 97, 97), (0, 300, 80, 80)]
     assert faces[0].eyes_found
     assert pre.process(astronaut, boxes=[]) == []
+    # A box hanging over the frame edge still gives full crops (edge replicated).
+    edge = pre.process(astronaut, boxes=[(-40, -30, 120, 120)])[0]
+    assert edge.crops["grey"].shape == (S, S) and edge.crops["grey"][0, 0] > 0
 
 
 @pytest.mark.parametrize("colour,depth,message", [

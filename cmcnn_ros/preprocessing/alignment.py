@@ -107,7 +107,7 @@ def crop_transform(box: Box, roll: float, crop_size: int, margin: float) -> np.n
 
 
 def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR,
-              border_value: float = 0.0) -> np.ndarray:
+              border_value: float = 0.0, border_mode: int = cv2.BORDER_CONSTANT) -> np.ndarray:
     """Resample ``image`` into a ``size`` square through ``matrix`` (frame -> crop).
 
     Bilinear warping aliases when it shrinks by more than 2x (a 400 px face
@@ -119,7 +119,9 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, interpolation: i
         matrix: 2x3 frame -> crop affine matrix.
         size: output side in pixels.
         interpolation: ``cv2.INTER_LINEAR`` or ``cv2.INTER_NEAREST``.
-        border_value: value outside the frame.
+        border_value: value outside the frame (``BORDER_CONSTANT``).
+        border_mode: OpenCV border mode; the grey crop of a face at the frame
+            edge uses ``BORDER_REPLICATE`` so LBP does not see a false edge.
 
     Returns:
         ``size x size`` array of ``image``'s dtype.
@@ -145,7 +147,7 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, interpolation: i
             matrix = matrix @ to_frame
             image = sub
     return cv2.warpAffine(image, matrix, (size, size), flags=interpolation,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border_value)
+                          borderMode=border_mode, borderValue=border_value)
 
 
 def refine_pupil(grey: np.ndarray, centre: Point, size: float) -> Point:
@@ -286,6 +288,8 @@ class Aligner:
             box: ``(x, y, w, h)`` face box in frame pixels.
         """
         pair = self.eyes.locate(grey, box) if self.eyes is not None else None
+        if pair is None and self.eyes is not None:
+            LOGGER.debug("no plausible eye pair in face box %s: roll 0", box)
         roll = pair.roll if pair is not None else 0.0
         matrix = crop_transform(box, roll, self.params.crop_size, self.params.crop_margin)
         return Alignment(roll=roll, eyes_found=pair is not None, eyes=pair, matrix=matrix)

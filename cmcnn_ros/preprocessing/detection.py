@@ -122,34 +122,57 @@ class FaceDetector:
         # Faces smaller than the training window are invisible to the cascade.
         self.window = int(max(win[0], win[1])) if win[0] > 0 else 24
 
-    def detection_scale(self, shape: Tuple[int, int]) -> float:
-        """Downscale factor used for a frame (or ROI) of ``shape`` ``(h, w)``.
+    def detection_scale(self, shape: Tuple[int, int], min_face: Optional[int] = None) -> float:
+        """Downscale factor used for a frame of ``shape`` ``(h, w)``.
 
         ``detect_max_side / max(h, w)``, never above 1, but never so small
-        that a ``min_face_size`` face falls below the cascade window.
+        that a face of ``min_face`` (default ``min_face_size``) pixels falls
+        below the cascade window.
         """
         p = self.params
+        min_face = p.min_face_size if min_face is None else min_face
         scale = min(1.0, p.detect_max_side / float(max(shape)))
-        return min(1.0, max(scale, (self.window + 1) / float(p.min_face_size)))
+        return min(1.0, max(scale, (self.window + 1) / float(min_face)))
 
-    def detect(self, grey: np.ndarray, roi: Optional[Box] = None) -> List[FaceDetection]:
+    def detect(self, grey: np.ndarray, roi: Optional[Box] = None,
+               size_range: Optional[Tuple[int, int]] = None) -> List[FaceDetection]:
         """Find every face in ``grey`` (or in the region ``roi`` of it).
+
+        A tracker can keep the per-frame cost low by searching only around a
+        previous box (``roi`` about twice its size) for faces of about its
+        size (``size_range`` e.g. 0.7x to 1.4x): that skips most of the
+        pyramid and most of the frame.
 
         Args:
             grey: ``uint8`` HxW full-resolution grey frame.
-            roi: optional ``(x, y, w, h)`` region in full-frame pixels (e.g.
-                around a tracked face) to search instead of the whole frame;
-                it is clipped to the frame.
+            roi: optional ``(x, y, w, h)`` region in full-frame pixels to
+                search instead of the whole frame; clipped to the frame. It is
+                searched at the whole frame's detection scale.
+            size_range: optional ``(min, max)`` face side in full-frame pixels
+                replacing ``min_face_size`` / ``max_face_size`` (max 0 = no limit).
 
         Returns:
             Detections in full-frame pixels, best first, not overlapping by
             more than ``params.nms_overlap`` of the smaller box.
 
         Raises:
-            PreprocessingError: ``grey`` is not a non-empty uint8 HxW array or ``roi`` is malformed.
+            PreprocessingError: ``grey`` is not a non-empty uint8 HxW array, or
+                ``roi`` / ``size_range`` is malformed.
         """
         _check_grey(grey)
         p = self.params
+        min_face, max_face = p.min_face_size, p.max_face_size
+        if size_range is not None:
+            try:
+                min_face, max_face = (int(round(v)) for v in size_range)
+            except (TypeError, ValueError) as exc:
+                raise PreprocessingError(f"size_range must be (min, max) pixels, got {size_range!r}") from exc
+            if min_face < 1 or (max_face and max_face < min_face):
+                raise PreprocessingError(f"size_range {size_range!r} needs 1 <= min and (max == 0 or max >= min)")
+        # The scale comes from the whole frame so a ROI is not searched at a
+        # finer (costlier) resolution than the frame would be.
+        scale = self.detection_scale(grey.shape, min_face)
+        LOGGER.debug("detecting faces of %d..%s px at scale %.3f", min_face, max_face or "any", scale)
         ox, oy = 0, 0
         if roi is not None:
             try:
@@ -158,11 +181,10 @@ class FaceDetector:
                 raise PreprocessingError(f"roi must be (x, y, w, h), got {roi!r}") from exc
             x0, y0 = max(rx, 0), max(ry, 0)
             x1, y1 = min(rx + rw, grey.shape[1]), min(ry + rh, grey.shape[0])
-            if x1 - x0 < p.min_face_size or y1 - y0 < p.min_face_size:
+            if x1 - x0 < min_face or y1 - y0 < min_face:
                 return []
             grey = grey[y0:y1, x0:x1]
             ox, oy = x0, y0
-        scale = self.detection_scale(grey.shape)
         if scale < 1.0:
             small = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))),
                                interpolation=cv2.INTER_AREA)
@@ -170,8 +192,10 @@ class FaceDetector:
             small = grey
         if p.detect_equalize:
             small = cv2.equalizeHist(small)
-        min_side = max(self.window, int(round(p.min_face_size * scale)))
-        max_side = int(round(p.max_face_size * scale)) if p.max_face_size else 0
+        min_side = max(self.window, int(round(min_face * scale)))
+        max_side = max(min_side, int(round(max_face * scale))) if max_face else 0
+        if min(small.shape) < min_side:
+            return []
         rects, neighbours = self._cascade.detectMultiScale2(
             small, scaleFactor=p.scale_factor, minNeighbors=p.min_neighbors,
             minSize=(min_side, min_side), maxSize=(max_side, max_side) if max_side else (0, 0))

@@ -122,7 +122,7 @@ class PreprocessingParams:
     align: bool = True
     eye_cascade: str = "haarcascade_eye.xml"
     eye_region_width: int = 80
-    eye_scale_factor: float = 1.1
+    eye_scale_factor: float = 1.15
     eye_min_neighbors: int = 2
     max_roll_deg: float = 30.0
     eye_refine: bool = True

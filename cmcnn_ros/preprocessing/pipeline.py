@@ -98,7 +98,7 @@ def to_grey(colour: np.ndarray) -> np.ndarray:
     if colour.ndim == 3:
         channels = colour.shape[2]
         if channels == 1:
-            return colour[:, :, 0]
+            return np.ascontiguousarray(colour[:, :, 0])
         if channels == 3:
             return cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
         if channels == 4:
@@ -228,7 +228,7 @@ class FacePreprocessor:
         t: Dict[str, float] = {}
         t0 = time.perf_counter()
         alignment = self.aligner.align(grey, box)
-        grey_crop = warp_crop(grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0)
+        grey_crop = warp_crop(grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0, cv2.BORDER_REPLICATE)
         t["align"] = _ms(t0)
 
         crops: Dict[str, np.ndarray] = {}
