@@ -11,6 +11,8 @@ On a robot the same code is installed by colcon through CMakeLists.txt
 Nothing is installed under a generic top-level name such as ``training``.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 ENTRY_POINTS = [
@@ -25,11 +27,15 @@ ENTRY_POINTS = [
     "fer_node = cmcnn_ros.ros.fer_node:main",
 ]
 
-# Both top-level packages are named explicitly so the editable install maps
-# them even before every subfolder has its __init__.py; subpackages found now
-# are added for non-editable installs (wheels).
+HERE = Path(__file__).resolve().parent
+PACKAGE_DIRS = {"cmcnn_ros": "cmcnn_ros", "cmcnn_training": "training/cmcnn_training"}
+# Top-level packages are named explicitly so the editable install maps them
+# even before every subfolder has its __init__.py; a folder not there yet is
+# left out (scripts/setup.sh reinstalls once it appears). Subpackages found
+# now are added for non-editable installs (wheels).
+TOP_LEVEL = {name for name, rel in PACKAGE_DIRS.items() if (HERE / rel).is_dir()}
 PACKAGES = sorted(
-    {"cmcnn_ros", "cmcnn_training"}
+    TOP_LEVEL
     | set(find_packages(include=["cmcnn_ros.*"]))
     | set(find_packages(where="training", include=["cmcnn_training.*"]))
 )
@@ -44,7 +50,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=PACKAGES,
-    package_dir={"cmcnn_training": "training/cmcnn_training"},
+    package_dir={name: PACKAGE_DIRS[name] for name in TOP_LEVEL if name != "cmcnn_ros"},
     package_data={
         "cmcnn_ros": ["synthetic/data/*"],
         "cmcnn_training": ["configs/*"],
