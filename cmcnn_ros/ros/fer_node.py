@@ -503,6 +503,8 @@ class FerNode(LifecycleNode):
               "device": self._device or "(not loaded)", "sync": self._sync_backend or "(inactive)",
               "image decoding": conversions.backend_name()}
         kv.update(self._stats.key_values())
+        if self._monitor is not None:
+            kv.update({f"{name} received": str(n) for name, n in self._monitor.counts().items()})
         stall = self._monitor.diagnose() if self._monitor is not None else None
         if self._state_label != "active":
             status.level, status.message = DiagnosticStatus.OK, f"{self._state_label}, not processing"
