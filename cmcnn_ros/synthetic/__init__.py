@@ -1,0 +1,27 @@
+"""Synthetic RGB-D facial expression benchmark from the ICT-FaceKit model.
+
+Stands in for the licensed databases of the paper's Section IV-A (BU-3DFE,
+Bosphorus, VT-KFER, CCZU-FER): Kinect-like colour + registered depth frames
+of seeded subjects posing neutral and the six basic expressions at four
+intensities. See ``docs/SYNTHETIC.md``.
+
+Typical use::
+
+    from cmcnn_ros.synthetic import FaceSpec, render_frame
+    frame = render_frame([FaceSpec(subject_id=3, label="happy", intensity=4,
+                                   position_m=(0.0, 0.0, 1.0))], seed=7)
+    frame.colour, frame.depth_mm, frame.faces[0].box
+"""
+
+from .expressions import INTENSITY_LEVELS, INTENSITY_SCALES, RECIPES, ExpressionError, expression_weights
+from .facekit import FaceKitError, FaceKitModel, identity_coefficients, identity_mesh, load_facekit
+from .render import BackgroundSpec, CameraSpec, LightSpec, RenderError, SensorSpec
+from .scene import (FaceSpec, FaceTruth, PoseRange, RenderedFrame, SceneError, face_box, random_background,
+                    random_face_spec, random_light, render_frame)
+
+__all__ = [
+    "BackgroundSpec", "CameraSpec", "ExpressionError", "FaceKitError", "FaceKitModel", "FaceSpec", "FaceTruth",
+    "INTENSITY_LEVELS", "INTENSITY_SCALES", "LightSpec", "PoseRange", "RECIPES", "RenderError", "RenderedFrame",
+    "SceneError", "SensorSpec", "expression_weights", "face_box", "identity_coefficients", "identity_mesh",
+    "load_facekit", "random_background", "random_face_spec", "random_light", "render_frame",
+]
