@@ -217,23 +217,36 @@ class BagReplayer:
         Raises:
             ReplayError: a topic is not one this replayer publishes.
         """
+        pubs = dict(self._by_topic)
+        if self._clock_pub is not None:
+            pubs[CLOCK_TOPIC] = self._clock_pub
         for t in topics:
-            if t not in self._by_topic:
-                raise ReplayError(f"{t!r} is not replayed; replayed topics: {self.topics}")
+            if t not in pubs:
+                raise ReplayError(f"{t!r} is not replayed; replayed topics: {sorted(pubs)}")
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(self._by_topic[t].get_subscription_count() > 0 for t in topics):
+        while True:
+            if all(pubs[t].get_subscription_count() > 0 for t in topics):
                 return True
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return False
 
-    def _publish_clock(self, t_ns: int, stats: ReplayStats) -> None:
+    def publish_clock(self, t_ns: int) -> bool:
+        """Publish ``/clock`` = ``t_ns`` (e.g. to keep sim time running after the bag ended).
+
+        Returns:
+            False when this replayer publishes no clock.
+        """
         if self._clock_pub is None:
-            return
+            return False
         msg = self._clock_cls()
         msg.clock.sec, msg.clock.nanosec = divmod(int(t_ns), 1_000_000_000)
         self._clock_pub.publish(msg)
-        stats.clock_messages += 1
+        return True
+
+    def _publish_clock(self, t_ns: int, stats: ReplayStats) -> None:
+        if self.publish_clock(t_ns):
+            stats.clock_messages += 1
 
     def play(self, progress: Optional[Callable[[int, int], None]] = None) -> ReplayStats:
         """Play the bag (once, or until :attr:`stop_event` with ``loop``).

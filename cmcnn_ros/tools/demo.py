@@ -114,11 +114,22 @@ def default_domain_id() -> int:
     return int(env) if env else 1 + os.getpid() % 100
 
 
+FASTDDS_PROFILE = Path(__file__).resolve().parent / "fastdds_shm.xml"
+ROS_ENV_KEYS = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "FASTDDS_DEFAULT_PROFILES_FILE")
+
+
 def ros_env(domain_id: int) -> Dict[str, str]:
-    """This process's environment with DDS confined to loopback and the given domain."""
+    """This process's environment with DDS confined to loopback and the given domain.
+
+    Unless the user chose a Fast DDS profile, :data:`FASTDDS_PROFILE` (large
+    shared-memory segment) is used: with Fast DDS's default segment most
+    Kinect-size frames never reached the node's best-effort subscription.
+    """
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["ROS_DOMAIN_ID"] = str(domain_id)
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env and FASTDDS_PROFILE.is_file():
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
     return env
 
 
@@ -215,7 +226,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
     domain = opts.domain_id if opts.domain_id is not None else default_domain_id()
     env = ros_env(domain)
     # rclpy reads these when it initialises, so this process joins the same private domain.
-    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID")})
+    os.environ.update({k: env[k] for k in ROS_ENV_KEYS if k in env})
     log_path = opts.output_dir / "fer_node.log"
     proc = start_node(weights, log_path, env, opts.node_threads, topics.colour, topics.depth or "")
     try:
@@ -290,17 +301,19 @@ def _replay_and_collect(bag: Path, proc: subprocess.Popen, log_path: Path,
         stats = replayer.play(progress)
         if bar is not None:
             bar.close()
-        # Results of the last frames are still on their way: wait until they stop coming.
-        last_n, quiet_since = -1, time.monotonic()
-        while time.monotonic() - quiet_since < 1.5 and proc.poll() is None:
-            time.sleep(0.1)
+        # Results of the last frames are still on their way: wait until they stop
+        # coming. Sim time keeps running meanwhile, or the node's sim-time
+        # timers (diagnostics) would stop with the bag.
+        last_n, t_end, quiet_since = -1, time.monotonic(), time.monotonic()
+        bag_end = stats.last_time_ns or 0
+        while time.monotonic() - quiet_since < 2.5 and proc.poll() is None \
+                and time.monotonic() - t_end < 15:
+            time.sleep(0.05)
+            replayer.publish_clock(bag_end + int((time.monotonic() - t_end) * opts.rate * 1e9))
             with collected.lock:
                 n = len(collected.results)
             if n != last_n:
                 last_n, quiet_since = n, time.monotonic()
-            if time.monotonic() - quiet_since > 10:
-                break
-        time.sleep(1.1)  # one more diagnostics period
     finally:
         replayer.close()
         executor.shutdown(timeout_sec=2.0)

@@ -42,6 +42,7 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
     matplotlib.use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     from cmcnn_training.metrics import write_bytes_atomic
 
@@ -79,17 +80,17 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
             ys.append(y_of[r.true_label])
         ax.step([x if x is not None else float("nan") for x in xs],
                 [y if y is not None else float("nan") for y in ys],
-                where="post", color="black", linewidth=2.0, label="true")
+                where="post", color="black", linewidth=2.0)
         ok = [(ti, y_of[r.predicted]) for ti, r in zip(t, recs) if r.predicted == r.true_label]
         bad = [(ti, y_of[r.predicted]) for ti, r in zip(t, recs)
                if r.predicted is not None and r.predicted != r.true_label]
         miss = [ti for ti, r in zip(t, recs) if r.predicted is None]
         if ok:
-            ax.scatter(*zip(*ok), s=14, color="tab:green", zorder=3, label="predicted (right)")
+            ax.scatter(*zip(*ok), s=14, color="tab:green", zorder=3)
         if bad:
-            ax.scatter(*zip(*bad), s=14, color="tab:red", zorder=3, label="predicted (wrong)")
+            ax.scatter(*zip(*bad), s=14, color="tab:red", zorder=3)
         if miss:
-            ax.scatter(miss, [-0.8] * len(miss), marker="|", s=40, color="grey", label="not detected")
+            ax.scatter(miss, [-0.8] * len(miss), marker="|", s=40, color="grey")
         n_pred = len(ok) + len(bad)
         acc = f"{100 * len(ok) / n_pred:.0f}% of {n_pred} detected" if n_pred else "never detected"
         ax.set_title(f"subject {subject}: {acc}, {len(miss)} missed", fontsize=9, loc="left")
@@ -97,7 +98,12 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
         ax.set_yticklabels(rows, fontsize=8)
         ax.set_ylim(-1.3, len(rows) - 0.5)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize=7, ncol=4)
+    # One legend for all panels (a panel shows only the marker kinds it has).
+    handles = [Line2D([], [], color="black", linewidth=2.0, label="true"),
+               Line2D([], [], color="tab:green", marker="o", linestyle="", markersize=4, label="predicted (right)"),
+               Line2D([], [], color="tab:red", marker="o", linestyle="", markersize=4, label="predicted (wrong)"),
+               Line2D([], [], color="grey", marker="|", linestyle="", markersize=8, label="not detected")]
+    axes[0].legend(handles=handles, loc="upper right", fontsize=7, ncol=4)
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
