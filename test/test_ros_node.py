@@ -115,7 +115,7 @@ class Harness:
 @pytest.fixture(scope="module")
 def active_node(workdir, random_checkpoint):
     h = Harness(workdir, "active", {"model_path": str(random_checkpoint), "bad_message_log_period": 0.0,
-                                    "device": "cpu"})
+                                    "device": "cpu", "publish_debug_image": True})
     h.node.wait_for_log(r"\] \[fer_node\]: active:", 60)
     h.connected()
     yield h
@@ -124,6 +124,8 @@ def active_node(workdir, random_checkpoint):
 
 def test_emotions_carry_colour_header_and_all_fields(active_node, frames):
     h = active_node
+    _, debug = h.client.collector(Image, "/fer_node/debug_image", rclpy.qos.qos_profile_sensor_data)
+    time.sleep(0.5)
     sent = []
     for c, d in zip(frames["one"]["colour"], frames["one"]["depth"]):
         sent.append(h.send(c, d))
@@ -149,6 +151,10 @@ def test_emotions_carry_colour_header_and_all_fields(active_node, frames):
         assert f.depth_valid and f.depth_valid_fraction > 0.9
         assert isinstance(f.eyes_found, bool) and abs(f.roll) < 0.6
     assert len(ids) == 1, f"face_id not stable: {ids}"
+    # The annotated debug image (on while subscribed) carries the colour header.
+    assert wait_until(lambda: len(debug) > 0, 5)
+    img = debug[-1][1]
+    assert (img.encoding, img.width, img.height) == ("bgr8", 640, 480) and stamp_of(img) in sent
 
 
 def test_frames_without_faces_give_empty_arrays(active_node, frames):

@@ -68,21 +68,29 @@ def photo_frame(n_faces: int, seed: int = 0, jitter: int = 0) -> Tuple[np.ndarra
 
 
 def synthetic_frames(count: int, seed: int = 0) -> Optional[Tuple[np.ndarray, np.ndarray, List[str]]]:
-    """Frames from the synthetic renderer, or None when it is not available."""
+    """Frames from the synthetic renderer (one frontal-ish face at 0.7-1.1 m,
+    full-intensity expressions cycling through the classes), or None when the
+    renderer is not available."""
     try:
-        from cmcnn_ros.synthetic import render  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - renderer not landed / no OSMesa
+        from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
+        from cmcnn_ros.synthetic.scene import PoseRange, random_face_spec, render_frame
+    except Exception:  # noqa: BLE001 - renderer not importable
         return None
     try:
+        poses = PoseRange(yaw_deg=10.0, pitch_deg=8.0, roll_deg=8.0, distance_m=(0.7, 1.1))
         colours, depths, labels = [], [], []
         for i in range(count):
-            frame = render.render_sample(seed=seed + i)  # type: ignore[attr-defined]
+            label = EXPRESSIONS_WITH_NEUTRAL[i % len(EXPRESSIONS_WITH_NEUTRAL)]
+            rng = np.random.default_rng(seed + i)
+            spec = random_face_spec(rng, subject_id=i % 5, label=label, intensity=4 if label != "neutral" else 0,
+                                    poses=poses, centre_px=(320.0, 240.0))
+            frame = render_frame([spec], seed=seed + i)
             colours.append(frame.colour)
             depths.append(frame.depth_mm)
-            labels.append(frame.faces[0].label)
+            labels.append(label)
         return np.stack(colours), np.stack(depths), labels
-    except Exception as exc:  # noqa: BLE001 - fall back to the photo frames
-        LOG.warning("synthetic renderer unusable (%s); using photo frames", exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. no OSMesa
+        LOG.warning("synthetic renderer unusable (%s)", exc)
         return None
 
 
