@@ -34,20 +34,22 @@ from ..classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
 from .facekit import FaceKitError, load_facekit, subject_rng
 
 # Weights at the highest intensity. A name without side applies to both
-# ``_L`` and ``_R`` blendshapes.
+# ``_L`` and ``_R`` blendshapes. A few exceed 1 (mild extrapolation, capped
+# at MAX_WEIGHT) where the model's shape is weaker than the posed databases'
+# apex expressions (brow lowering in anger, the sad brow and lip corners).
 RECIPES: Dict[str, Dict[str, float]] = {
     "neutral": {},
     "happy": {"mouthSmile": 1.0, "cheekSquint": 0.9, "eyeSquint": 0.35, "mouthDimple": 0.2,
               "jawOpen": 0.08, "mouthUpperUp": 0.15},
-    "sad": {"browInnerUp": 1.0, "browDown": 0.55, "mouthFrown": 1.0, "mouthShrugLower": 0.55,
-            "mouthPress": 0.3, "eyeSquint": 0.2, "eyeLookDown": 0.25, "mouthRollLower": 0.1},
+    "sad": {"browInnerUp": 1.3, "browDown": 0.6, "mouthFrown": 1.3, "mouthShrugLower": 0.7,
+            "mouthPress": 0.3, "eyeSquint": 0.2, "eyeBlink": 0.15, "eyeLookDown": 0.3, "mouthRollLower": 0.1},
     "surprised": {"browInnerUp": 1.0, "browOuterUp": 1.0, "eyeWide": 1.0, "jawOpen": 0.65,
                   "mouthFunnel": 0.15},
     "scared": {"browInnerUp": 1.0, "browOuterUp": 0.55, "browDown": 0.45, "eyeWide": 1.0,
                "eyeSquint": 0.25, "mouthStretch": 1.0, "jawOpen": 0.3, "mouthLowerDown": 0.45},
-    "angry": {"browDown": 1.0, "eyeWide": 0.45, "eyeSquint": 0.75, "mouthPress": 1.0,
-              "mouthRollUpper": 0.25, "mouthRollLower": 0.25, "noseSneer": 0.2,
-              "mouthShrugLower": 0.3},
+    "angry": {"browDown": 1.35, "eyeWide": 0.4, "eyeSquint": 0.9, "mouthPress": 1.0,
+              "mouthRollUpper": 0.25, "mouthRollLower": 0.25, "noseSneer": 0.35, "mouthFrown": 0.25,
+              "mouthShrugLower": 0.4, "cheekSquint": 0.2},
     "disgusted": {"noseSneer": 1.0, "mouthUpperUp": 0.8, "mouthFrown": 0.55, "mouthLowerDown": 0.45,
                   "browDown": 0.45, "cheekSquint": 0.5, "eyeSquint": 0.45, "mouthShrugUpper": 0.3},
 }
@@ -63,6 +65,7 @@ _STYLE_OPTIONS: Dict[str, Tuple[Tuple[float, Dict[str, float]], ...]] = {
     "scared": ((0.35, {"jawOpen": 0.2}),),
 }
 
+MAX_WEIGHT = 1.4
 INTENSITY_SCALES: Dict[int, float] = {1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0}
 INTENSITY_LEVELS: Tuple[int, ...] = (1, 2, 3, 4)
 
@@ -192,4 +195,4 @@ def expression_weights(label: str, intensity: int, subject_id: int,
         # (idle blinks, lip tension) so "neutral" is a distribution too.
         if name == "neutral":
             w += np.abs(rng.normal(0.0, 0.03, w.shape))
-    return np.clip(w, 0.0, 1.0).astype(np.float32)
+    return np.clip(w, 0.0, MAX_WEIGHT).astype(np.float32)

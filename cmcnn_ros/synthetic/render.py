@@ -552,10 +552,10 @@ def _degrade_depth(z: np.ndarray, fg: np.ndarray, camera: CameraSpec, sensor: Se
     # Random dropout blobs (ellipses) plus isolated pixels.
     if sensor.dropout_fraction > 0:
         mask = np.zeros((h, w), np.uint8)
-        mean_area = 60.0 * (w * h) / (640 * 480)
+        mean_area = 25.0 * (w * h) / (640 * 480)
         for _ in range(int(rng.poisson(sensor.dropout_fraction * w * h / mean_area))):
             centre = (int(rng.integers(w)), int(rng.integers(h)))
-            axes = (int(rng.integers(2, 8)), int(rng.integers(1, 5)))
+            axes = (int(rng.integers(1, 6)), int(rng.integers(1, 4)))
             cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
         n_salt = int(rng.poisson(0.25 * sensor.dropout_fraction * w * h))
         mask[rng.integers(0, h, n_salt), rng.integers(0, w, n_salt)] = 1
