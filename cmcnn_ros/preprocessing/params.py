@@ -114,7 +114,7 @@ class PreprocessingParams:
     detect_max_side: int = 240
     min_face_size: int = 60
     max_face_size: int = 0
-    scale_factor: float = 1.15
+    scale_factor: float = 1.2
     min_neighbors: int = 3
     detect_equalize: bool = False
     nms_overlap: float = 0.2

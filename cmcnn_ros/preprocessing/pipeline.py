@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -54,10 +54,6 @@ class FaceCrops:
     timings: Dict[str, float] = field(default_factory=dict)
     eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
     detection_score: float = float("nan")
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
 
 
 def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
@@ -157,12 +153,16 @@ class FacePreprocessor:
     """
 
     def __init__(self, params: Optional[PreprocessingParams] = None,
-                 modalities: Sequence[str] = ("grey", "lbp", "depth")) -> None:
+                 modalities: Sequence[str] = ("grey", "lbp", "depth"),
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         """Load the cascades and prepare the requested modalities.
 
         Args:
             params: preprocessing parameters (defaults if None).
             modalities: names among "grey", "lbp", "hog", "gabor", "depth" in model order.
+            clock: time source in seconds for the stage timings; wall clock by
+                default, ``time.process_time`` measures CPU cost instead
+                (meaningful on a shared machine, with one OpenCV thread).
 
         Raises:
             PreprocessingError: bad modalities, params or missing cascades.
@@ -174,7 +174,11 @@ class FacePreprocessor:
         self.detector = FaceDetector(self.params)
         self.aligner = Aligner(self.params)
         self._gabor = GaborBank(self.params) if "gabor" in self.modalities else None
+        self._clock = clock
         self.last_timings: Dict[str, float] = {}
+
+    def _ms(self, start: float) -> float:
+        return (self._clock() - start) * 1000.0
 
     def process(self, colour: np.ndarray, depth_m: Optional[np.ndarray] = None,
                 boxes: Optional[Sequence[Sequence[float]]] = None) -> List[FaceCrops]:
@@ -195,14 +199,14 @@ class FacePreprocessor:
             PreprocessingError: empty frame, wrong dtype/shape, colour/depth
                 size mismatch, malformed boxes.
         """
-        t_frame = time.perf_counter()
-        t0 = time.perf_counter()
+        t_frame = self._clock()
+        t0 = self._clock()
         grey = to_grey(colour)
         if depth_m is not None:
             depth_m = _check_depth(depth_m, grey.shape)
-        timings: Dict[str, float] = {"convert": _ms(t0)}
+        timings: Dict[str, float] = {"convert": self._ms(t0)}
 
-        t0 = time.perf_counter()
+        t0 = self._clock()
         if boxes is None:
             detections = self.detector.detect(grey)
             face_boxes = [d.box for d in detections]
@@ -210,12 +214,12 @@ class FacePreprocessor:
         else:
             face_boxes = _check_boxes(boxes, grey.shape)
             scores = [float("nan")] * len(face_boxes)
-        timings["detect"] = _ms(t0)
+        timings["detect"] = self._ms(t0)
         for key in ("align",) + self.modalities:
             timings[key] = 0.0
 
         faces = [self._crop_face(grey, depth_m, box, score, timings) for box, score in zip(face_boxes, scores)]
-        timings["total"] = _ms(t_frame)
+        timings["total"] = self._ms(t_frame)
         for face in faces:
             face.timings["convert"] = timings["convert"]
             face.timings["detect"] = timings["detect"]
@@ -226,15 +230,15 @@ class FacePreprocessor:
                    frame_timings: Dict[str, float]) -> FaceCrops:
         p = self.params
         t: Dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0 = self._clock()
         alignment = self.aligner.align(grey, box)
         grey_crop = warp_crop(grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0, cv2.BORDER_REPLICATE)
-        t["align"] = _ms(t0)
+        t["align"] = self._ms(t0)
 
         crops: Dict[str, np.ndarray] = {}
         depth_valid, fraction = False, 0.0
         for name in self.modalities:
-            t0 = time.perf_counter()
+            t0 = self._clock()
             if name == "grey":
                 crops[name] = grey_crop.astype(np.float32) * np.float32(1.0 / 255.0)
             elif name == "lbp":
@@ -251,7 +255,7 @@ class FacePreprocessor:
                     d = face_depth_crop(depth_m, alignment.matrix, p)
                     crops[name] = d.image
                     depth_valid, fraction = d.valid, d.valid_fraction
-            t[name] = _ms(t0)
+            t[name] = self._ms(t0)
         for key, value in t.items():
             frame_timings[key] = frame_timings.get(key, 0.0) + value
         eyes = (alignment.eyes.left, alignment.eyes.right) if alignment.eyes is not None else None
