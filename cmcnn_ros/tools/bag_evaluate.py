@@ -343,8 +343,13 @@ def evaluate_bag(bag: "str | Path", recognizer: Any, options: EvaluateOptions = 
     return board.report(extra), board
 
 
-def write_outputs(report: EvaluationReport, board: Scoreboard, output_dir: Path, title: str) -> Dict[str, Path]:
-    """Write ``report.json``, ``confusion.png`` and ``timeline.png`` into ``output_dir`` (atomically)."""
+def write_outputs(report: EvaluationReport, board: Scoreboard, output_dir: Path, title: str,
+                  truth: Optional[Dict[int, FrameLabels]] = None) -> Dict[str, Path]:
+    """Write ``report.json``, ``confusion.png`` and ``timeline.png`` into ``output_dir`` (atomically).
+
+    Args:
+        truth: all labelled frames (stamp -> labels), for the timeline's true line.
+    """
     from cmcnn_training.metrics import plot_confusion_matrix, write_json_atomic
 
     from cmcnn_ros.tools.timeline import save_timeline_png
@@ -357,7 +362,7 @@ def write_outputs(report: EvaluationReport, board: Scoreboard, output_dir: Path,
         plot_confusion_matrix(np.asarray(report.confusion), report.class_names, out["confusion"],
                               title=f"{title}: confusion (matched faces)")
         out["timeline"] = output_dir / "timeline.png"
-        save_timeline_png(board.records, out["timeline"], report.class_names, title=title)
+        save_timeline_png(board.records, out["timeline"], report.class_names, title=title, truth=truth)
     return out
 
 

@@ -179,8 +179,8 @@ class DemoOptions:
     output_dir: Path = Path("outputs/demo")
     weights: Optional[Path] = None
     bag: Optional[Path] = None
-    duration_s: float = 12.0
-    fps: float = 10.0
+    duration_s: float = 10.0
+    fps: float = 8.0
     faces: int = 3
     seed: int = 0
     rate: float = 1.0
@@ -243,7 +243,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
         "node_diagnostics": collected.diagnostics,
     })
     title = f"cmcnn-demo: live fer_node on {bag.name} ({report.extra['frames_published']} frames)"
-    paths = write_outputs(report, board, opts.output_dir, title)
+    paths = write_outputs(report, board, opts.output_dir, title, truth=labels)
     text = format_report(report, title) + "\n" + _extra_lines(report)
     sys.stdout.write(text + "\nwrote " + ", ".join(str(p) for p in paths.values()) + "\n")
     return report.to_dict()
@@ -376,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report.json, timeline.png, confusion.png, fer_node.log, demo_bag/ (default outputs/demo)")
     p.add_argument("--weights", type=Path, default=None, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
     p.add_argument("--bag", type=Path, default=None, help="replay this bag instead of writing a synthetic one")
-    p.add_argument("--duration", type=float, default=12.0, help="synthetic bag length in s (default 12)")
-    p.add_argument("--fps", type=float, default=10.0, help="synthetic bag frame rate (default 10)")
+    p.add_argument("--duration", type=float, default=10.0, help="synthetic bag length in s (default 10)")
+    p.add_argument("--fps", type=float, default=8.0, help="synthetic bag frame rate (default 8)")
     p.add_argument("--faces", type=int, default=3, help="faces at once in the synthetic bag, 1-4 (default 3)")
     p.add_argument("--seed", type=int, default=0, help="synthetic bag seed (default 0)")
     p.add_argument("--rate", type=float, default=1.0, help="replay speed multiplier (default 1.0)")

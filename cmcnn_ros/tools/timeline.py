@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from cmcnn_ros.tools.bag_evaluate import FaceRecord
+from cmcnn_ros.tools.bag_io import FrameLabels
 
 
 class TimelineError(ValueError):
@@ -22,7 +23,8 @@ class TimelineError(ValueError):
 
 
 def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_names: Sequence[str],
-                      title: str = "expression timeline", max_subjects: int = 8) -> Path:
+                      title: str = "expression timeline", max_subjects: int = 8,
+                      truth: Optional[Mapping[int, FrameLabels]] = None) -> Path:
     """Plot true vs predicted expression per subject over time and save a PNG.
 
     Args:
@@ -31,6 +33,9 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
         class_names: the model's classes; true labels outside them get rows too.
         title: figure title.
         max_subjects: panels at most (the subjects seen most often).
+        truth: every labelled frame of the bag (stamp -> labels); the true line
+            is then drawn from all frames, not only from the processed ones
+            (a live node skips frames it cannot keep up with).
 
     Returns:
         the path written.
@@ -55,10 +60,22 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
         if r.predicted is not None and r.predicted not in rows:
             rows.append(r.predicted)
     y_of = {c: i for i, c in enumerate(rows)}
-    t0 = min(r.stamp_ns for r in records)
     by_subject: Dict[str, List[FaceRecord]] = {}
     for r in records:
         by_subject.setdefault(r.subject, []).append(r)
+    # The true line: from every labelled frame when given, else from the records.
+    true_pts: Dict[str, List[Tuple[int, str]]] = {}
+    if truth:
+        for st, lab in truth.items():
+            for f in lab.faces:
+                true_pts.setdefault(f.subject, []).append((st, f.label))
+                if f.label not in rows:
+                    rows.append(f.label)
+        y_of = {c: i for i, c in enumerate(rows)}
+    else:
+        for r in records:
+            true_pts.setdefault(r.subject, []).append((r.stamp_ns, r.true_label))
+    t0 = min([r.stamp_ns for r in records] + [st for pts in true_pts.values() for st, _ in pts])
     subjects = sorted(by_subject, key=lambda s: (-len(by_subject[s]), s))[:max_subjects]
     subjects.sort()
 
@@ -68,16 +85,18 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
     for ax, subject in zip(axes, subjects):
         recs = sorted(by_subject[subject], key=lambda r: r.stamp_ns)
         t = [(r.stamp_ns - t0) / 1e9 for r in recs]
+        pts = sorted(true_pts.get(subject, []))
+        tt = [(st - t0) / 1e9 for st, _ in pts]
         # Break the truth line where the face was out of view (gaps > 3 frame periods).
-        gaps = _gap_threshold(t)
+        gaps = _gap_threshold(tt)
         xs: List[Optional[float]] = []
         ys: List[Optional[float]] = []
-        for i, r in enumerate(recs):
-            if i and t[i] - t[i - 1] > gaps:
+        for i, (_, label) in enumerate(pts):
+            if i and tt[i] - tt[i - 1] > gaps:
                 xs.append(None)
                 ys.append(None)
-            xs.append(t[i])
-            ys.append(y_of[r.true_label])
+            xs.append(tt[i])
+            ys.append(y_of[label])
         ax.step([x if x is not None else float("nan") for x in xs],
                 [y if y is not None else float("nan") for y in ys],
                 where="post", color="black", linewidth=2.0)
