@@ -426,3 +426,17 @@ def test_protocols_on_bosphorus_like_and_real_loaders(tmp_path):
     assert {bu.intensities[i] for i in sel.indices} == {3, 4}
     with pytest.raises(DatasetError, match="only 3 of 3 subjects"):
         select_protocol(bu, "P1", n_subjects=4)
+
+
+def test_protocol_cli_prints_subjects(tmp_path, capsys):
+    from cmcnn_training.datasets.protocols import main
+
+    root = _bu3dfe(tmp_path, subjects=("F0001", "F0002", "M0003"), codes=("AN", "DI", "FE", "HA", "SA", "SU"),
+                   levels=(3,))
+    assert main(["--dataset", "bu3dfe", "--root", str(root), "--protocol", "paper-P2", "--n-subjects", "2",
+                 "--folds", "2"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == 12 and len(out["subjects"]) == 2 and len(out["folds"]) == 2
+    assert main(["--dataset", "bu3dfe", "--root", str(root), "--protocol", "P9"]) == 2
+    assert "unknown protocol" in capsys.readouterr().err

@@ -221,3 +221,49 @@ def protocol_splits(dataset: Any, name: str, k: int = 10, run: int = 0, seed: in
     subjects = [str(dataset.subjects[i]) for i in sel.indices]
     folds = subject_kfold(subjects, k, seed=seed + run)
     return sel.indices, [(sel.indices[tr], sel.indices[te]) for tr, te in folds]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m cmcnn_training.datasets.protocols``: print a protocol run's selection as JSON.
+
+    Output keys: ``protocol``, ``run``, ``seed``, ``count``, ``subjects``,
+    ``folds`` (test subjects per fold). ``--subjects-only`` prints the subject
+    ids space-separated, ready for ``cmcnn-train --subjects``.
+    """
+    import argparse
+    import json
+    import logging
+    import sys
+
+    from . import load_dataset
+
+    parser = argparse.ArgumentParser(prog="python -m cmcnn_training.datasets.protocols",
+                                     description="Print the samples/subjects/folds of a protocol run.")
+    parser.add_argument("--dataset", required=True, help="registry name (kinect, bu3dfe, bosphorus)")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--protocol", default="P1", help=f"one of {list(PROTOCOLS)}")
+    parser.add_argument("--run", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=10)
+    parser.add_argument("--n-subjects", type=int, default=60)
+    parser.add_argument("--subjects-only", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        ds = load_dataset(args.dataset, args.root)
+        idx, folds = protocol_splits(ds, args.protocol, args.folds, args.run, args.seed, args.n_subjects)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    subjects = sorted({str(ds.subjects[i]) for i in idx})
+    if args.subjects_only:
+        print(" ".join(subjects))
+        return 0
+    print(json.dumps({"protocol": args.protocol, "run": args.run, "seed": args.seed, "count": int(len(idx)),
+                      "subjects": subjects,
+                      "folds": [sorted({str(ds.subjects[i]) for i in te}) for _, te in folds]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
