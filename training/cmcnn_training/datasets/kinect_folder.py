@@ -129,18 +129,14 @@ class KinectFolderDataset(RecordDataset):
             raise DatasetError(f"{path} not found: a Kinect folder dataset needs labels.csv "
                                f"({','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})")
         records: List[Record] = []
-        seen_dirs: Dict[str, set] = {}
+        root_s = str(root)
+        checked: Dict[str, bool] = {}
 
         def exists(rel: str) -> bool:
-            # One listdir per folder instead of a stat per row (10k rows).
-            full = os.path.normpath(os.path.join(str(root), rel))
-            folder, base = os.path.split(full)
-            if folder not in seen_dirs:
-                try:
-                    seen_dirs[folder] = set(os.listdir(folder))
-                except OSError:
-                    seen_dirs[folder] = set()
-            return base in seen_dirs[folder] and os.path.isfile(full)
+            # Rows often share files (and 10k Path objects are slow): one stat per distinct path.
+            if rel not in checked:
+                checked[rel] = os.path.isfile(os.path.join(root_s, rel))
+            return checked[rel]
 
         try:
             fh = open(path, newline="", encoding="utf-8-sig")
@@ -197,10 +193,10 @@ class KinectFolderDataset(RecordDataset):
                     if check_files:
                         for kind, rel in (("colour", colour), ("depth", depth)):
                             if rel is not None and not exists(rel):
-                                raise DatasetError(f"{where}: {kind} file {root / rel} does not exist")
+                                raise DatasetError(f"{where}: {kind} file {os.path.join(root_s, rel)} does not exist")
                     records.append(Record(
-                        source=str(root / colour), label=label, subject=subject, intensity=intensity,
-                        extra={"depth": str(root / depth) if depth else None, "box": box, "line": line}))
+                        source=os.path.join(root_s, colour), label=label, subject=subject, intensity=intensity,
+                        extra={"depth": os.path.join(root_s, depth) if depth else None, "box": box, "line": line}))
             except csv.Error as exc:
                 raise DatasetError(f"{path} line {line}: malformed CSV: {exc}") from None
         if not records:
