@@ -179,3 +179,44 @@ def test_cli_reports_corrupt_image(tmp_path):
     run = _cli(str(bad), "--no-model")
     assert run.returncode == 2
     assert "could not be decoded" in run.stderr and "Traceback" not in run.stderr
+
+
+def _shifted(frame: np.ndarray, dx: int) -> np.ndarray:
+    return np.roll(frame, dx, axis=1)
+
+
+def test_face_finder_tracks_between_full_detections(checkpoint, astronaut_frame):
+    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=4)
+    full = Recognizer.from_checkpoint(checkpoint, device="cpu")
+    calls = {"full": 0, "roi": 0}
+    detect = rec.face_finder.detector.detect
+
+    def counting_detect(grey, roi=None, size_range=None):
+        calls["roi" if roi is not None else "full"] += 1
+        return detect(grey, roi=roi, size_range=size_range)
+
+    rec.face_finder.detector.detect = counting_detect
+    for step in range(8):
+        frame = _shifted(astronaut_frame, 3 * step)
+        tracked = rec.recognize(frame, None).faces
+        reference = full.recognize(frame, None).faces
+        assert len(tracked) == 1 and len(reference) >= 1
+        tx, ty, tw, th = tracked[0].box
+        rx, ry, rw, rh = reference[0].box
+        # the local search lands on the same face as a full detection
+        assert abs((tx + tw / 2) - (rx + rw / 2)) < 0.2 * rw and abs(tw - rw) < 0.3 * rw
+    assert calls["full"] == 2 and calls["roi"] == 6  # frames 0 and 4 run the full detector
+
+
+def test_face_finder_redetects_after_losing_a_face(checkpoint, astronaut_frame):
+    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=10)
+    assert len(rec.recognize(astronaut_frame, None).faces) == 1
+    blank = np.full_like(astronaut_frame, 90)
+    assert rec.recognize(blank, None).faces == []       # local search fails: face lost
+    assert rec.recognize(blank, None).faces == []       # full detection: nothing there
+    assert len(rec.recognize(astronaut_frame, None).faces) == 1  # back at once: a full detection ran
+
+
+def test_bad_redetect_interval(checkpoint):
+    with pytest.raises(RecognizerError, match="redetect_interval"):
+        Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=0)

@@ -27,8 +27,9 @@ from ..classes import valence_arousal
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
 from ..preprocessing.depth import depth_to_metres
+from ..preprocessing.detection import FaceDetector, suppress_overlaps
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
-from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
+from ..preprocessing.pipeline import FaceCrops, FacePreprocessor, to_grey
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,6 +97,60 @@ class RecognitionResult:
     timings: Dict[str, float] = field(default_factory=dict)
 
 
+class FaceFinder:
+    """Viola-Jones on the whole frame every few frames, a local search in between.
+
+    Full-frame detection dominates the per-frame cost (Section III-B's V-J
+    detector; ~10 ms of CPU for 640x480 even downscaled). On video, a face
+    moves little between frames, so between full detections each previous box
+    is searched for again only in a region twice its size and for faces of
+    0.7x-1.4x its size, which skips most of the image pyramid. A face that is
+    not found again triggers a full detection on the next frame; new faces are
+    picked up at the next full detection, at most ``interval`` frames later.
+
+    Args:
+        detector: the preprocessing's face detector.
+        interval: frames between full detections; 1 detects on every frame
+            (stateless, what single images and training use).
+    """
+
+    def __init__(self, detector: FaceDetector, interval: int = 1) -> None:
+        if int(interval) < 1:
+            raise RecognizerError(f"redetect_interval must be >= 1, got {interval}")
+        self.detector = detector
+        self.interval = int(interval)
+        self._boxes: List[Box] = []
+        self._frames_since_full = 0
+
+    def reset(self) -> None:
+        """Forget previous boxes (next frame runs a full detection)."""
+        self._boxes = []
+        self._frames_since_full = 0
+
+    def find(self, grey: np.ndarray) -> List[Box]:
+        """Face boxes ``(x, y, w, h)`` of this frame, best first."""
+        if self.interval == 1 or not self._boxes or self._frames_since_full >= self.interval:
+            self._boxes = [d.box for d in self.detector.detect(grey)]
+            self._frames_since_full = 1
+            return list(self._boxes)
+        found: List[Box] = []
+        scores: List[float] = []
+        lost = False
+        for x, y, w, h in self._boxes:
+            roi = (x - w // 2, y - h // 2, 2 * w, 2 * h)
+            hits = self.detector.detect(grey, roi=roi, size_range=(0.7 * w, 1.4 * w))
+            if hits:
+                found.append(hits[0].box)
+                scores.append(hits[0].score)
+            else:
+                lost = True
+        keep = suppress_overlaps(found, scores, self.detector.params.nms_overlap)
+        self._boxes = [found[i] for i in keep]
+        # A lost face may have left or been occluded: look at the whole frame next time.
+        self._frames_since_full = self.interval if lost else self._frames_since_full + 1
+        return list(self._boxes)
+
+
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else is validated.
 
@@ -133,7 +188,7 @@ class Recognizer:
 
     def __init__(self, model: CMCNN, class_names: Sequence[str], params: PreprocessingParams,
                  device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
-                 source: Optional[str] = None) -> None:
+                 source: Optional[str] = None, redetect_interval: int = 1) -> None:
         """Wrap a network and its preprocessing.
 
         Args:
@@ -143,6 +198,8 @@ class Recognizer:
             device: "auto", "cpu", "cuda" or "cuda:N".
             num_threads: torch intra-op threads on CPU (None leaves torch's default).
             source: where the model came from (for logs and diagnostics).
+            redetect_interval: frames between full-frame face detections on
+                video (see :class:`FaceFinder`); 1 = every frame, stateless.
 
         Raises:
             RecognizerError: inconsistent classes, bad device or thread count.
@@ -164,6 +221,7 @@ class Recognizer:
         self.modalities = tuple(model.modalities)
         self.source = source or "<in-memory model>"
         self.preprocessor = FacePreprocessor(params, self.modalities)
+        self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval)
         # BatchNorm folded into the convs: same outputs, fewer passes over the
         # full-resolution maps (measured in benchmarks/bench_network.py).
         self.model = model.eval().fuse_for_inference().to(self.device)
@@ -171,7 +229,7 @@ class Recognizer:
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
-                        num_threads: Optional[int] = None) -> "Recognizer":
+                        num_threads: Optional[int] = None, redetect_interval: int = 1) -> "Recognizer":
         """Build from a checkpoint written by ``cmcnn-train``.
 
         Raises:
@@ -184,7 +242,7 @@ class Recognizer:
         except (PreprocessingError, TypeError, ValueError) as exc:
             raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
         return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
-                   source=str(path))
+                   source=str(path), redetect_interval=redetect_interval)
 
     # ------------------------------------------------------------------ API
     def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
@@ -199,6 +257,9 @@ class Recognizer:
             depth_scale: metres per depth unit; default 0.001 for ``uint16``
                 and 1.0 for float depth.
             boxes: optional face boxes ``(x, y, w, h)`` that replace detection.
+                Without them, faces are found by :attr:`face_finder` (full
+                detection, or a local search between full detections when
+                ``redetect_interval`` > 1).
 
         Returns:
             A :class:`RecognitionResult`; ``faces`` is empty when no face is found.
@@ -212,10 +273,17 @@ class Recognizer:
             if depth is not None:
                 unit = depth_scale if depth_scale is not None else ("mm" if depth.dtype == np.uint16 else "m")
                 depth_m = depth_to_metres(depth, unit)
+            detect_ms = None
+            if boxes is None and self.face_finder.interval > 1:
+                t0 = time.perf_counter()
+                boxes = self.face_finder.find(to_grey(colour))
+                detect_ms = (time.perf_counter() - t0) * 1000.0
             faces = self.preprocessor.process(colour, depth_m, boxes=boxes)
         except PreprocessingError as exc:
             raise RecognizerError(str(exc)) from exc
         timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
+        if detect_ms is not None:
+            timings["detect"] = detect_ms
         timings["preprocess"] = (time.perf_counter() - t_start) * 1000.0
 
         t0 = time.perf_counter()
