@@ -42,6 +42,9 @@ TRUTH_HEADER = ("colour", "subject", "label", "intensity", "yaw_deg", "pitch_deg
                 "nose_y_m", "nose_z_m", "eye1_x", "eye1_y", "eye2_x", "eye2_y", "frame_seed")
 
 
+_FILE_MODE = 0o644
+
+
 class GenerateError(ValueError):
     """Invalid generator options or output location."""
 
@@ -129,11 +132,18 @@ def render_job(job: Job, options: RenderOptions) -> RenderedFrame:
     return render_frame([spec], camera=options.camera, seed=job.seed)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _FILE_MODE)       # mkstemp makes 0600 files; datasets are shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -196,6 +206,7 @@ def _atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows(rows)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -265,20 +276,20 @@ def contact_sheet(subject_id: int = 0, classes: Sequence[str] = EXPRESSIONS_WITH
     changes. Crops are the ground-truth boxes, as the pipeline would see them.
 
     Returns:
-        ``uint8`` BGR image.
+        ``uint8`` grey image.
     """
     from .render import LightSpec
     light = LightSpec(azimuth_deg=20.0, elevation_deg=25.0, intensity=3.0, ambient=0.3)
     label_w = 110
     cols = 2 * len(intensities)
-    sheet = np.full((28 + tile * len(classes), label_w + tile * cols, 3), 255, np.uint8)
+    sheet = np.full((28 + tile * len(classes), label_w + tile * cols), 255, np.uint8)
     for c, lv in enumerate(intensities):
         x = label_w + 2 * c * tile
-        cv2.putText(sheet, f"level {lv}: grey | depth", (x + 8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+        cv2.putText(sheet, f"level {lv}: grey | depth", (x + 8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 0, 1,
                     cv2.LINE_AA)
     for r, label in enumerate(classes):
         y = 28 + r * tile
-        cv2.putText(sheet, label, (6, y + tile // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(sheet, label, (6, y + tile // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.55, 0, 1, cv2.LINE_AA)
         levels = [0] if label == "neutral" else list(intensities)
         for c, lv in enumerate(levels):
             spec = FaceSpec(subject_id, label, lv, position_m=(0.0, 0.0, 0.8), expression_seed=seed)
@@ -291,9 +302,8 @@ def contact_sheet(subject_id: int = 0, classes: Sequence[str] = EXPRESSIONS_WITH
             # Depth shown face-relative: nearer is brighter over a 9 cm span, holes black.
             dv = np.where(valid, np.clip(1.0 - (depth - near) / 90.0, 0, 1) * 215 + 40, 0).astype(np.uint8)
             x = label_w + 2 * c * tile
-            sheet[y:y + tile, x:x + tile] = cv2.cvtColor(cv2.resize(grey, (tile, tile)), cv2.COLOR_GRAY2BGR)
-            sheet[y:y + tile, x + tile:x + 2 * tile] = cv2.cvtColor(
-                cv2.resize(dv, (tile, tile), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2BGR)
+            sheet[y:y + tile, x:x + tile] = cv2.resize(grey, (tile, tile), interpolation=cv2.INTER_AREA)
+            sheet[y:y + tile, x + tile:x + 2 * tile] = cv2.resize(dv, (tile, tile), interpolation=cv2.INTER_NEAREST)
     return sheet
 
 
@@ -301,7 +311,8 @@ def write_contact_sheet(path: Path, subject_id: int = 0, classes: Sequence[str] 
                         intensities: Sequence[int] = INTENSITY_LEVELS) -> None:
     """Render :func:`contact_sheet` and save it as PNG (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, _encode(".png", contact_sheet(subject_id, classes, intensities)))
+    _atomic_write_bytes(path, _encode(".png", contact_sheet(subject_id, classes, intensities),
+                                      (cv2.IMWRITE_PNG_COMPRESSION, 9)))
 
 
 # ------------------------------------------------------------------ CLI
