@@ -19,6 +19,15 @@ from cmcnn_ros.model import (
 )
 from cmcnn_ros.model import checkpoint as ckpt_mod
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 CFG = ModelConfig(input_size=32, depth_widths=(2, 3, 4, 4), texture_widths=(2, 3, 4, 4),
                   depth_kernels=(3, 3, 3, 3), texture_kernels=(3, 3, 3, 3))
 PRE = {"crop_size": 32, "lbp_P": 8, "lbp_R": 1.0}
@@ -141,3 +150,8 @@ def test_save_validates_inputs(tmp_path):
     with pytest.raises(CheckpointError, match="metadata holds a object"):
         save_checkpoint(tmp_path / "a.pt", model, NAMES, PRE, metadata={"x": object()})
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_refuses_fused_model(tmp_path):
+    with pytest.raises(CheckpointError, match="fused for inference"):
+        save_checkpoint(tmp_path / "f.pt", _trained_model().fuse_for_inference(), NAMES, PRE)

@@ -22,6 +22,15 @@ from cmcnn_ros.model import (
 from cmcnn_ros.model.cmfn import ordered_pairs
 from cmcnn_ros.model.fen import DepthFEN, TextureFEN
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 SUBSETS = [
     ("grey",),
     ("lbp",),
@@ -207,3 +216,24 @@ def test_traceable_matches_eager():
     with torch.no_grad():
         traced = torch.jit.trace(model, x)
         torch.testing.assert_close(traced(x), model(x))
+
+
+def test_embedding_norm_switch():
+    with_bn = _model(("grey", "depth"))
+    without = _model(("grey", "depth"), embedding_norm="none")
+    assert isinstance(with_bn.neck, torch.nn.BatchNorm1d)
+    assert isinstance(without.neck, torch.nn.Identity)
+    with pytest.raises(ModelConfigError, match="embedding_norm"):
+        ModelConfig(embedding_norm="layer")
+
+
+def test_fuse_for_inference_same_outputs():
+    model = _model(("grey", "lbp", "depth"))
+    model.train()(torch.rand(4, 3, 32, 32))  # non-trivial BatchNorm statistics
+    model.eval()
+    fused = model.fuse_for_inference()
+    assert fused.is_fused and not model.is_fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)

@@ -97,6 +97,10 @@ def save_checkpoint(
     path = Path(path)
     if not isinstance(model, CMCNN):
         raise CheckpointError(f"cannot save {path}: model must be a CMCNN, got {type(model).__name__}")
+    if getattr(model, "is_fused", False):
+        raise CheckpointError(
+            f"cannot save {path}: the model was fused for inference (BatchNorm folded); save the unfused model"
+        )
     names = _check_class_names(class_names, model.num_classes, f"cannot save {path}")
     if hasattr(preprocessing, "to_dict"):
         preprocessing = preprocessing.to_dict()

@@ -5,7 +5,7 @@ Data flow for an input ``x`` of shape ``(B, M, S, S)`` (channels in
 
     f_m  = FEN_m(x[:, m])                    (B, C, 9, 9) per modality    Section III-C
     f_v  = fusion([f_m])                     (B, D)                       Section III-D
-    s    = PReLU(FC(f_v))                    (B, num_classes)  "logits"
+    s    = PReLU(FC(BN(f_v)))                (B, num_classes)  "logits"
     F    = sigmoid(s)                        eq. (4)
 
 What the methods return (the training loss and inference must agree):
@@ -24,6 +24,11 @@ What the methods return (the training loss and inference must agree):
 :meth:`CMCNN.fen_logits` runs each FEN through its own classification head
 (Section III-C) for single-modality pre-training and evaluation.
 
+Not in the paper, switchable in :class:`~cmcnn_ros.model.config.ModelConfig`:
+the BatchNorm "neck" on ``f_v`` (``embedding_norm``) and the scaling of the
+attention (``attention_scale``, ``attention_normalize``); their docstrings
+give the measured reasons.
+
 Build networks with :func:`cmcnn`::
 
     model = cmcnn()                                   # default preset
@@ -33,14 +38,16 @@ Build networks with :func:`cmcnn`::
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .cmfn import CMFN, ConcatFusion
 from .config import ModelConfig, ModelConfigError, preset_config
-from .fen import FENHead, build_fen
+from .fen import ConvBNPReLU, FENHead, ResidualStage, build_fen
 
 
 class ModelInputError(ValueError):
@@ -79,9 +86,11 @@ class CMCNN(nn.Module):
             # One modality has nothing to attend to; CMFN degenerates to pooling its features.
             self.fusion = ConcatFusion(len(self.modalities), channels)
         self.num_features = int(self.fusion.out_features)
+        self.neck = nn.BatchNorm1d(self.num_features) if config.embedding_norm == "batchnorm" else nn.Identity()
         self.head_drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.fc = nn.Linear(self.num_features, self.num_classes)
         self.head_act = nn.PReLU()
+        self.is_fused = False
 
     # ----------------------------------------------------------------- input
     def check_input(self, x: torch.Tensor) -> None:
@@ -120,9 +129,10 @@ class CMCNN(nn.Module):
 
         Args:
             f_v: Fused embedding from :meth:`forward_features`.
-            pre_logits: Return ``f_v`` after dropout instead of the logits.
+            pre_logits: Return ``f_v`` after the optional BatchNorm neck and
+                dropout instead of the logits.
         """
-        f_v = self.head_drop(f_v)
+        f_v = self.head_drop(self.neck(f_v))
         if pre_logits:
             return f_v
         return self.head_act(self.fc(f_v))
@@ -169,6 +179,26 @@ class CMCNN(nn.Module):
         if not include_fen_heads:
             total -= sum(p.numel() for p in self.fen_heads.parameters())
         return total
+
+    def fuse_for_inference(self) -> "CMCNN":
+        """Copy in eval mode with every BatchNorm folded into the preceding conv.
+
+        Same outputs up to float rounding, fewer memory passes over the
+        full-resolution feature maps (see ``benchmarks/bench_network.py``).
+        The copy is for inference only: its state dict lacks the BatchNorm
+        entries, so :func:`~cmcnn_ros.model.checkpoint.save_checkpoint`
+        refuses it; save the original model.
+        """
+        fused = copy.deepcopy(self).eval()
+        for module in fused.modules():
+            if isinstance(module, ConvBNPReLU):
+                module[0] = fuse_conv_bn_eval(module[0], module[1])
+                module[1] = nn.Identity()
+            elif isinstance(module, ResidualStage):
+                module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
+                module.bn2 = nn.Identity()
+        fused.is_fused = True
+        return fused
 
     def extra_repr(self) -> str:
         return f"modalities={list(self.modalities)}, num_classes={self.num_classes}, fusion={self.config.fusion!r}"

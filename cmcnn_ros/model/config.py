@@ -35,6 +35,7 @@ TEXTURE_MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor")
 DEPTH_MODALITIES: Tuple[str, ...] = ("depth",)
 FUSIONS: Tuple[str, ...] = ("cmfn", "concat")
 ATTENTIONS: Tuple[str, ...] = ("sigmoid", "softmax")
+EMBEDDING_NORMS: Tuple[str, ...] = ("batchnorm", "none")
 
 #: Both FEN types halve the resolution four times (148 -> 74 -> 37 -> 18 -> 9).
 NUM_STAGES = 4
@@ -82,6 +83,15 @@ class ModelConfig:
             FEN's classification head (Section III-C).
         dropout: Dropout before the final FC layer and the FEN heads' FC
             layers (0 disables it; the paper does not mention dropout).
+        embedding_norm: ``"batchnorm"`` puts a ``BatchNorm1d`` on ``f_v``
+            before the FC layer of eq. (4); ``"none"`` feeds ``f_v`` as the
+            paper describes. Not in the paper: ``f_v`` is made of max- and
+            mean-pooled post-PReLU maps, all positive with a large common
+            mean (``|f_v|^2`` about 7000 for the default widths at
+            initialisation), which makes plain SGD at the paper's lr 0.01
+            blow the logits up in the first steps; centring and scaling
+            ``f_v`` removes that. Training in this mode needs batches of
+            two or more samples.
     """
 
     modalities: Tuple[str, ...] = ("grey", "lbp", "depth")
@@ -98,6 +108,7 @@ class ModelConfig:
     attention_normalize: bool = True
     fen_head_pool: int = 1
     dropout: float = 0.0
+    embedding_norm: str = "batchnorm"
 
     def __post_init__(self) -> None:
         # Accept lists (JSON/YAML/checkpoints) but store tuples so the config
@@ -154,6 +165,10 @@ class ModelConfig:
         _check_int("fen_head_pool", self.fen_head_pool, 1)
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
             raise ModelConfigError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.embedding_norm not in EMBEDDING_NORMS:
+            raise ModelConfigError(
+                f"ModelConfig.embedding_norm={self.embedding_norm!r}; choose from {EMBEDDING_NORMS}"
+            )
 
     # -------------------------------------------------------------- derived
     @property
@@ -254,6 +269,7 @@ def preset_config(name: str = "default", **overrides: Any) -> ModelConfig:
 __all__ = [
     "ATTENTIONS",
     "DEPTH_MODALITIES",
+    "EMBEDDING_NORMS",
     "FUSIONS",
     "MODALITIES",
     "ModelConfig",
