@@ -108,8 +108,12 @@ sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
 PY
 }
 PYTHON_BIN=""
-if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  PYTHON_BIN="$VENV/bin/python"   # an existing venv fixes the interpreter
+# An existing, working venv (python runs and has pip) fixes the interpreter; a
+# broken one (e.g. an interrupted creation, a moved checkout) is recreated.
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import pip' >/dev/null 2>&1; then
+  python_fits "$VENV/bin/python" || fail ".venv uses $("$VENV/bin/python" -V 2>&1), but the ROS 2 wheels need CPython 3.10-3.13." \
+    "remove .venv (rm -rf .venv) and rerun; set CMCNN_PYTHON to choose the interpreter"
+  PYTHON_BIN="$VENV/bin/python"
 elif [[ -n "${CMCNN_PYTHON:-}" ]]; then
   python_fits "$CMCNN_PYTHON" || fail "CMCNN_PYTHON=$CMCNN_PYTHON is not a Python 3.10-3.13 with the venv and ensurepip modules." \
     "point CMCNN_PYTHON at such an interpreter, or on Debian/Ubuntu: apt-get install python3.11-venv"
@@ -214,7 +218,7 @@ CURRENT_LOG=""
 step "osmesa" "install Debian/Ubuntu's libosmesa6 yourself (sudo apt-get install libosmesa6), or set CMCNN_SKIP_APT=1 to skip (the synthetic renderer then cannot run)"
 if [[ "${CMCNN_SKIP_APT:-0}" == "1" ]]; then
   say "osmesa: skipped (CMCNN_SKIP_APT=1)"
-elif ldconfig -p 2>/dev/null | grep -q 'libOSMesa\.so'; then
+elif [[ "$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null)" == *libOSMesa.so* ]]; then
   say "osmesa: up to date"
 elif command -v apt-get >/dev/null 2>&1; then
   SUDO=""
@@ -228,7 +232,11 @@ elif command -v apt-get >/dev/null 2>&1; then
   if ! apt-cache show libosmesa6 >/dev/null 2>&1; then
     run_logged apt-update $SUDO apt-get update
   fi
-  run_logged apt-osmesa $SUDO apt-get install -y --no-install-recommends libosmesa6
+  if ! run_logged apt-osmesa $SUDO apt-get install -y --no-install-recommends libosmesa6; then
+    # Stale package lists (404s) are the usual cause: refresh once and retry.
+    run_logged apt-update $SUDO apt-get update
+    run_logged apt-osmesa $SUDO apt-get install -y --no-install-recommends libosmesa6
+  fi
   say "osmesa: installed"
 else
   fail "libOSMesa is missing and this is not a Debian/Ubuntu machine (no apt-get)." "$CURRENT_HINT"
@@ -242,6 +250,7 @@ if [[ -f "$MSG_STAMP" && "$(cat "$MSG_STAMP")" == "$msg_hash" && -d "$PREFIX" &&
 else
   say "messages: building msg/*.msg into .ros_prefix/install"
   rm -f "$MSG_STAMP"
+  rm -rf "$STATE"/install.tmp.* "$PREFIX.old"   # leftovers of an interrupted run
   # A build tree made against another venv, interpreter or source folder is
   # not reused: CMake caches absolute paths.
   if [[ -f "$BUILD/CMakeCache.txt" ]] && ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$STAGE" "$BUILD/CMakeCache.txt"; then
