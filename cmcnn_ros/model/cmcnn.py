@@ -180,14 +180,22 @@ class CMCNN(nn.Module):
             total -= sum(p.numel() for p in self.fen_heads.parameters())
         return total
 
-    def fuse_for_inference(self) -> "CMCNN":
-        """Copy in eval mode with every BatchNorm folded into the preceding conv.
+    def fuse_for_inference(self, channels_last: bool = True) -> "CMCNN":
+        """Copy for fast CPU inference: eval mode, BatchNorm folded into the convs.
 
-        Same outputs up to float rounding, fewer memory passes over the
-        full-resolution feature maps (see ``benchmarks/bench_network.py``).
+        Same outputs up to float rounding (about 1e-6). Measured with
+        ``benchmarks/bench_network.py`` (default preset, batch 1, one
+        thread): folding alone saves ~10 %; ``channels_last`` weights on top
+        bring the forward to ~0.6x of the eager model, because oneDNN then
+        runs the full-resolution convs without layout reorders. Inputs need
+        no conversion (each FEN gets a one-channel slice).
+
         The copy is for inference only: its state dict lacks the BatchNorm
         entries, so :func:`~cmcnn_ros.model.checkpoint.save_checkpoint`
         refuses it; save the original model.
+
+        Args:
+            channels_last: Also convert the weights to ``channels_last``.
         """
         fused = copy.deepcopy(self).eval()
         for module in fused.modules():
@@ -197,6 +205,8 @@ class CMCNN(nn.Module):
             elif isinstance(module, ResidualStage):
                 module.conv2 = fuse_conv_bn_eval(module.conv2, module.bn2)
                 module.bn2 = nn.Identity()
+        if channels_last:
+            fused = fused.to(memory_format=torch.channels_last)
         fused.is_fused = True
         return fused
 
