@@ -237,3 +237,11 @@ def test_fuse_for_inference_same_outputs():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_single_sample_training_batch_is_a_clear_error():
+    model = _model(("grey", "depth")).train()
+    with pytest.raises(ModelInputError, match="2 or more samples"):
+        model(torch.rand(1, 2, 32, 32))
+    assert model.eval()(torch.rand(1, 2, 32, 32)).shape == (1, 7)
+    assert _model(("grey", "depth"), embedding_norm="none").train()(torch.rand(1, 2, 32, 32)).shape == (1, 7)

@@ -10,8 +10,8 @@ Data flow for an input ``x`` of shape ``(B, M, S, S)`` (channels in
 
 What the methods return (the training loss and inference must agree):
 
-* :meth:`CMCNN.forward` returns ``s = PReLU(FC(f_v))``, the pre-sigmoid
-  scores of eq. (4), called logits.
+* :meth:`CMCNN.forward` returns ``s = PReLU(FC(BN(f_v)))`` (BN: the optional
+  neck, see below), the pre-sigmoid scores of eq. (4), called logits.
 * :meth:`CMCNN.predict_proba` returns ``softmax(s)``: a distribution over
   classes. That is the ``p`` the focal loss of eq. (5) needs
   (:mod:`cmcnn_ros.model.losses` applies ``log_softmax`` to the same
@@ -131,7 +131,15 @@ class CMCNN(nn.Module):
             f_v: Fused embedding from :meth:`forward_features`.
             pre_logits: Return ``f_v`` after the optional BatchNorm neck and
                 dropout instead of the logits.
+
+        Raises:
+            ModelInputError: a one-sample batch in training mode with the BatchNorm neck.
         """
+        if self.training and f_v.shape[0] < 2 and isinstance(self.neck, nn.BatchNorm1d):
+            raise ModelInputError(
+                "training with embedding_norm='batchnorm' needs batches of 2 or more samples "
+                "(drop the last short batch, or use embedding_norm='none')"
+            )
         f_v = self.head_drop(self.neck(f_v))
         if pre_logits:
             return f_v
