@@ -49,6 +49,11 @@ class TrainConfig:
     # data
     dataset: str = _f("kinect", "dataset loader name (kinect, bu3dfe, bosphorus; synthetic sets use kinect)")
     root: Optional[str] = _f(None, "dataset root folder")
+    protocol: Optional[str] = _f(
+        None, "dataset protocol selecting samples/subjects (cmcnn_training.datasets.protocols: P1, P2, "
+              "paper-P1, paper-P2, all); Section IV-A Protocol I/II")
+    protocol_run: int = _f(0, "protocol run number (P2 draws new subjects per run)")
+    protocol_subjects: int = _f(60, "subjects a protocol draws (paper: 60)")
     classes: Optional[List[str]] = _f(
         None, "class names to use, in output order (default: every class present, canonical order)")
     min_intensity: Optional[int] = _f(None, "drop samples whose intensity is known and below this "

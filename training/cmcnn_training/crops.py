@@ -168,61 +168,32 @@ class CropSet:
 # Dataset listing, subsets and the cache key
 # ---------------------------------------------------------------------------
 
-class SubsetDataset:
-    """A view of some samples of a dataset that keeps ``subjects``/``labels`` lists.
-
-    Args:
-        base: the dataset (``__len__``, ``__getitem__``, ``subjects``, ``labels``).
-        indices: indices into ``base``.
-    """
-
-    def __init__(self, base: Any, indices: Sequence[int]) -> None:
-        self.base = base
-        self.indices = [int(i) for i in indices]
-        self.subjects = [base.subjects[i] for i in self.indices]
-        self.labels = [base.labels[i] for i in self.indices]
-        base_int = getattr(base, "intensities", None)
-        if base_int is not None:
-            self.intensities = [base_int[i] for i in self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.base[self.indices[i]]
-
-    def listing(self) -> List[Any]:
-        base_listing = dataset_listing(self.base)
-        return [base_listing[i] for i in self.indices] if isinstance(base_listing, list) and \
-            len(base_listing) == len(self.base) else [base_listing, self.indices]
-
-
-def dataset_listing(dataset: Any) -> Any:
+def dataset_listing(dataset: Any) -> Dict[str, Any]:
     """A JSON-able description of which samples a dataset holds, for the cache key.
 
-    Uses, in order: a ``listing()`` method, a ``sources`` list (file paths),
-    otherwise the ``subjects``/``labels`` lists plus the dataset's ``root``
-    and the size/mtime of the files in it that describe the listing
-    (``labels.csv``). File contents are not hashed (too slow for large sets);
-    delete the cache folder after editing images in place.
+    The dataset's own ``listing()`` (per-sample source, label, subject,
+    intensity, ...) when it has one, else its ``sources``/``subjects``/
+    ``labels`` lists; plus the size and mtime of the root's ``labels.csv`` so
+    a set regenerated in the same folder does not reuse stale crops. Image
+    contents are not hashed (too slow for large sets): delete the cache
+    folder after editing images in place.
     """
+    out: Dict[str, Any] = {"type": type(dataset).__name__, "n": len(dataset)}
     if hasattr(dataset, "listing") and callable(dataset.listing):
-        return dataset.listing()
-    sources = getattr(dataset, "sources", None)
-    subjects = [str(s) for s in getattr(dataset, "subjects", [])]
-    labels = [str(s) for s in getattr(dataset, "labels", [])]
-    out: Dict[str, Any] = {"type": type(dataset).__name__, "n": len(dataset),
-                           "subjects": subjects, "labels": labels}
-    if sources is not None:
-        out["sources"] = [str(s) for s in sources]
+        out["listing"] = dataset.listing()
+    else:
+        out["subjects"] = [str(s) for s in getattr(dataset, "subjects", [])]
+        out["labels"] = [str(s) for s in getattr(dataset, "labels", [])]
+        sources = getattr(dataset, "sources", None)
+        if sources is not None:
+            out["sources"] = [str(s) for s in sources]
     root = getattr(dataset, "root", None)
     if root is not None:
         out["root"] = os.path.abspath(os.fspath(root))
-        for name in ("labels.csv",):
-            p = Path(root) / name
-            if p.is_file():
-                st = p.stat()
-                out[name] = [st.st_size, st.st_mtime_ns]
+        labels_csv = Path(root) / "labels.csv"
+        if labels_csv.is_file():
+            st = labels_csv.stat()
+            out["labels.csv"] = [st.st_size, st.st_mtime_ns]
     return out
 
 

@@ -4,9 +4,9 @@ The checkpoint carries its own preprocessing parameters, modalities and
 class list; the crops are made with exactly those (the node does the same),
 so the numbers reflect what the deployed model sees. Output: ``metrics.json``
 (accuracy, per class, per intensity, confusion matrix, plus per-band
-accuracy for every extra per-sample column of the dataset's ``labels.csv``,
-e.g. the synthetic generator's yaw/pitch/roll/light columns, whose top band
-is marked ``(extreme)``) and ``confusion_matrix.png``; a one-line JSON
+accuracy for every extra per-sample column of the dataset's ``labels.csv``
+and the pose/distance columns of the synthetic generator's ``truth.csv``;
+the top band of ``|yaw|``, ``|pitch|``, ``|roll|`` is marked ``(extreme)``) and ``confusion_matrix.png``; a one-line JSON
 summary is printed on stdout.
 
 Example::
@@ -34,7 +34,7 @@ import torch
 from cmcnn_ros.classes import canonical_name
 
 from .config import BOX_MODES, ConfigError, TrainConfig
-from .crops import CropSet, SubsetDataset, get_crops
+from .crops import CropSet, get_crops
 from .engine import CropBatches, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
 from .train import TrainingError, git_commit, load_training_dataset, resolve_device, select_samples, \
@@ -73,42 +73,64 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def read_extra_columns(root: str | os.PathLike, sources: Sequence[str]) -> Dict[str, List[Any]]:
-    """Per-sample values of the non-standard columns of ``ROOT/labels.csv``.
+#: Per-frame ground-truth columns of the synthetic generator's ``truth.csv`` worth a breakdown
+#: (pose extremes and distance); eye/nose image coordinates and seeds are not.
+TRUTH_COLUMNS = ("yaw_deg", "pitch_deg", "roll_deg", "nose_z_m", "light", "light_azimuth_deg",
+                 "light_elevation_deg", "ambient")
 
-    Rows are matched to samples by their colour path (the sample's
-    ``source``), resolved against ``root``. Returns an empty dict when there
-    is no labels.csv, no extra column, or no sample could be matched.
-    """
-    path = Path(root) / "labels.csv"
-    if not path.is_file():
-        return {}
+
+def _csv_columns(path: Path, root: str | os.PathLike, sources: Sequence[str],
+                 wanted: Optional[Sequence[str]]) -> Dict[str, List[Any]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        extras = [c for c in (reader.fieldnames or []) if c and c.strip() not in STANDARD_COLUMNS]
-        if not extras:
+        names = [c for c in (reader.fieldnames or []) if c]
+        if wanted is None:
+            columns = [c for c in names if c.strip() not in STANDARD_COLUMNS]
+        else:
+            columns = [c for c in names if c.strip() in wanted]
+        if not columns:
             return {}
         by_path: Dict[str, Dict[str, str]] = {}
         by_name: Dict[str, Dict[str, str]] = {}
         for row in reader:
             colour = (row.get("colour") or "").strip()
-            if not colour:
-                continue
-            by_path[os.path.normpath(os.path.abspath(os.path.join(root, colour)))] = row
-            by_name.setdefault(os.path.basename(colour), row)
-    out: Dict[str, List[Any]] = {c: [] for c in extras}
+            if colour:
+                by_path[os.path.normpath(os.path.abspath(os.path.join(root, colour)))] = row
+                by_name.setdefault(os.path.basename(colour), row)
+    out: Dict[str, List[Any]] = {c: [] for c in columns}
     matched = 0
     for src in sources:
         key = os.path.normpath(os.path.abspath(src if os.path.isabs(src) else os.path.join(root, src)))
         row = by_path.get(key) or by_name.get(os.path.basename(src))
         matched += row is not None
-        for c in extras:
+        for c in columns:
             out[c].append(None if row is None else row.get(c))
     if matched == 0:
-        LOG.warning("labels.csv has extra columns %s but no sample matched a row; skipping them", extras)
+        LOG.warning("%s has columns %s but no sample matched a row; skipping them", path, columns)
         return {}
     if matched < len(sources):
-        LOG.warning("extra columns: %d of %d samples matched a labels.csv row", matched, len(sources))
+        LOG.warning("%s: only %d of %d samples matched a row", path, matched, len(sources))
+    return out
+
+
+def read_extra_columns(root: str | os.PathLike, sources: Sequence[str]) -> Dict[str, List[Any]]:
+    """Per-sample values of extra columns for the pose/illumination breakdown.
+
+    Reads the non-standard columns of ``ROOT/labels.csv`` (anything beyond the
+    generic Kinect layout's header) and the pose/distance/light columns of
+    the synthetic generator's ``ROOT/truth.csv`` when present. Rows are matched
+    to samples by their colour path (the sample's ``source``). Missing files,
+    columns or matches simply give fewer (or no) columns.
+    """
+    out: Dict[str, List[Any]] = {}
+    for name, wanted in (("labels.csv", None), ("truth.csv", TRUTH_COLUMNS)):
+        path = Path(root) / name
+        if path.is_file():
+            try:
+                for col, values in _csv_columns(path, root, sources, wanted).items():
+                    out.setdefault(col, values)
+            except (OSError, csv.Error, UnicodeDecodeError) as exc:
+                LOG.warning("cannot read %s for the breakdown: %s", path, exc)
     return out
 
 
@@ -157,7 +179,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     sel = TrainConfig(root=root, classes=class_names, subjects=list(subjects) if subjects else None,
                       min_intensity=min_intensity)
     keep, _ = select_samples(ds, sel)
-    view = ds if len(keep) == len(ds) else SubsetDataset(ds, keep)
+    view = ds if len(keep) == len(ds) else ds.subset(keep)
     crops, cache = get_crops(view, params, modalities, cache_dir or None, box_mode=box_mode,
                              workers=workers, progress=progress, name=dataset)
     label_of = {c: i for i, c in enumerate(class_names)}

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
 
 from .config import ConfigError, TrainConfig, add_config_arguments, build_config
-from .crops import CropSet, SubsetDataset, get_crops
+from .crops import CropSet, get_crops
 from .engine import AugmentConfig, CropBatches, EpochStats, evaluate, train_one_epoch
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, summarise_folds, \
     write_json_atomic
@@ -134,16 +134,23 @@ def _canonical_classes(present: Sequence[str], wanted: Optional[Sequence[str]]) 
 def select_samples(dataset: Any, cfg: TrainConfig) -> Tuple[List[int], List[str]]:
     """Indices of the samples the run uses and the class list.
 
-    Applies ``classes``, ``subjects``, ``min_intensity`` and
-    ``max_samples_per_subject_class``.
+    Applies the dataset ``protocol`` (e.g. BU-3DFE P1: 60 subjects, six
+    classes, two highest intensities), then ``classes``, ``subjects``,
+    ``min_intensity`` and ``max_samples_per_subject_class``.
 
     Raises:
         TrainingError: nothing is left, or fewer than two classes.
     """
     labels = [canonical_name(l) for l in dataset.labels]
     subjects = [str(s) for s in dataset.subjects]
-    classes = _canonical_classes(labels, cfg.classes)
-    keep = [i for i, l in enumerate(labels) if l in classes]
+    candidates = range(len(labels))
+    if cfg.protocol:
+        from .datasets.protocols import select_protocol
+
+        candidates = select_protocol(dataset, cfg.protocol, run=cfg.protocol_run, seed=cfg.seed,
+                                     n_subjects=cfg.protocol_subjects).tolist()
+    classes = _canonical_classes([labels[i] for i in candidates], cfg.classes)
+    keep = [i for i in candidates if labels[i] in classes]
     if cfg.subjects:
         wanted = {str(s) for s in cfg.subjects}
         missing = wanted - set(subjects)
@@ -209,22 +216,10 @@ def make_splits(subjects: np.ndarray, cfg: TrainConfig) -> List[Tuple[np.ndarray
 
 
 def _subject_kfold(subjects: np.ndarray, k: int, seed: int) -> List[Tuple[np.ndarray, np.ndarray]]:
-    try:
-        from .datasets.protocols import subject_kfold  # type: ignore[attr-defined]
-    except ImportError:
-        subject_kfold = None
-    if subject_kfold is not None:
-        folds = subject_kfold(list(subjects.tolist()), k, seed=seed)
-        return [(np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64)) for tr, te in folds]
-    # TODO(protocols): remove once datasets.protocols.subject_kfold lands.
-    uniq = np.array(sorted(set(subjects.tolist())))
-    perm = np.random.default_rng(seed).permutation(uniq)
-    groups = [set(perm[i::k].tolist()) for i in range(k)]
-    out = []
-    for g in groups:
-        test = np.isin(subjects, sorted(g))
-        out.append((np.flatnonzero(~test), np.flatnonzero(test)))
-    return out
+    from .datasets.protocols import subject_kfold
+
+    return [(np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64))
+            for tr, te in subject_kfold(subjects.tolist(), k, seed=seed)]
 
 
 def build_model_config(cfg: TrainConfig, num_classes: int, crop_size: int) -> Any:
@@ -413,7 +408,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     model_config = build_model_config(cfg, len(class_names), params.crop_size)
     LOG.info("dataset %s at %s: %d of %d samples, classes %s, device %s", cfg.dataset, cfg.root, len(keep),
              len(dataset), class_names, device)
-    view = dataset if len(keep) == len(dataset) else SubsetDataset(dataset, keep)
+    view = dataset if len(keep) == len(dataset) else dataset.subset(keep)
     crops, cache = get_crops(view, params, model_config.modalities, cfg.cache_dir, box_mode=cfg.box_mode,
                              workers=cfg.workers, progress=cfg.progress, name=cfg.dataset)
     label_of = {c: i for i, c in enumerate(class_names)}
