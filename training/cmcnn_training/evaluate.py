@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from cmcnn_ros.classes import canonical_name
 
 from .config import BOX_MODES, ConfigError, TrainConfig
-from .crops import CropSet, get_crops
+from .crops import get_crops
 from .engine import CropBatches, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
 from .train import TrainingError, git_commit, load_training_dataset, resolve_device, select_samples, \
