@@ -75,14 +75,16 @@ def test_bad_inputs_raise_metrics_error():
 
 
 def test_summarise_folds_mean_std_and_pooled():
-    f1 = compute_metrics([0, 0, 1, 1], [0, 0, 1, 0], ["a", "b"])   # 0.75
-    f2 = compute_metrics([0, 1], [1, 1], ["a", "b"])               # 0.5
+    f1 = compute_metrics([0, 0, 1, 1], [0, 0, 1, 0], ["a", "b"], intensities=[3, 4, 3, 4])   # 0.75
+    f2 = compute_metrics([0, 1], [1, 1], ["a", "b"], intensities=[4, 4])                    # 0.5
     s = summarise_folds([f1, f2])
     assert s["accuracy_mean"] == pytest.approx(0.625)
     assert s["accuracy_std"] == pytest.approx(0.125)
     assert s["accuracy_pooled"] == pytest.approx(4 / 6)
     assert s["confusion_matrix_pooled"] == [[2, 1], [1, 2]]
     assert s["per_class_mean"]["a"] == pytest.approx((1.0 + 0.0) / 2)
+    # intensity 3: rows (0->0 ok, 1->1 ok) = 2/2; intensity 4: f1 (ok, wrong) + f2 (wrong, ok) = 2/4
+    assert s["per_intensity_pooled"] == {"3": {"accuracy": 1.0, "count": 2}, "4": {"accuracy": 0.5, "count": 4}}
 
 
 def test_json_and_png_written_atomically(tmp_path):

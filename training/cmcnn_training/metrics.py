@@ -317,6 +317,15 @@ def summarise_folds(folds: Sequence[EvaluationMetrics]) -> Dict[str, Any]:
     with np.errstate(invalid="ignore"), _quiet_nanmean():
         per_class_mean = np.nanmean(pc, axis=0)
     total = int(pooled.sum())
+    # Intensity breakdown pooled over folds: every test sample counts once.
+    hits: Dict[str, float] = {}
+    counts: Dict[str, int] = {}
+    for f in folds:
+        for key, g in f.per_intensity.items():
+            hits[key] = hits.get(key, 0.0) + g.accuracy * g.count
+            counts[key] = counts.get(key, 0) + g.count
+    per_intensity = {k: {"accuracy": hits[k] / counts[k], "count": counts[k]}
+                     for k in sorted(counts, key=_natural_key)}
     return {
         "folds": len(folds),
         "accuracy_mean": float(np.nanmean(accs)),
@@ -325,6 +334,7 @@ def summarise_folds(folds: Sequence[EvaluationMetrics]) -> Dict[str, Any]:
         "accuracy_pooled": float(np.trace(pooled) / total) if total else float("nan"),
         "per_class_mean": {n: float(a) for n, a in zip(names, per_class_mean)},
         "per_class_pooled": {n: float(a) for n, a in zip(names, per_class_accuracy(pooled))},
+        "per_intensity_pooled": per_intensity,
         "confusion_matrix_pooled": pooled.tolist(),
         "class_names": list(names),
     }
