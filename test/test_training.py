@@ -167,3 +167,17 @@ def test_bad_inputs_give_clear_errors(kinect_root, tmp_path, caplog):
     assert "at least 9 subjects" in caplog.text
     assert train_mod.main(_argv(tmp_path / "missing", tmp_path / "y", tmp_path / "c")) == 2
     assert train_mod.main(_argv(kinect_root, tmp_path / "z", tmp_path / "c", "--model", "depth_widths=[1]")) == 2
+
+
+def test_select_face_prefers_the_annotated_face_and_reports_fallbacks():
+    from types import SimpleNamespace as F
+
+    from cmcnn_training.crops import box_iou, select_face
+
+    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    near, far = F(box=(100, 100, 80, 80)), F(box=(400, 100, 120, 120))
+    assert select_face([far, near], (105, 98, 80, 84)) == (near, "detector")
+    assert select_face([far], (105, 98, 80, 84)) == (None, "gt_wrong_face")
+    assert select_face([], (105, 98, 80, 84)) == (None, "gt_no_face")
+    assert select_face([], None) == (None, "no_face")
+    assert select_face([near, far], None) == (far, "detector")  # no annotation: the largest face
