@@ -351,6 +351,9 @@ export RMW_IMPLEMENTATION="\${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 # Headless rendering for the synthetic data generator (pyrender).
 export PYOPENGL_PLATFORM="\${PYOPENGL_PLATFORM:-osmesa}"
+# Fast DDS's default shared-memory segment (512 kB) is smaller than one 640x480
+# colour image: best-effort camera frames between processes were mostly lost.
+export FASTDDS_DEFAULT_PROFILES_FILE="\${FASTDDS_DEFAULT_PROFILES_FILE:-$ROOT/config/fastdds.xml}"
 EOF
   mv -f "$ENV_FILE.tmp" "$ENV_FILE"
   say "env file: written"

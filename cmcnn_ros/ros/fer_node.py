@@ -39,6 +39,7 @@ from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSRel
                        qos_profile_sensor_data)
 from sensor_msgs.msg import Image, RegionOfInterest
 
+from cmcnn_ros import resources
 from cmcnn_ros.classes import valence_arousal
 from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
 from cmcnn_ros.ros import conversions
@@ -59,7 +60,7 @@ except ImportError:  # pragma: no cover - depends on the install
 LOG = logging.getLogger(__name__)
 
 NODE_NAME = "fer_node"
-DEFAULT_MODEL = "models/cmcnn_synthetic.pt"
+DEFAULT_MODEL = resources.DEFAULT_MODEL
 
 # name -> (default, description, extra descriptor fields). Declared once here;
 # config/fer.yaml mirrors every entry with a comment.
@@ -116,35 +117,15 @@ class FerConfigError(ValueError):
 
 
 def resolve_model_path(value: str) -> Path:
-    """Find the checkpoint named by the ``model_path`` parameter.
-
-    Empty -> ``models/cmcnn_synthetic.pt`` in the installed share directory
-    (``ament_index_python``), else in the source checkout. A relative path is
-    tried against the working directory, the share directory and the checkout.
+    """Find the checkpoint named by the ``model_path`` parameter (empty: the default weights).
 
     Raises:
         FerConfigError: no such file.
     """
-    rel = value.strip() or DEFAULT_MODEL
-    candidates: List[Path] = []
-    path = Path(rel).expanduser()
-    if path.is_absolute():
-        candidates.append(path)
-    else:
-        if value.strip():
-            candidates.append(Path.cwd() / path)
-        try:
-            from ament_index_python.packages import get_package_share_directory
-            candidates.append(Path(get_package_share_directory("cmcnn_ros")) / path)
-        except Exception:  # noqa: BLE001 - not installed as an ament package
-            pass
-        candidates.append(Path(__file__).resolve().parents[2] / path)
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FerConfigError(
-        f"model_path {value!r}: no checkpoint at {', '.join(str(c) for c in candidates)}; "
-        "set the parameter model_path to a CM-CNN .pt file (train one with cmcnn-train)")
+    try:
+        return resources.resolve_model_path(value)
+    except FileNotFoundError as exc:
+        raise FerConfigError(f"model_path {value!r}: {exc}; set the parameter model_path") from None
 
 
 def _stamp_ns(header: Any) -> int:

@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cmcnn_ros import resources
 from cmcnn_ros.inference.tracking import iou
 from cmcnn_ros.tools.bag_io import (BagError, FrameLabels, GroundTruthFace, count_messages, decode_pair,
                                     iter_frame_pairs, open_bag, read_labels, resolve_topics)
@@ -372,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate CM-CNN on a recorded RGB-D rosbag offline (no ROS runtime): accuracy, "
                     "per-class accuracy, confusion matrix and per-stage latency.")
     p.add_argument("bag", type=Path, help="rosbag2 folder (MCAP/sqlite3) or ROS 1 .bag")
-    p.add_argument("--weights", type=Path, default=Path("models/cmcnn_synthetic.pt"),
-                   help="checkpoint (default models/cmcnn_synthetic.pt)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help=f"checkpoint (default: the shipped {resources.DEFAULT_MODEL})")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/bag_evaluate"),
                    help="report.json, confusion.png, timeline.png go here (default outputs/bag_evaluate)")
     p.add_argument("--colour-topic", default=None, help="colour image topic (default: guessed)")
@@ -402,12 +403,11 @@ def load_recognizer(weights: Path, device: str = "auto", num_threads: Optional[i
     """
     from cmcnn_ros.inference.recognizer import Recognizer
 
-    if not Path(weights).exists():
-        raise EvaluationError(
-            f"weights {weights} not found. The default weights come with the repository "
-            "(models/cmcnn_synthetic.pt, see models/MODEL_CARD.md); to train your own run "
-            "`cmcnn-synth` then `cmcnn-train` (README: Training), and pass --weights PATH")
-    return Recognizer.from_checkpoint(weights, device=device, num_threads=num_threads)
+    try:
+        path = resources.resolve_model_path(weights)
+    except FileNotFoundError as exc:
+        raise EvaluationError(str(exc)) from None
+    return Recognizer.from_checkpoint(path, device=device, num_threads=num_threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

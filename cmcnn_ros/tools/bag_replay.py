@@ -201,7 +201,15 @@ class BagReplayer:
 
     def close(self) -> None:
         """Destroy the publishers and close the bag."""
+        from rclpy.duration import Duration
+
         for pub in self._by_topic.values():
+            # Reliable samples still in flight die with the publisher: let
+            # subscribers acknowledge the tail of the bag before tearing down.
+            try:
+                pub.wait_for_all_acked(Duration(seconds=2.0))
+            except Exception:  # noqa: BLE001 - best effort for best-effort QoS / odd RMWs
+                pass
             self.node.destroy_publisher(pub)
         if self._clock_pub is not None:
             self.node.destroy_publisher(self._clock_pub)

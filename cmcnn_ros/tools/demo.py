@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from cmcnn_ros import resources
 from cmcnn_ros.tools.bag_evaluate import (PredictedFace, Scoreboard, format_report,
                                           write_outputs)
 from cmcnn_ros.tools.bag_io import (COLOUR_TOPIC, DEPTH_TOPIC, BagError, FrameLabels, open_bag, read_labels,
@@ -44,7 +45,7 @@ from cmcnn_ros.tools.bag_io import (COLOUR_TOPIC, DEPTH_TOPIC, BagError, FrameLa
 LOGGER = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_WEIGHTS = Path("models/cmcnn_synthetic.pt")
+DEFAULT_WEIGHTS = Path(resources.DEFAULT_MODEL)
 NODE_NAME = "fer_node"
 EMOTIONS_TOPIC = f"/{NODE_NAME}/emotions"
 
@@ -73,20 +74,15 @@ class Collected:
 
 
 def resolve_weights(path: Optional[Path]) -> Path:
-    """Find the checkpoint: the given path, else ``models/cmcnn_synthetic.pt`` here or in the checkout.
+    """Find the checkpoint: the given path, else the shipped ``models/cmcnn_synthetic.pt``.
 
     Raises:
         DemoError: no checkpoint file (says how to get or train one).
     """
-    candidates = [path] if path is not None else [DEFAULT_WEIGHTS, REPO_ROOT / DEFAULT_WEIGHTS]
-    for c in candidates:
-        if c is not None and c.is_file():
-            return c.resolve()
-    raise DemoError(
-        f"no CM-CNN weights at {', '.join(str(c) for c in candidates)}. The default weights "
-        f"{DEFAULT_WEIGHTS} ship with the repository (check out the full repo; see models/MODEL_CARD.md). "
-        "To train them yourself: `cmcnn-synth` to render the synthetic data set, then `cmcnn-train` "
-        "(README, section Training); or pass --weights PATH to any CM-CNN checkpoint")
+    try:
+        return resources.resolve_model_path(path)
+    except FileNotFoundError as exc:
+        raise DemoError(f"{exc}; or pass --weights PATH to any CM-CNN checkpoint") from None
 
 
 def check_runtime() -> None:
@@ -114,7 +110,7 @@ def default_domain_id() -> int:
     return int(env) if env else 1 + os.getpid() % 100
 
 
-FASTDDS_PROFILE = Path(__file__).resolve().parent / "fastdds_shm.xml"
+FASTDDS_PROFILE = resources.fastdds_profile()
 ROS_ENV_KEYS = ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "FASTDDS_DEFAULT_PROFILES_FILE")
 
 
@@ -128,7 +124,7 @@ def ros_env(domain_id: int) -> Dict[str, str]:
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["ROS_DOMAIN_ID"] = str(domain_id)
-    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env and FASTDDS_PROFILE.is_file():
+    if "FASTDDS_DEFAULT_PROFILES_FILE" not in env and FASTDDS_PROFILE is not None:
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
     return env
 

@@ -24,13 +24,13 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
+from .. import resources
 from ..model.checkpoint import CheckpointError
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FacePreprocessor
 
 LOGGER = logging.getLogger("cmcnn-recognize")
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "models" / "cmcnn_synthetic.pt"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth-scale", type=float, default=None,
                         help="metres per depth unit (default 0.001 for 16-bit, 1.0 for float)")
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"CM-CNN checkpoint (default {DEFAULT_CHECKPOINT} when it exists); "
+                        help=f"CM-CNN checkpoint (default: the shipped {resources.DEFAULT_MODEL} when present); "
                              "without one only detection and alignment run")
     parser.add_argument("--no-model", action="store_true", help="run the preprocessing only")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> List[dict]:
     depth = _read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
 
     checkpoint = args.checkpoint
-    if checkpoint is None and not args.no_model and DEFAULT_CHECKPOINT.is_file():
-        checkpoint = DEFAULT_CHECKPOINT
+    if checkpoint is None and not args.no_model:
+        checkpoint = resources.find_file(None, resources.DEFAULT_MODEL)
     if checkpoint is not None and not args.no_model:
         from ..inference.recognizer import Recognizer  # torch model only when needed
 
