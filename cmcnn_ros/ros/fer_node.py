@@ -71,6 +71,11 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                        "Read on configure.", {}),
     "num_threads": (0, "Torch CPU threads; 0 keeps the library default. Read on configure.",
                     {"integer_range": [IntegerRange(from_value=0, to_value=256, step=1)]}),
+    "redetect_interval": (5, "Frames between full-frame face detections; in between, each tracked face "
+                             "is searched for only around its last box (much cheaper). New faces appear "
+                             "within this many processed frames. 1 = full detection on every frame. "
+                             "Read on configure.",
+                          {"integer_range": [IntegerRange(from_value=1, to_value=100, step=1)]}),
     "colour_topic": ("/camera/color/image_raw",
                      "Colour image topic (rgb8, bgr8, rgba8, bgra8, mono8). Azure Kinect: "
                      "/rgb/image_raw; Kinect v2 (iai_kinect2): /kinect2/qhd/image_color_rect. "
@@ -201,7 +206,8 @@ class FerNode(LifecycleNode):
             from cmcnn_ros.inference.recognizer import Recognizer  # torch: import only when needed
             try:
                 rec = Recognizer.from_checkpoint(str(path), device=cfg["device"],
-                                                 num_threads=cfg["num_threads"] or None)
+                                                 num_threads=cfg["num_threads"] or None,
+                                                 redetect_interval=cfg["redetect_interval"])
             except ValueError as exc:  # CheckpointError and friends
                 raise FerConfigError(f"cannot load model_path {str(path)!r}: {exc}") from exc
             except RuntimeError as exc:  # e.g. CUDA requested but absent
