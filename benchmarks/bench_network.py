@@ -16,6 +16,11 @@ from other processes on a shared machine hits them alike: compare ratios
 within one run. Prints a table of p50/p95 in ms and parameter counts
 (without the FEN heads, which inference does not run).
 
+On a machine whose cores other processes keep busy, two intra-op threads
+can be far slower than one (OpenMP workers spin-wait for a core): on
+2026-11-28 at load 3.6 on 2 cores the default preset took 7.4 ms p50 with
+``--threads 1`` and 55-240 ms with ``--threads 2``. Run both.
+
 The real-time budget: the whole recognizer <= 33 ms p50 for one face on 2
 CPU cores, of which preprocessing takes ~15 ms, leaves ~12 ms for the
 network at batch 1.
