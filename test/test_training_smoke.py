@@ -68,5 +68,7 @@ def test_quick_preset_learns_and_evaluate_agrees(synth_root, tmp_path, capsys):
     ev = json.loads((ev_out / "metrics.json").read_text())
     assert "yaw_deg" in ev["metrics"]["per_group"]
     assert any(k.endswith("(extreme)") for k in ev["metrics"]["per_group"]["yaw_deg"])
+    # illumination breakdown from the light the generator drew for each frame
+    assert "light_azimuth_deg" in ev["metrics"]["per_group"] and "ambient" in ev["metrics"]["per_group"]
     assert set(ev["metrics"]["per_intensity"]) == {"3", "4"}
     assert (ev_out / "confusion_matrix.png").is_file()

@@ -39,7 +39,8 @@ LOG = logging.getLogger(__name__)
 
 LABELS_HEADER = ("colour", "depth", "label", "subject", "intensity", "box_x", "box_y", "box_w", "box_h")
 TRUTH_HEADER = ("colour", "subject", "label", "intensity", "yaw_deg", "pitch_deg", "roll_deg", "nose_x_m",
-                "nose_y_m", "nose_z_m", "eye1_x", "eye1_y", "eye2_x", "eye2_y", "frame_seed")
+                "nose_y_m", "nose_z_m", "eye1_x", "eye1_y", "eye2_x", "eye2_y", "frame_seed",
+                "light_azimuth_deg", "light_elevation_deg", "light_intensity", "ambient")
 
 
 _FILE_MODE = 0o644
@@ -178,7 +179,10 @@ def _write_job(job: Job, options: RenderOptions, root: Path) -> Tuple[List[str],
     truth = [colour_rel, subject_name(job.subject_id), job.label, str(job.intensity),
              f"{face.yaw_deg:.2f}", f"{face.pitch_deg:.2f}", f"{face.roll_deg:.2f}",
              *(f"{c:.4f}" for c in face.nose_tip_m), f"{e1x:.2f}", f"{e1y:.2f}", f"{e2x:.2f}", f"{e2y:.2f}",
-             str(job.seed)]
+             str(job.seed),
+             # the light is drawn per frame; kept so accuracy can be broken down by illumination
+             f"{frame.light.azimuth_deg:.1f}", f"{frame.light.elevation_deg:.1f}", f"{frame.light.intensity:.2f}",
+             f"{frame.light.ambient:.3f}"]
     return row, truth
 
 
