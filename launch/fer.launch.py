@@ -20,6 +20,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def generate_launch_description():
@@ -51,7 +52,8 @@ def generate_launch_description():
                 "device": LaunchConfiguration("device"),
                 "colour_topic": LaunchConfiguration("colour_topic"),
                 "depth_topic": LaunchConfiguration("depth_topic"),
-                "use_sim_time": LaunchConfiguration("use_sim_time"),
+                # a launch argument is a string; the parameter is a bool
+                "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
                 "autostart": False,
             },
         ],
