@@ -260,7 +260,6 @@ def test_evaluator_without_labels(random_checkpoint, tmp_path):
     assert bag_evaluate.main([str(path), "--weights", str(tmp_path / "missing.pt"), "--no-progress"]) == 2
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="default weights models/cmcnn_synthetic.pt not trained yet")
 def test_default_weights_beat_chance(tmp_path):
     from cmcnn_ros.inference.recognizer import Recognizer
     from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag
