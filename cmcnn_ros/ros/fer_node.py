@@ -523,6 +523,12 @@ def main(args: Optional[List[str]] = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        # On SIGINT rclpy shuts the context down while the executor may be in the
+        # middle of taking a message, which then fails to convert. That is the
+        # shutdown we asked for, not an error; anything while still running is.
+        if rclpy.ok():
+            raise
     finally:
         node._stop_processing()
         node.destroy_node()
