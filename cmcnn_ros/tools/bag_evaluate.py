@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
 from cmcnn_ros.inference.tracking import iou
 from cmcnn_ros.tools.bag_io import (BagError, FrameLabels, GroundTruthFace, count_messages, decode_pair,
@@ -413,9 +414,7 @@ def load_recognizer(weights: Path, device: str = "auto", num_threads: Optional[i
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-bag-evaluate``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs platform noise at INFO
+    configure_logging(args.verbose)
     try:
         rec = load_recognizer(args.weights, args.device, args.threads)
         opts = EvaluateOptions(colour_topic=args.colour_topic, depth_topic=args.depth_topic,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.tools.bag_io import BagError
 
 LOGGER = logging.getLogger(__name__)
@@ -343,9 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-bag-replay``; prints a JSON summary on stdout."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs platform noise at INFO
+    configure_logging(args.verbose)
     try:
         options = ReplayOptions(rate=args.rate, loop=args.loop, clock=not args.no_clock, clock_hz=args.clock_hz,
                                 qos=args.qos, topics=tuple(args.topics) if args.topics else None,

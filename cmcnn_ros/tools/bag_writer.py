@@ -45,6 +45,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.tools.bag_io import (CAMERA_FRAME_ID, CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COLOUR_TOPIC, DEPTH_TOPIC,
                                     IMAGE_TYPE, LABELS_TOPIC, STRING_TYPE, BagError, FrameLabels, GroundTruthFace)
 
@@ -490,9 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-bag-write``; prints a JSON summary."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs platform noise at INFO
+    configure_logging(args.verbose)
     duration = args.duration if args.frames is None else args.frames / args.fps if args.fps > 0 else 0.0
     try:
         summary = write_synthetic_bag(args.out, duration_s=duration, fps=args.fps, num_faces=args.faces,

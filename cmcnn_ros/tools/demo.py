@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
 from cmcnn_ros.tools.bag_evaluate import (PredictedFace, Scoreboard, format_report,
                                           write_outputs)
@@ -388,9 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-demo``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs platform noise at INFO
+    configure_logging(args.verbose)
     opts = DemoOptions(output_dir=args.output_dir, weights=args.weights, bag=args.bag, duration_s=args.duration,
                        fps=args.fps, faces=args.faces, seed=args.seed, rate=args.rate, domain_id=args.domain_id,
                        node_threads=args.node_threads, startup_timeout_s=args.startup_timeout,

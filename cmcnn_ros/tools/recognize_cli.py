@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from .. import resources
+from . import configure_logging
 from ..model.checkpoint import CheckpointError
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FacePreprocessor
@@ -121,8 +122,7 @@ def run(args: argparse.Namespace) -> List[dict]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(quiet_level=logging.INFO if args.verbose else logging.WARNING)
     try:
         faces = run(args)
     except (ValueError, CheckpointError, PreprocessingError) as exc:
