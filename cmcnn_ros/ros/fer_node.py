@@ -371,6 +371,8 @@ class FerNode(LifecycleNode):
         self._slot.clear()
         if self._tracker is not None:
             self._tracker.reset()
+        if self._recognizer is not None:
+            self._recognizer.face_finder.reset()   # faces seen before a pause need a full detection
 
     # ---------------------------------------------------------------- processing
     def _work(self) -> None:
