@@ -39,7 +39,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from typing import Callable, Dict, List, Sequence
@@ -49,6 +48,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
 from cmcnn_ros.model import CMCNN, cmcnn, preset_config  # noqa: E402
 
 LOGGER = logging.getLogger("bench_network")
@@ -160,17 +160,8 @@ def format_table(result: Dict[str, object]) -> str:
 
 
 def write_json_atomic(path: str, data: Dict[str, object]) -> None:
-    """Write ``data`` as JSON via a temp file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bench_network.", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (temp file + os.replace)."""
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "test"))
 sys.path.insert(0, str(ROOT))
 
 from ros_helpers.frames import build_frames  # noqa: E402
-from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, ros_env, wait_until  # noqa: E402
+from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, ros_env  # noqa: E402
 
 LOG = logging.getLogger("bench_node")
 COLOUR, DEPTH = "/camera/color/image_raw", "/camera/depth_registered/image_raw"

@@ -24,7 +24,6 @@ import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -34,6 +33,7 @@ from skimage import data
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams, to_grey  # noqa: E402
 
 LOGGER = logging.getLogger("bench_preprocessing")
@@ -136,17 +136,8 @@ def run_case(pre: FacePreprocessor, colour: np.ndarray, depth: np.ndarray, runs:
 
 
 def write_json_atomic(path: str, payload: Dict[str, object]) -> None:
-    """Write JSON via a temp file + os.replace so readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON atomically (temp file + os.replace)."""
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def main(argv: Sequence[str] = None) -> int:

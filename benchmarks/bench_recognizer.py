@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -34,6 +32,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL  # noqa: E402
 from cmcnn_ros.inference import Recognizer  # noqa: E402
 from cmcnn_ros.model import cmcnn  # noqa: E402
@@ -138,11 +137,8 @@ def main(argv=None) -> int:
                      f"{r['faces_found_median']:>5} {cells}")
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"rows": rows, "torch": torch.__version__, "cv2": cv2.__version__}, fh, indent=2)
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps({"rows": rows, "torch": torch.__version__, "cv2": cv2.__version__},
+                                                indent=2))
     return 0
 
 

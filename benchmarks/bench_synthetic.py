@@ -21,9 +21,8 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import cv2
 import numpy as np

@@ -14,12 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from cmcnn_ros.model.checkpoint import load_checkpoint
 from cmcnn_ros.preprocessing.params import PreprocessingParams
 from cmcnn_training import train as train_mod
-from cmcnn_training.crops import CropSet, get_crops
+from cmcnn_training.crops import get_crops
 from cmcnn_training.datasets import load_dataset
 from cmcnn_training.engine import AugmentConfig, CropBatches
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..atomic_io import atomic_open
 from .cmcnn import CMCNN, _build_cmcnn
 from .config import ModelConfig, ModelConfigError
 
@@ -122,22 +122,11 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": meta,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, "wb") as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, Exception):
-            raise CheckpointError(f"could not write checkpoint {path}: {exc}") from exc
-        raise
+    except Exception as exc:
+        raise CheckpointError(f"could not write checkpoint {path}: {exc}") from exc
     _fsync_dir(path.parent)
     logger.info("saved checkpoint %s (%d classes, modalities %s)", path, len(names), list(model.modalities))
     return path

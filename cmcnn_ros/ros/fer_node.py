@@ -43,7 +43,6 @@ from cmcnn_ros import resources
 from cmcnn_ros.classes import valence_arousal
 from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
 from cmcnn_ros.ros import conversions
-from cmcnn_ros.ros.conversions import ImageConversionError
 from cmcnn_ros.ros.diagnostics import PipelineStats
 from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, LatestSlot, SyncMonitor, ros_stamp_ns
 

@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..atomic_io import atomic_open, write_bytes_atomic
 from ..classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
 from .expressions import INTENSITY_LEVELS
 from .render import CameraSpec
@@ -140,16 +140,7 @@ def _umask_mode() -> int:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _FILE_MODE)       # mkstemp makes 0600 files; datasets are shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data, file_mode=_FILE_MODE)   # mkstemp makes 0600 files; datasets are shared
 
 
 def _encode(ext: str, image: np.ndarray, params: Sequence[int] = ()) -> bytes:
@@ -204,18 +195,10 @@ def _worker_job(job: Job) -> Tuple[List[str], List[str]]:
 
 
 def _atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", file_mode=_FILE_MODE, newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def write_intrinsics(path: Path, camera: CameraSpec) -> None:

@@ -24,8 +24,8 @@ import functools
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np

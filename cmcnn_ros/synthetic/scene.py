@@ -20,15 +20,15 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .appearance import model_vertex_normals, subject_albedo
 from .expressions import check_label_intensity, expression_weights
-from .facekit import FaceKitError, blend_expression, identity_mesh, load_facekit
-from .render import (BackgroundSpec, CameraSpec, LightSpec, MeshInstance, RenderError, SensorSpec,
+from .facekit import blend_expression, identity_mesh, load_facekit
+from .render import (BackgroundSpec, CameraSpec, LightSpec, MeshInstance, SensorSpec,
                      composite, rasterise, render_background, sensor_pair)
 
 LOG = logging.getLogger(__name__)

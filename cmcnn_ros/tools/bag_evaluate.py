@@ -25,20 +25,19 @@ node's ``EmotionArray`` messages the same way.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
 from cmcnn_ros.inference.tracking import iou
-from cmcnn_ros.tools.bag_io import (BagError, FrameLabels, GroundTruthFace, count_messages, decode_pair,
+from cmcnn_ros.tools.bag_io import (FrameLabels, GroundTruthFace, count_messages, decode_pair,
                                     iter_frame_pairs, open_bag, read_labels, resolve_topics)
 
 LOGGER = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ import os
 import shutil
 import tempfile
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.tools.bag_io import (CAMERA_FRAME_ID, CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COLOUR_TOPIC, DEPTH_TOPIC,
-                                    IMAGE_TYPE, LABELS_TOPIC, STRING_TYPE, BagError, FrameLabels, GroundTruthFace)
+                                    IMAGE_TYPE, LABELS_TOPIC, STRING_TYPE, FrameLabels, GroundTruthFace)
 
 LOGGER = logging.getLogger(__name__)
 

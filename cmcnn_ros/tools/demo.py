@@ -40,7 +40,7 @@ from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
 from cmcnn_ros.tools.bag_evaluate import (PredictedFace, Scoreboard, format_report,
                                           write_outputs)
-from cmcnn_ros.tools.bag_io import (COLOUR_TOPIC, DEPTH_TOPIC, BagError, FrameLabels, open_bag, read_labels,
+from cmcnn_ros.tools.bag_io import (COLOUR_TOPIC, DEPTH_TOPIC, FrameLabels, open_bag, read_labels,
                                     resolve_topics)
 
 LOGGER = logging.getLogger(__name__)

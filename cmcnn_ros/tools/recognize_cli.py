@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -25,6 +23,7 @@ import cv2
 import numpy as np
 
 from .. import resources
+from ..atomic_io import write_bytes_atomic
 from . import configure_logging
 from ..model.checkpoint import CheckpointError
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
@@ -82,14 +81,10 @@ def annotate(colour: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
 
 
 def _write_png_atomic(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, data = cv2.imencode(path.suffix or ".png", image)
     if not ok:
         raise ValueError(f"cannot encode an image for {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.tobytes())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data.tobytes())
 
 
 def run(args: argparse.Namespace) -> List[dict]:

@@ -29,7 +29,6 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
+
+from cmcnn_ros.atomic_io import atomic_open
 
 LOG = logging.getLogger(__name__)
 
@@ -134,15 +135,8 @@ class CropSet:
             box_sources=self.box_sources.astype(str), dataset_index=self.dataset_index,
             modalities=np.array(self.modalities, dtype=str),
             meta=np.array(json.dumps({"stats": self.stats, "key": self.key, "version": CACHE_VERSION})))
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CropSet":

@@ -32,11 +32,11 @@ import numpy as np
 
 from cmcnn_ros.classes import canonical_name
 
-from .config import BOX_MODES, ConfigError, TrainConfig
+from .config import BOX_MODES, TrainConfig
 from .crops import get_crops
 from .engine import CropBatches, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
-from .train import TrainingError, git_commit, load_training_dataset, resolve_device, select_samples, \
+from .train import git_commit, load_training_dataset, resolve_device, select_samples, \
     setup_logging
 
 LOG = logging.getLogger("cmcnn_training.evaluate")

@@ -19,11 +19,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from cmcnn_ros.atomic_io import write_bytes_atomic
 
 
 class MetricsError(ValueError):
@@ -33,28 +34,6 @@ class MetricsError(ValueError):
 # ---------------------------------------------------------------------------
 # Atomic file output
 # ---------------------------------------------------------------------------
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``.
-
-    A reader (or a crash) never sees a half-written file: either the old file
-    or the complete new one is there.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):

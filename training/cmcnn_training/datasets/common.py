@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, overload
@@ -26,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import cv2
 import numpy as np
 
+from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
 
 LOG = logging.getLogger(__name__)
@@ -170,17 +170,8 @@ def check_registered(colour: np.ndarray, depth_m: Optional[np.ndarray], colour_p
 
 def save_npz_atomic(path: Union[str, Path], **arrays: np.ndarray) -> None:
     """Write an ``.npz`` via a temp file + ``os.replace`` so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 class RecordDataset(Sequence[Sample]):

@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader, or a crash, sees the old file or the whole new one.
+
+Everything the package writes for others to read (checkpoints, datasets,
+metrics, caches, figures, benchmark results) goes through a temporary file
+in the destination folder, ``fsync`` and ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", file_mode: Optional[int] = None, **open_kw) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
+
+    Args:
+        path: destination; its folder is created if missing.
+        mode: a write mode, ``"wb"`` or ``"w"``.
+        file_mode: permission bits for the result (``mkstemp`` makes 0600 files).
+        **open_kw: passed to ``os.fdopen`` (e.g. ``newline=""`` for csv).
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, mode, **open_kw) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if file_mode is not None:
+            os.chmod(tmp, file_mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: PathLike, data: bytes, file_mode: Optional[int] = None) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb", file_mode=file_mode) as fh:
+        fh.write(data)
+
+
+def write_text_atomic(path: PathLike, text: str, file_mode: Optional[int] = None) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"), file_mode=file_mode)
