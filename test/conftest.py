@@ -197,3 +197,19 @@ def start_python(ros_env: Dict[str, str]) -> Iterator[Callable[..., subprocess.P
             proc.communicate(timeout=10)
         except (subprocess.TimeoutExpired, ValueError):
             pass
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module of tiny-tensor tests.
+
+    On a shared, loaded machine OpenMP worker threads spin-wait for a busy
+    core and tiny models run many times slower; one thread avoids that. Use
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -20,13 +20,7 @@ from cmcnn_ros.model import (
 from cmcnn_ros.model import checkpoint as ckpt_mod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CFG = ModelConfig(input_size=32, depth_widths=(2, 3, 4, 4), texture_widths=(2, 3, 4, 4),
                   depth_kernels=(3, 3, 3, 3), texture_kernels=(3, 3, 3, 3))

@@ -20,13 +20,7 @@ from cmcnn_ros.model import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # logits (0, ln 2, ln 5) -> softmax (1/8, 2/8, 5/8): exact probabilities to check against.
 LOGITS = torch.tensor([[0.0, math.log(2.0), math.log(5.0)]], dtype=torch.float64)

@@ -23,13 +23,7 @@ from cmcnn_ros.model.cmfn import ordered_pairs
 from cmcnn_ros.model.fen import DepthFEN, TextureFEN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SUBSETS = [
     ("grey",),
