@@ -213,3 +213,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised default-preset CM-CNN checkpoint (7 classes).
+
+    Costs the same per frame as the shipped weights, so the plumbing tests
+    (node, bags, demo) use it; accuracy tests use ``models/cmcnn_synthetic.pt``.
+    """
+    import torch
+
+    from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
+    from cmcnn_ros.model.checkpoint import save_checkpoint
+    from cmcnn_ros.model.cmcnn import cmcnn
+    from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
+    return save_checkpoint(path, cmcnn(num_classes=7), EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams().to_dict())

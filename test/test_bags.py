@@ -63,21 +63,6 @@ def synthetic_bag(tmp_path_factory) -> tuple:
     return path, summary
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
-    from cmcnn_ros.model.checkpoint import save_checkpoint
-    from cmcnn_ros.model.cmcnn import cmcnn
-    from cmcnn_ros.preprocessing.params import PreprocessingParams
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
-    save_checkpoint(path, cmcnn(), EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams())
-    return path
-
-
 # ---------------------------------------------------------------- writer / reader
 
 def test_small_bag_round_trip(small_bag):

@@ -15,24 +15,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory) -> Path:
-    import torch
-
-    from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
-    from cmcnn_ros.model.checkpoint import save_checkpoint
-    from cmcnn_ros.model.cmcnn import cmcnn
-    from cmcnn_ros.preprocessing.params import PreprocessingParams
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("ckpt") / "random.pt"
-    save_checkpoint(path, cmcnn(), EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams())
-    return path
 
 
 def test_demo_end_to_end(ros_env, random_checkpoint, tmp_path):

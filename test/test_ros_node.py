@@ -50,21 +50,6 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def random_checkpoint(workdir):
-    """A randomly initialised CM-CNN saved with save_checkpoint (plumbing only)."""
-    import torch
-
-    from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
-    from cmcnn_ros.model.checkpoint import save_checkpoint
-    from cmcnn_ros.model.cmcnn import cmcnn
-    from cmcnn_ros.preprocessing.params import PreprocessingParams
-
-    torch.manual_seed(0)
-    return save_checkpoint(workdir / "random.pt", cmcnn(num_classes=7), EXPRESSIONS_WITH_NEUTRAL,
-                           PreprocessingParams().to_dict())
-
-
-@pytest.fixture(scope="module")
 def frames(workdir):
     return {k: load_frames(build_frames(workdir / f"{k}.npz", k, count=4)) for k in ("one", "none")}
 
