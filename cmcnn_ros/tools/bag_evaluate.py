@@ -388,13 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many processed frames")
     p.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--redetect-interval", type=int, default=1,
+                   help="frames between full face detections, as the node's redetect_interval "
+                        "(default 1: detect on every frame)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-def load_recognizer(weights: Path, device: str = "auto", num_threads: Optional[int] = None) -> Any:
+def load_recognizer(weights: Path, device: str = "auto", num_threads: Optional[int] = None,
+                    redetect_interval: int = 1) -> Any:
     """Load a Recognizer, turning a missing file into an actionable error.
 
     Raises:
@@ -407,7 +411,8 @@ def load_recognizer(weights: Path, device: str = "auto", num_threads: Optional[i
         path = resources.resolve_model_path(weights)
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from None
-    return Recognizer.from_checkpoint(path, device=device, num_threads=num_threads)
+    return Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
+                                      redetect_interval=redetect_interval)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -415,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
-        rec = load_recognizer(args.weights, args.device, args.threads)
+        rec = load_recognizer(args.weights, args.device, args.threads, args.redetect_interval)
         opts = EvaluateOptions(colour_topic=args.colour_topic, depth_topic=args.depth_topic,
                                labels_topic=args.labels_topic, use_depth=not args.no_depth, slop_s=args.slop,
                                iou_threshold=args.iou, gt_boxes=args.gt_boxes, max_frames=args.max_frames,
