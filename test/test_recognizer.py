@@ -212,9 +212,12 @@ def test_face_finder_redetects_after_losing_a_face(checkpoint, astronaut_frame):
     rec = Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=10)
     assert len(rec.recognize(astronaut_frame, None).faces) == 1
     blank = np.full_like(astronaut_frame, 90)
-    assert rec.recognize(blank, None).faces == []       # local search fails: face lost
-    assert rec.recognize(blank, None).faces == []       # full detection: nothing there
+    assert rec.recognize(blank, None).faces == []       # local search fails, full detection: nothing there
+    assert rec.recognize(blank, None).faces == []
     assert len(rec.recognize(astronaut_frame, None).faces) == 1  # back at once: a full detection ran
+    # A known face that jumps outside its search region is found in the same frame.
+    assert len(rec.recognize(astronaut_frame, None).faces) == 1
+    assert len(rec.recognize(np.roll(astronaut_frame, -200, axis=1), None).faces) == 1
 
 
 def test_bad_redetect_interval(checkpoint):

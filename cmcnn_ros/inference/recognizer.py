@@ -104,9 +104,10 @@ class FaceFinder:
     detector; ~10 ms of CPU for 640x480 even downscaled). On video, a face
     moves little between frames, so between full detections each previous box
     is searched for again only in a region twice its size and for faces of
-    0.7x-1.4x its size, which skips most of the image pyramid. A face that is
-    not found again triggers a full detection on the next frame; new faces are
-    picked up at the next full detection, at most ``interval`` frames later.
+    0.7x-1.4x its size, which skips most of the image pyramid. When a known
+    face is not found again, the whole frame is searched at once (it may have
+    moved far, or left); new faces are picked up at the next full detection, at
+    most ``interval`` frames later.
 
     Args:
         detector: the preprocessing's face detector.
@@ -130,24 +131,25 @@ class FaceFinder:
     def find(self, grey: np.ndarray) -> List[Box]:
         """Face boxes ``(x, y, w, h)`` of this frame, best first."""
         if self.interval == 1 or not self._boxes or self._frames_since_full >= self.interval:
-            self._boxes = [d.box for d in self.detector.detect(grey)]
-            self._frames_since_full = 1
-            return list(self._boxes)
+            return self._full(grey)
         found: List[Box] = []
         scores: List[float] = []
-        lost = False
         for x, y, w, h in self._boxes:
             roi = (x - w // 2, y - h // 2, 2 * w, 2 * h)
             hits = self.detector.detect(grey, roi=roi, size_range=(0.7 * w, 1.4 * w))
-            if hits:
-                found.append(hits[0].box)
-                scores.append(hits[0].score)
-            else:
-                lost = True
+            if not hits:
+                # Moved far, left or occluded: a full detection now rather than a frame without it.
+                return self._full(grey)
+            found.append(hits[0].box)
+            scores.append(hits[0].score)
         keep = suppress_overlaps(found, scores, self.detector.params.nms_overlap)
         self._boxes = [found[i] for i in keep]
-        # A lost face may have left or been occluded: look at the whole frame next time.
-        self._frames_since_full = self.interval if lost else self._frames_since_full + 1
+        self._frames_since_full += 1
+        return list(self._boxes)
+
+    def _full(self, grey: np.ndarray) -> List[Box]:
+        self._boxes = [d.box for d in self.detector.detect(grey)]
+        self._frames_since_full = 1
         return list(self._boxes)
 
 
