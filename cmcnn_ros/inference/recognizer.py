@@ -227,7 +227,6 @@ class Recognizer:
         # BatchNorm folded into the convs: same outputs, fewer passes over the
         # full-resolution maps (measured in benchmarks/bench_network.py).
         self.model = model.eval().fuse_for_inference().to(self.device)
-        self._depth_index = self.modalities.index("depth") if "depth" in self.modalities else None
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
@@ -289,24 +288,20 @@ class Recognizer:
         timings["preprocess"] = (time.perf_counter() - t_start) * 1000.0
 
         t0 = time.perf_counter()
-        probs = self.classify(self.preprocessor.to_tensor(faces), faces) if faces else np.zeros((0, 0))
+        probs = self.classify(self.preprocessor.to_tensor(faces)) if faces else np.zeros((0, 0))
         timings["network"] = (time.perf_counter() - t0) * 1000.0
         results = [self._face_result(face, p) for face, p in zip(faces, probs)]
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return RecognitionResult(faces=results, timings=timings)
 
     @torch.inference_mode()
-    def classify(self, inputs: np.ndarray, faces: Optional[Sequence[FaceCrops]] = None) -> np.ndarray:
+    def classify(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities for a stacked input ``(B, M, S, S)``.
 
-        Faces whose depth is not valid get an all-zero depth channel, whatever
-        the crop held, so the network sees the same missing-depth input it was
-        trained on.
+        A face whose depth is unusable already carries an all-zero depth
+        channel (the preprocessing's missing-depth convention, the same input
+        depth dropout trains on), so nothing is special-cased here.
         """
-        if self._depth_index is not None and faces is not None:
-            for i, face in enumerate(faces):
-                if not face.depth_valid:
-                    inputs[i, self._depth_index] = 0.0
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
         return torch.softmax(self.model(x), dim=1).float().cpu().numpy()
 
@@ -316,5 +311,5 @@ class Recognizer:
         return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found,
                           expression=self.class_names[top], confidence=float(probs[top]),
                           scores=probs.astype(np.float32), valence=valence, arousal=arousal,
-                          depth_valid=bool(face.depth_valid and self._depth_index is not None),
+                          depth_valid=bool(face.depth_valid and "depth" in self.modalities),
                           depth_valid_fraction=float(face.depth_valid_fraction))
