@@ -36,13 +36,12 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 import numpy as np
 
-from .bu3dfe import _scan_files
 from .common import DatasetError, Record, canonical_label, read_colour_image, resolve_classes
-from .scans import RenderSettings, ScanData, ScanDataset
+from .scans import RenderSettings, ScanData, ScanDataset, list_scans
 
 LOG = logging.getLogger(__name__)
 
@@ -157,15 +156,13 @@ class BosphorusDataset(ScanDataset):
                  render: Union[RenderSettings, Dict[str, Any], None] = None,
                  cache_dir: Union[str, Path, None] = None) -> None:
         root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(f"Bosphorus root {root} is not a folder")
         class_names = resolve_classes(classes)
-        records: List[Record] = []
-        for path in _scan_files(root, ".bnt"):
+
+        def record_for(path: Path) -> Optional[Record]:
             info = parse_bosphorus_name(path.name)
             if info is None:
                 LOG.debug("skipping %s: not a Bosphorus scan name", path)
-                continue
+                return None
             if info["kind"] == "E":
                 if info["code"] not in EMOTION_CODES:
                     raise DatasetError(f"{path}: unknown Bosphorus emotion code E_{info['code']}; expected "
@@ -174,13 +171,13 @@ class BosphorusDataset(ScanDataset):
             elif info["kind"] == "N" and info["code"] == "N":
                 label = "neutral"
             else:
-                continue  # action units, poses, occlusions
+                return None  # action units, poses, occlusions
             if label not in class_names:
-                continue
-            records.append(Record(source=str(path), label=canonical_label(label, class_names, str(path)),
-                                  subject=info["subject"], intensity=None, extra={"take": info["take"]}))
-        if not records:
-            raise DatasetError(f"no Bosphorus scans (*.bnt) of classes {list(class_names)} under {root}")
+                return None
+            return Record(source=str(path), label=canonical_label(label, class_names, str(path)),
+                          subject=info["subject"], intensity=None, extra={"take": info["take"]})
+
+        records = list_scans(root, ".bnt", "*.bnt", "Bosphorus", class_names, record_for)
         super().__init__(root, records, class_names, render=render, cache_dir=cache_dir)
         LOG.info("Bosphorus %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
 

@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import numpy as np
 
 from .common import DatasetError, Record, canonical_label, read_colour_image, resolve_classes
-from .scans import RenderSettings, ScanData, ScanDataset
+from .scans import RenderSettings, ScanData, ScanDataset, list_scans
 
 LOG = logging.getLogger(__name__)
 
@@ -173,15 +173,13 @@ class BU3DFEDataset(ScanDataset):
                  render: Union[RenderSettings, Dict[str, Any], None] = None,
                  cache_dir: Union[str, Path, None] = None) -> None:
         root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(f"BU-3DFE root {root} is not a folder")
         class_names = resolve_classes(classes)
-        records: List[Record] = []
-        for path in _scan_files(root, "_f3d.wrl"):
+
+        def record_for(path: Path) -> Optional[Record]:
             info = parse_bu3dfe_name(path.name)
             if info is None:
                 LOG.debug("skipping %s: not a BU-3DFE scan name", path)
-                continue
+                return None
             code = info["code"]
             if code not in EXPRESSION_CODES:
                 raise DatasetError(f"{path}: unknown BU-3DFE expression code {code!r}; expected "
@@ -191,12 +189,11 @@ class BU3DFEDataset(ScanDataset):
                 raise DatasetError(f"{path}: intensity {info['intensity']:02d} is invalid for {code}")
             label = EXPRESSION_CODES[code]
             if label not in class_names:
-                continue
-            label = canonical_label(label, class_names, str(path))
-            records.append(Record(source=str(path), label=label, subject=info["subject"],
-                                  intensity=info["intensity"], extra={"race": info["race"]}))
-        if not records:
-            raise DatasetError(f"no BU-3DFE scans (*_F3D.wrl) of classes {list(class_names)} under {root}")
+                return None
+            return Record(source=str(path), label=canonical_label(label, class_names, str(path)),
+                          subject=info["subject"], intensity=info["intensity"], extra={"race": info["race"]})
+
+        records = list_scans(root, "_f3d.wrl", "*_F3D.wrl", "BU-3DFE", class_names, record_for)
         super().__init__(root, records, class_names, render=render, cache_dir=cache_dir)
         LOG.info("BU-3DFE %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
 
@@ -227,17 +224,3 @@ class BU3DFEDataset(ScanDataset):
             raise DatasetError(f"{record.source}: no TextureCoordinate list; cannot register colour")
         texture = read_colour_image(self.texture_path(record, mesh), what="texture image")
         return ScanData(points=mesh.points, uv=uv, texture=texture, texture_v_origin="bottom")
-
-
-def _scan_files(root: Path, suffix: str) -> List[Path]:
-    """Files ending in ``suffix`` (case-insensitive) in root and its direct subfolders, sorted."""
-    out: List[Path] = []
-    with os.scandir(root) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        if e.is_dir():
-            with os.scandir(e.path) as sub:
-                out.extend(Path(s.path) for s in sub if s.is_file() and s.name.lower().endswith(suffix))
-        elif e.is_file() and e.name.lower().endswith(suffix):
-            out.append(Path(e.path))
-    return sorted(out)

@@ -20,7 +20,7 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -52,6 +52,44 @@ class ScanData:
     uv: Optional[np.ndarray]
     texture: Optional[np.ndarray]
     texture_v_origin: str = "bottom"
+
+
+def scan_files(root: Path, suffix: str) -> List[Path]:
+    """Files ending in ``suffix`` (case-insensitive) in root and its direct subfolders, sorted."""
+    out: List[Path] = []
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_dir():
+            with os.scandir(e.path) as sub:
+                out.extend(Path(s.path) for s in sub if s.is_file() and s.name.lower().endswith(suffix))
+        elif e.is_file() and e.name.lower().endswith(suffix):
+            out.append(Path(e.path))
+    return sorted(out)
+
+
+def list_scans(root: Path, suffix: str, pattern: str, database: str, class_names: Sequence[str],
+               record_for: Callable[[Path], Optional[Record]]) -> List[Record]:
+    """The records of a scan database's subject folders.
+
+    Args:
+        root: dataset root (subject folders or scans directly below it).
+        suffix: lower-case file-name ending of a scan, e.g. ``"_f3d.wrl"``.
+        pattern: how the files are named in messages, e.g. ``"*_F3D.wrl"``.
+        database: its name in messages, e.g. ``"BU-3DFE"``.
+        class_names: the requested classes (for the message when none matched).
+        record_for: a scan file -> its record, or None to skip it (other
+            classes, action units, names that are not scans).
+
+    Raises:
+        DatasetError: root is not a folder, or no scan of the requested classes.
+    """
+    if not root.is_dir():
+        raise DatasetError(f"{database} root {root} is not a folder")
+    records = [r for r in map(record_for, scan_files(root, suffix)) if r is not None]
+    if not records:
+        raise DatasetError(f"no {database} scans ({pattern}) of classes {list(class_names)} under {root}")
+    return records
 
 
 class ScanDataset(RecordDataset):
