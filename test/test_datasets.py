@@ -336,8 +336,8 @@ def test_bosphorus_errors(tmp_path):
 # ---------------------------------------------------------------------------
 
 def test_registry_errors(tmp_path):
-    with pytest.raises(DatasetError, match="unknown dataset 'fer2013'"):
-        load_dataset("fer2013", tmp_path)
+    with pytest.raises(DatasetError, match="unknown dataset 'oulu-casia'"):
+        load_dataset("oulu-casia", tmp_path)
     with pytest.raises(DatasetError, match="bad arguments"):
         load_dataset("kinect", tmp_path, colour_only=True)
     assert isinstance(load_dataset("KINECT_FOLDER", _kinect_folder(tmp_path)), KinectFolderDataset)

@@ -24,6 +24,7 @@ from cmcnn_ros.preprocessing import (
     depth_to_metres, hog_image, lbp_default_codes, lbp_image, suppress_overlaps, warp_crop,
 )
 from cmcnn_ros.preprocessing.texture import GaborBank
+from cmcnn_ros.preprocessing.params import HAAR_PAPER
 
 EYE_LEFT = (203.0, 100.5)
 EYE_RIGHT = (246.5, 102.5)
@@ -39,7 +40,8 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pre() -> FacePreprocessor:
-    return FacePreprocessor(PreprocessingParams(), modalities=("grey", "lbp", "depth"))
+    # The paper's Viola-Jones + Haar-eye path; BlazeFace + FaceMesh: test_real_faces.py.
+    return FacePreprocessor(HAAR_PAPER, modalities=("grey", "lbp", "depth"))
 
 
 def rotated(image: np.ndarray, angle_deg: float) -> Tuple[np.ndarray, float]:
@@ -92,7 +94,7 @@ def test_params_reject_unknown_keys_and_bad_values() -> None:
 # ------------------------------------------------------------------- detection
 
 def test_detects_the_astronaut_face_and_nothing_else(astronaut: np.ndarray) -> None:
-    det = FaceDetector(PreprocessingParams())
+    det = FaceDetector(HAAR_PAPER)
     grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
     faces = det.detect(grey)
     assert len(faces) == 1
@@ -105,7 +107,7 @@ def test_detects_the_astronaut_face_and_nothing_else(astronaut: np.ndarray) -> N
 
 
 def test_detection_finds_none_on_a_photo_without_faces() -> None:
-    det = FaceDetector(PreprocessingParams())
+    det = FaceDetector(HAAR_PAPER)
     for name in ("rocket", "coffee", "chelsea", "brick"):
         image = getattr(data, name)()
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -121,7 +123,7 @@ def test_detection_finds_every_face_of_a_group_frame(astronaut: np.ndarray) -> N
         hw, hh = round(150 * s), round(190 * s)
         canvas[py:py + hh, px:px + hw] = cv2.resize(head, (hw, hh), interpolation=cv2.INTER_AREA)
         rects.append((px, py, hw, hh))
-    faces = FaceDetector(PreprocessingParams()).detect(canvas)
+    faces = FaceDetector(HAAR_PAPER).detect(canvas)
     assert len(faces) == 5
     for x, y, w, h in rects:
         hits = [f for f in faces if x <= f.box[0] + f.box[2] / 2 <= x + w and y <= f.box[1] + f.box[3] / 2 <= y + h]
@@ -130,7 +132,7 @@ def test_detection_finds_every_face_of_a_group_frame(astronaut: np.ndarray) -> N
 
 def test_detection_in_a_region_of_interest(astronaut: np.ndarray) -> None:
     grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
-    det = FaceDetector(PreprocessingParams())
+    det = FaceDetector(HAAR_PAPER)
     full = det.detect(grey)[0].box
     inside = det.detect(grey, roi=(130, 20, 190, 190))
     assert len(inside) == 1
@@ -157,7 +159,7 @@ def test_detection_scale_honours_min_face_size() -> None:
     det = FaceDetector(PreprocessingParams(detect_max_side=120, min_face_size=40))
     scale = det.detection_scale((480, 640))
     assert 40 * scale >= det.window
-    assert FaceDetector(PreprocessingParams()).detection_scale((100, 100)) == 1.0
+    assert FaceDetector(HAAR_PAPER).detection_scale((100, 100)) == 1.0
 
 
 # ------------------------------------------------------------------- alignment
@@ -245,7 +247,7 @@ def test_other_lbp_methods_are_scaled_to_unit_range(astronaut: np.ndarray) -> No
 
 
 def test_hog_and_gabor_images(astronaut: np.ndarray) -> None:
-    pre = FacePreprocessor(PreprocessingParams(), modalities=("hog", "gabor", "grey"))
+    pre = FacePreprocessor(HAAR_PAPER, modalities=("hog", "gabor", "grey"))
     face = pre.process(astronaut)[0]
     for name in ("hog", "gabor"):
         img = face.crops[name]
@@ -288,7 +290,7 @@ def face_depth_frame(distance_m: float, holes: float = 0.0, seed: int = 0) -> Tu
 
 @pytest.fixture(scope="module")
 def depth_pre() -> FacePreprocessor:
-    return FacePreprocessor(PreprocessingParams(), modalities=("depth", "grey"))
+    return FacePreprocessor(HAAR_PAPER, modalities=("depth", "grey"))
 
 
 def test_depth_crop_is_invariant_to_distance(depth_pre: FacePreprocessor) -> None:
@@ -352,7 +354,7 @@ def test_depth_to_metres() -> None:
 # ------------------------------------------------------------ pipeline / input
 
 def test_process_outputs_and_tensor_order(astronaut: np.ndarray) -> None:
-    pre = FacePreprocessor(PreprocessingParams(), modalities=("depth", "lbp", "grey"))
+    pre = FacePreprocessor(HAAR_PAPER, modalities=("depth", "lbp", "grey"))
     depth = np.full(astronaut.shape[:2], 1.2, np.float32)
     faces = pre.process(astronaut, depth)
     assert len(faces) == 1
@@ -370,7 +372,7 @@ def test_process_outputs_and_tensor_order(astronaut: np.ndarray) -> None:
     np.testing.assert_array_equal(x[0, 0], face.crops["depth"])
     np.testing.assert_array_equal(x[0, 2], face.crops["grey"])
     assert pre.to_tensor([]).shape == (0, 3, S, S)
-    other = FacePreprocessor(PreprocessingParams(), modalities=("grey", "hog"))
+    other = FacePreprocessor(HAAR_PAPER, modalities=("grey", "hog"))
     with pytest.raises(PreprocessingError, match="no 'hog' crop"):
         other.to_tensor(faces)
 
@@ -412,7 +414,7 @@ def test_bad_input_raises_clear_errors(pre: FacePreprocessor, colour, depth, mes
 
 
 def test_bad_boxes_and_modalities() -> None:
-    pre = FacePreprocessor(PreprocessingParams(), modalities=("grey",))
+    pre = FacePreprocessor(HAAR_PAPER, modalities=("grey",))
     frame = np.zeros((48, 64), np.uint8)
     for boxes, message in (([(1, 2, 3)], r"boxes\[0\]"), ([(0, 0, 0, 10)], "non-positive"),
                            ([(100, 100, 10, 10)], "outside"), ([("a", 0, 1, 1)], r"boxes\[0\]")):
@@ -421,7 +423,7 @@ def test_bad_boxes_and_modalities() -> None:
     for mods, message in ((("grey", "rgb"), "unknown modality"), (("grey", "grey"), "duplicate"),
                           ((), "at least one"), ("grey", "string")):
         with pytest.raises(PreprocessingError, match=message):
-            FacePreprocessor(PreprocessingParams(), modalities=mods)
+            FacePreprocessor(HAAR_PAPER, modalities=mods)
     with pytest.raises(PreprocessingError, match="roi"):
         FaceDetector().detect(frame, roi=(1, 2))
 

@@ -76,7 +76,8 @@ def test_batch_equals_one_face_at_a_time(recognizer, astronaut_frame):
     boxes = [(230, 70, 110, 110), (400, 250, 120, 120)]
     batched = recognizer.recognize(astronaut_frame, depth, boxes=boxes)
     singles = [recognizer.recognize(astronaut_frame, depth, boxes=[b]).faces[0] for b in boxes]
-    assert [f.box for f in batched.faces] == boxes
+    # The mesh re-frames a given box (same face box whichever way it was found).
+    assert [f.box for f in batched.faces] == [f.box for f in singles] and len(singles) == 2
     for a, b in zip(batched.faces, singles):
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 

@@ -93,7 +93,8 @@ def test_flip_augmentation_recomputes_lbp(kinect_root, tmp_path):
 
     ds = load_dataset("kinect", kinect_root)
     crops, _ = get_crops(ds, PARAMS, ("grey", "lbp"), None, workers=0, progress=False)
-    aug = AugmentConfig(enabled=True, flip_p=1.0, max_shift=0.0, max_scale=0.0, brightness=0.0, contrast=0.0)
+    aug = AugmentConfig(enabled=True, flip_p=1.0, max_shift=0.0, max_scale=0.0, brightness=0.0, contrast=0.0,
+                        rotate_deg=0.0, lowres_p=0.0)
     batches = CropBatches(crops, [0], np.zeros(len(crops), np.int64), ("grey", "lbp"), 1, augment=aug,
                           preprocessing=PARAMS)
     x, _ = next(iter(batches))

@@ -27,9 +27,9 @@ from ..classes import valence_arousal
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
 from ..preprocessing.depth import depth_to_metres
-from ..preprocessing.detection import FaceDetector, suppress_overlaps
+from ..preprocessing.detection import AnyDetector, FaceDetection, suppress_overlaps
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
-from ..preprocessing.pipeline import FaceCrops, FacePreprocessor, to_grey
+from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class FaceResult:
         arousal: circumplex arousal in [-1, 1].
         depth_valid: the depth crop was usable and fed to the network.
         depth_valid_fraction: fraction of valid depth readings on the face.
+        alignment: which path the roll and framing took (``"mesh"``,
+            ``"keypoints"``, ``"haar_eyes"`` or ``"none"``).
     """
 
     box: Box
@@ -67,6 +69,7 @@ class FaceResult:
     arousal: float
     depth_valid: bool
     depth_valid_fraction: float
+    alignment: str = "none"
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-friendly dict (used by the command line and the bag evaluator)."""
@@ -81,6 +84,7 @@ class FaceResult:
             "arousal": round(float(self.arousal), 4),
             "depth_valid": bool(self.depth_valid),
             "depth_valid_fraction": round(float(self.depth_valid_fraction), 3),
+            "alignment": self.alignment,
         }
 
 
@@ -98,10 +102,11 @@ class RecognitionResult:
 
 
 class FaceFinder:
-    """Viola-Jones on the whole frame every few frames, a local search in between.
+    """The face detector on the whole frame every few frames, a local search in between.
 
     Full-frame detection dominates the per-frame cost (Section III-B's V-J
-    detector; ~10 ms of CPU for 640x480 even downscaled). On video, a face
+    detector: ~10 ms of CPU for 640x480 even downscaled; BlazeFace ~4 ms). On
+    video, a face
     moves little between frames, so between full detections each previous box
     is searched for again only in a region twice its size and for faces of
     0.7x-1.4x its size, which skips most of the image pyramid. When a known
@@ -115,42 +120,42 @@ class FaceFinder:
             (stateless, what single images and training use).
     """
 
-    def __init__(self, detector: FaceDetector, interval: int = 1) -> None:
+    def __init__(self, detector: AnyDetector, interval: int = 1) -> None:
         if int(interval) < 1:
             raise RecognizerError(f"redetect_interval must be >= 1, got {interval}")
         self.detector = detector
         self.interval = int(interval)
-        self._boxes: List[Box] = []
+        self._found: List[FaceDetection] = []
         self._frames_since_full = 0
 
     def reset(self) -> None:
         """Forget previous boxes (next frame runs a full detection)."""
-        self._boxes = []
+        self._found = []
         self._frames_since_full = 0
 
-    def find(self, grey: np.ndarray) -> List[Box]:
-        """Face boxes ``(x, y, w, h)`` of this frame, best first."""
-        if self.interval == 1 or not self._boxes or self._frames_since_full >= self.interval:
-            return self._full(grey)
-        found: List[Box] = []
-        scores: List[float] = []
-        for x, y, w, h in self._boxes:
+    def find(self, image: np.ndarray) -> List[FaceDetection]:
+        """Face detections of this frame (colour BGR or grey), best first."""
+        if self.interval == 1 or not self._found or self._frames_since_full >= self.interval:
+            return self._full(image)
+        found: List[FaceDetection] = []
+        for det in self._found:
+            x, y, w, h = det.box
             roi = (x - w // 2, y - h // 2, 2 * w, 2 * h)
-            hits = self.detector.detect(grey, roi=roi, size_range=(0.7 * w, 1.4 * w))
+            hits = self.detector.detect(image, roi=roi, size_range=(0.7 * w, 1.4 * w))
             if not hits:
                 # Moved far, left or occluded: a full detection now rather than a frame without it.
-                return self._full(grey)
-            found.append(hits[0].box)
-            scores.append(hits[0].score)
-        keep = suppress_overlaps(found, scores, self.detector.params.nms_overlap)
-        self._boxes = [found[i] for i in keep]
+                return self._full(image)
+            found.append(hits[0])
+        keep = suppress_overlaps([d.box for d in found], [d.score for d in found],
+                                 self.detector.params.nms_overlap)
+        self._found = [found[i] for i in keep]
         self._frames_since_full += 1
-        return list(self._boxes)
+        return list(self._found)
 
-    def _full(self, grey: np.ndarray) -> List[Box]:
-        self._boxes = [d.box for d in self.detector.detect(grey)]
+    def _full(self, image: np.ndarray) -> List[FaceDetection]:
+        self._found = list(self.detector.detect(image))
         self._frames_since_full = 1
-        return list(self._boxes)
+        return list(self._found)
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -239,7 +244,7 @@ class Recognizer:
         """
         loaded: LoadedCheckpoint = load_checkpoint(path, map_location="cpu")
         try:
-            params = PreprocessingParams.from_dict(loaded.preprocessing)
+            params = PreprocessingParams.from_checkpoint(loaded.preprocessing)
         except (PreprocessingError, TypeError, ValueError) as exc:
             raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
         return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
@@ -275,11 +280,12 @@ class Recognizer:
                 unit = depth_scale if depth_scale is not None else ("mm" if depth.dtype == np.uint16 else "m")
                 depth_m = depth_to_metres(depth, unit)
             detect_ms = None
+            detections = None
             if boxes is None and self.face_finder.interval > 1:
                 t0 = time.perf_counter()
-                boxes = self.face_finder.find(to_grey(colour))
+                detections = self.face_finder.find(colour)
                 detect_ms = (time.perf_counter() - t0) * 1000.0
-            faces = self.preprocessor.process(colour, depth_m, boxes=boxes)
+            faces = self.preprocessor.process(colour, depth_m, boxes=boxes, detections=detections)
         except PreprocessingError as exc:
             raise RecognizerError(str(exc)) from exc
         timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
@@ -312,4 +318,4 @@ class Recognizer:
                           expression=self.class_names[top], confidence=float(probs[top]),
                           scores=probs.astype(np.float32), valence=valence, arousal=arousal,
                           depth_valid=bool(face.depth_valid and "depth" in self.modalities),
-                          depth_valid_fraction=float(face.depth_valid_fraction))
+                          depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment)

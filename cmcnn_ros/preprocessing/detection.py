@@ -1,4 +1,8 @@
-"""Face detection with the Viola-Jones detector (Section III-B 1).
+"""Face detection: Viola-Jones (Section III-B 1) and the detector factory.
+
+``make_detector(params)`` returns the detector ``params.detector`` names:
+``"blazeface"`` (the default, :mod:`.blazeface`, with keypoints) or
+``"haar"``, the paper's Viola-Jones detector implemented here.
 
 Ni et al. (IEEE TCDS 2023) detect facial regions with the V-J detector [65].
 This uses OpenCV 4.x's bundled Haar cascades (``cv2.data.haarcascades``;
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -30,13 +34,47 @@ class FaceDetection:
     """One detected face.
 
     Attributes:
-        box: ``(x, y, w, h)`` in full-frame pixels (clipped to the frame).
-        score: number of merged cascade hits (``detectMultiScale2``
-            ``numDetections``); higher is more certain.
+        box: ``(x, y, w, h)`` in full-frame pixels (clipped to the frame), in
+            the whole-face framing (forehead to chin) of every detector.
+        score: Haar: number of merged cascade hits (``detectMultiScale2``
+            ``numDetections``); BlazeFace: probability. Higher is more certain.
+        keypoints: BlazeFace only: ``(6, 2)`` frame pixels: image-left eye,
+            image-right eye, nose tip, mouth centre, image-left and
+            image-right ear tragion.
+        detector_box: BlazeFace only: the model's own (brows-to-mouth) box
+            ``(x, y, w, h)`` as floats, unclipped; the landmark model's region
+            is derived from it as MediaPipe derives it.
     """
 
     box: Box
     score: float
+    keypoints: Optional[np.ndarray] = None
+    detector_box: Optional[Tuple[float, float, float, float]] = None
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """RGB ``uint8`` HxWx3 from a BGR, BGRA or grey ``uint8`` frame (detectors that want colour).
+
+    Raises:
+        PreprocessingError: not a non-empty uint8 HxW / HxWx1 / HxWx3 / HxWx4 array.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.size == 0:
+        raise PreprocessingError(
+            "face detection needs a non-empty uint8 BGR or grey image, got "
+            + (f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray)
+               else type(image).__name__))
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise PreprocessingError(f"face detection needs HxW, HxWx3 or HxWx4, got shape {image.shape}")
+
+
+def size_filter(side: float, min_side: float, max_side: float) -> bool:
+    """Whether a face of ``side`` pixels is within ``[min_side, max_side]`` (max 0 = no limit)."""
+    return side >= min_side and (not max_side or side <= max_side)
 
 
 def load_cascade(name: str) -> cv2.CascadeClassifier:
@@ -105,7 +143,7 @@ def _check_grey(grey: np.ndarray) -> None:
 
 
 class FaceDetector:
-    """Viola-Jones face detector on a downscaled grey frame.
+    """Viola-Jones face detector on a downscaled grey frame (``detector: haar``).
 
     Not thread-safe (OpenCV cascades keep state): one per thread.
     """
@@ -144,7 +182,8 @@ class FaceDetector:
         pyramid and most of the frame.
 
         Args:
-            grey: ``uint8`` HxW full-resolution grey frame.
+            grey: ``uint8`` HxW full-resolution grey frame (a colour frame is
+                converted to grey first).
             roi: optional ``(x, y, w, h)`` region in full-frame pixels to
                 search instead of the whole frame; clipped to the frame. It is
                 searched at the whole frame's detection scale.
@@ -159,6 +198,9 @@ class FaceDetector:
             PreprocessingError: ``grey`` is not a non-empty uint8 HxW array, or
                 ``roi`` / ``size_range`` is malformed.
         """
+        if isinstance(grey, np.ndarray) and grey.ndim == 3 and grey.dtype == np.uint8 and grey.size:
+            grey = cv2.cvtColor(grey, cv2.COLOR_BGRA2GRAY if grey.shape[2] == 4 else cv2.COLOR_BGR2GRAY) \
+                if grey.shape[2] in (3, 4) else grey[:, :, 0]
         _check_grey(grey)
         p = self.params
         min_face, max_face = p.min_face_size, p.max_face_size
@@ -210,3 +252,20 @@ class FaceDetector:
         scores = [float(n) for n in np.asarray(neighbours).ravel()]
         keep = suppress_overlaps(boxes, scores, p.nms_overlap)
         return [FaceDetection(box=boxes[i], score=scores[i]) for i in keep]
+
+
+AnyDetector = Union[FaceDetector, "BlazeFaceDetector"]  # noqa: F821 - defined in .blazeface
+
+
+def make_detector(params: Optional[PreprocessingParams] = None) -> AnyDetector:
+    """The face detector ``params.detector`` names (``"blazeface"`` or ``"haar"``).
+
+    Raises:
+        PreprocessingError: the detector's model or cascade file is missing or corrupt.
+    """
+    params = params or PreprocessingParams()
+    if params.detector == "haar":
+        return FaceDetector(params)
+    from .blazeface import BlazeFaceDetector
+
+    return BlazeFaceDetector(params)

@@ -31,6 +31,10 @@ FACE_CASCADES: Tuple[str, ...] = (
 )
 EYE_CASCADES: Tuple[str, ...] = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")
 
+#: Face detectors: MediaPipe's full-range BlazeFace with FaceMesh landmarks
+#: (default), or the paper's Viola-Jones with Haar eyes.
+DETECTORS: Tuple[str, ...] = ("blazeface", "haar")
+
 
 class PreprocessingError(ValueError):
     """Bad input or bad settings for the preprocessing; the message names what is wrong."""
@@ -46,7 +50,35 @@ class PreprocessingParams:
             before resizing to ``crop_size`` (0.1 turns a 100 px box into a
             120 px square region).
 
-    Face detection (Viola-Jones, OpenCV Haar cascade):
+    Face detection:
+        detector: ``"blazeface"`` (MediaPipe full-range BlazeFace, eye centres
+            from the 468-point FaceMesh; the default) or ``"haar"`` (the
+            paper's Viola-Jones with Haar eyes). A checkpoint written before
+            this field existed was trained with Haar and loads as ``"haar"``.
+        min_face_size: smallest face to find, in full-frame pixels (whole-face
+            box side). BlazeFace finds faces down to ~25 px (3 m from a VGA
+            Kinect); the Haar path costs much more below 60 (see below).
+        max_face_size: largest face to find in full-frame pixels (0 = no limit).
+        blazeface_min_score: detection probability threshold (MediaPipe's 0.6:
+            no false face on the face-free photographs and rooms measured).
+        blazeface_nms_iou: IoU above which BlazeFace boxes are merged
+            (weighted NMS, MediaPipe's 0.3).
+        detect_tile_side: BlazeFace also searches overlapping square tiles of
+            this side (frame pixels; 384 = four 0.5x tiles of a VGA frame) so
+            faces 2-3 m away are found; 0 = the whole frame only (4x cheaper).
+        detector_threads: LiteRT threads of the detector and landmark models
+            (1: predictable on a 2-core robot computer).
+        landmark_roi_scale: the FaceMesh input region is this many times the
+            BlazeFace box, square, rotated by the eye keypoints (MediaPipe's 1.5).
+        landmark_min_presence: FaceMesh face-presence probability below which
+            its landmarks are not trusted (no face in the region: roll 0,
+            ``eyes_found=False``, or the detector's keypoints).
+        box_roi_scale: for a given whole-face box (ground truth, a dataset's
+            face crop, tracking) the FaceMesh region is this many times its
+            side; the roll is unknown, so the mesh runs twice, the second time
+            on the region its first landmarks give.
+
+    Viola-Jones (``detector: haar``, OpenCV Haar cascade):
         face_cascade: cascade file name in ``cv2.data.haarcascades``. alt2
             found all five faces of the benchmark frame and the astronaut
             rotated by +-12 deg at more settings than "default", with no false
@@ -54,10 +86,9 @@ class PreprocessingParams:
         detect_max_side: the grey frame is downscaled so its longer side is at
             most this many pixels before detection (a full 512x512 frame at
             scale factor 1.1 costs ~60-110 ms here, 240 px about 5x less).
-        min_face_size: smallest face to find, in full-frame pixels. If the
-            downscaled frame would make such a face smaller than the cascade
-            window, detection runs at a finer scale so the promise holds.
-        max_face_size: largest face to find in full-frame pixels (0 = no limit).
+            If the downscaled frame would make a ``min_face_size`` face smaller
+            than the cascade window, detection runs at a finer scale so the
+            promise holds (slower: use 60 with Haar, :data:`HAAR_PAPER`).
         scale_factor: ``detectMultiScale`` pyramid step.
         min_neighbors: ``detectMultiScale`` grouping threshold (higher = fewer
             false positives, fewer detections).
@@ -68,7 +99,10 @@ class PreprocessingParams:
             the output boxes do not overlap by more than that.
 
     Rotation rectification (eq. 1):
-        align: estimate the in-plane roll from the eyes and remove it.
+        align: estimate the in-plane roll from the eyes and remove it. With
+            BlazeFace the eyes are the FaceMesh eye-contour centres and the
+            crop is framed by the mesh (forehead to chin, square, plus
+            ``crop_margin``); off, the crop is the detector box at roll 0.
         eye_cascade: cascade file name in ``cv2.data.haarcascades``.
         eye_region_width: the upper face is resized to this width before the
             eye cascade runs (fixed cost per face; eyes land at ~22 px, just
@@ -110,10 +144,19 @@ class PreprocessingParams:
     crop_size: int = 148
     crop_margin: float = 0.1
 
+    detector: str = "blazeface"
+    min_face_size: int = 24
+    max_face_size: int = 0
+    blazeface_min_score: float = 0.6
+    blazeface_nms_iou: float = 0.3
+    detect_tile_side: int = 384
+    detector_threads: int = 1
+    landmark_roi_scale: float = 1.5
+    box_roi_scale: float = 1.3
+    landmark_min_presence: float = 0.5
+
     face_cascade: str = "haarcascade_frontalface_alt2.xml"
     detect_max_side: int = 240
-    min_face_size: int = 60
-    max_face_size: int = 0
     scale_factor: float = 1.2
     min_neighbors: int = 3
     detect_equalize: bool = False
@@ -157,20 +200,32 @@ class PreprocessingParams:
 
         for name in ("crop_size", "detect_max_side", "min_face_size", "max_face_size", "min_neighbors",
                      "eye_region_width", "eye_min_neighbors", "lbp_points", "hog_orientations",
-                     "hog_pixels_per_cell", "gabor_orientations", "depth_fill_kernel"):
+                     "hog_pixels_per_cell", "gabor_orientations", "depth_fill_kernel", "detector_threads",
+                     "detect_tile_side"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), name, "must be an int")
         for name in ("detect_equalize", "align", "eye_refine"):
             need(isinstance(getattr(self, name), bool), name, "must be a bool")
         for name in ("crop_margin", "scale_factor", "nms_overlap", "eye_scale_factor", "max_roll_deg",
                      "lbp_radius", "depth_min_m", "depth_max_m", "depth_range_m",
-                     "depth_reference_percentile", "depth_center_fraction", "min_depth_valid_fraction"):
+                     "depth_reference_percentile", "depth_center_fraction", "min_depth_valid_fraction",
+                     "blazeface_min_score", "blazeface_nms_iou", "landmark_roi_scale", "box_roi_scale",
+                     "landmark_min_presence"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                  name, "must be a finite number")
 
         need(16 <= self.crop_size <= 1024, "crop_size", "must be in [16, 1024]")
         need(0.0 <= self.crop_margin <= 1.0, "crop_margin", "must be in [0, 1]")
+        need(self.detector in DETECTORS, "detector", f"must be one of {DETECTORS}")
+        need(0.0 < self.blazeface_min_score < 1.0, "blazeface_min_score", "must be in (0, 1)")
+        need(0.0 < self.blazeface_nms_iou < 1.0, "blazeface_nms_iou", "must be in (0, 1)")
+        need(self.detect_tile_side == 0 or self.detect_tile_side >= 96, "detect_tile_side",
+             "must be 0 (no tiles) or >= 96 pixels")
+        need(1 <= self.detector_threads <= 16, "detector_threads", "must be in [1, 16]")
+        need(1.0 <= self.landmark_roi_scale <= 3.0, "landmark_roi_scale", "must be in [1, 3]")
+        need(0.0 <= self.landmark_min_presence < 1.0, "landmark_min_presence", "must be in [0, 1)")
+        need(0.8 <= self.box_roi_scale <= 3.0, "box_roi_scale", "must be in [0.8, 3]")
         need(self.face_cascade in FACE_CASCADES, "face_cascade", f"must be one of {FACE_CASCADES}")
         need(self.detect_max_side >= 64, "detect_max_side", "must be >= 64")
         need(self.min_face_size >= 8, "min_face_size", "must be >= 8 pixels")
@@ -213,7 +268,9 @@ class PreprocessingParams:
     def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessingParams":
         """Build from a dict such as a checkpoint's ``"preprocessing"`` entry.
 
-        Missing keys take their defaults (older checkpoints stay loadable).
+        Missing keys take their defaults (a checkpoint's dict: use
+        :meth:`from_checkpoint`, which also keeps old checkpoints on the
+        detector they were trained with).
 
         Args:
             d: mapping of field name to value.
@@ -233,6 +290,21 @@ class PreprocessingParams:
         except TypeError as exc:  # e.g. a non-iterable gabor_wavelengths
             raise PreprocessingError(f"invalid preprocessing parameters: {exc}") from exc
 
+    @classmethod
+    def from_checkpoint(cls, d: Mapping[str, Any]) -> "PreprocessingParams":
+        """:meth:`from_dict` for a checkpoint's ``"preprocessing"`` entry.
+
+        A checkpoint written before the ``detector`` field existed was
+        trained on Viola-Jones crops (whose other fields it stores), so it
+        loads as ``detector="haar"`` and keeps seeing the faces it learnt.
+
+        Raises:
+            PreprocessingError: as :meth:`from_dict`.
+        """
+        if isinstance(d, Mapping) and "detector" not in d:
+            d = {**d, "detector": "haar"}
+        return cls.from_dict(d)
+
     def replace(self, **changes: Any) -> "PreprocessingParams":
         """Copy with some fields changed (validated).
 
@@ -240,3 +312,8 @@ class PreprocessingParams:
             PreprocessingError: a changed value is invalid or a name is unknown.
         """
         return type(self).from_dict({**self.to_dict(), **changes})
+
+
+#: The paper's preprocessing: Viola-Jones faces, Haar eyes, 148 px crops (the
+#: settings of the first synthetic-only weights).
+HAAR_PAPER = PreprocessingParams(detector="haar", min_face_size=60)

@@ -1,7 +1,8 @@
 """FacePreprocessor: one colour (+ depth) frame -> per-face crops (Section III-B).
 
 The order follows Ni et al. (IEEE TCDS 2023), Section III-B and Fig. 2:
-V-J face detection, rotation rectification from the eye line (eq. 1),
+face detection (BlazeFace by default, V-J as the paper's option),
+rotation rectification from the eye line (eq. 1),
 grey-scale conversion, LBP (eq. 2) and the facial depth image, each
 ``crop_size`` (148) square. HOG and Gabor images are available for the
 ablation rows of Tables II/III. Only the requested modalities are computed.
@@ -17,9 +18,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .alignment import Aligner, warp_crop
+from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
-from .detection import Box, FaceDetector
+from .detection import Box, FaceDetection, check_image, make_detector
 from .params import MODALITIES, PreprocessingError, PreprocessingParams
 from .texture import GaborBank, hog_image, lbp_image
 
@@ -42,7 +43,10 @@ class FaceCrops:
         timings: per-stage milliseconds; ``detect`` (and ``convert``) are the
             frame's shared cost, the others this face's own.
         eyes: eye centres ``((xl, yl), (xr, yr))`` in frame pixels, if found.
-        detection_score: cascade neighbour count (``nan`` for given boxes).
+        detection_score: the detector's score (``nan`` for given boxes).
+        alignment: which path the roll and framing took: ``"mesh"``,
+            ``"keypoints"``, ``"haar_eyes"`` or ``"none"`` (see
+            :class:`~cmcnn_ros.preprocessing.alignment.Alignment`).
     """
 
     box: Tuple[int, int, int, int]
@@ -54,6 +58,7 @@ class FaceCrops:
     timings: Dict[str, float] = field(default_factory=dict)
     eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
     detection_score: float = float("nan")
+    alignment: str = "none"
 
 
 def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
@@ -171,8 +176,9 @@ class FacePreprocessor:
             raise PreprocessingError(f"params must be PreprocessingParams, got {type(params).__name__}")
         self.params = params or PreprocessingParams()
         self.modalities = check_modalities(modalities)
-        self.detector = FaceDetector(self.params)
-        self.aligner = Aligner(self.params)
+        self.detector = make_detector(self.params)
+        self.aligner: Aligner | LandmarkAligner = (
+            LandmarkAligner(self.params) if self.params.detector == "blazeface" else Aligner(self.params))
         self._gabor = GaborBank(self.params) if "gabor" in self.modalities else None
         self._clock = clock
         self.last_timings: Dict[str, float] = {}
@@ -181,7 +187,8 @@ class FacePreprocessor:
         return (self._clock() - start) * 1000.0
 
     def process(self, colour: np.ndarray, depth_m: Optional[np.ndarray] = None,
-                boxes: Optional[Sequence[Sequence[float]]] = None) -> List[FaceCrops]:
+                boxes: Optional[Sequence[Sequence[float]]] = None,
+                detections: Optional[Sequence[FaceDetection]] = None) -> List[FaceCrops]:
         """Detect, align and crop every face of a frame.
 
         Args:
@@ -189,7 +196,10 @@ class FacePreprocessor:
             depth_m: ``float32`` HxW metres registered to ``colour`` (0/NaN =
                 no reading) or None (depth crops are then zeros, invalid).
             boxes: optional ``(x, y, w, h)`` face boxes in colour pixels; they
-                replace detection (ground truth, tracking).
+                replace detection (ground truth, a dataset's face crops).
+            detections: optional detections made by this preprocessor's
+                detector on this frame (a tracker's); they replace detection
+                and keep their keypoints. Ignored when ``boxes`` is given.
 
         Returns:
             One :class:`FaceCrops` per face, in detection order (best first)
@@ -202,23 +212,26 @@ class FacePreprocessor:
         t_frame = self._clock()
         t0 = self._clock()
         grey = to_grey(colour)
+        rgb = check_image(colour) if isinstance(self.aligner, LandmarkAligner) else None
         if depth_m is not None:
             depth_m = _check_depth(depth_m, grey.shape)
         timings: Dict[str, float] = {"convert": self._ms(t0)}
 
         t0 = self._clock()
+        found: List[Optional[FaceDetection]]
         if boxes is None:
-            detections = self.detector.detect(grey)
-            face_boxes = [d.box for d in detections]
-            scores = [d.score for d in detections]
+            found = list(detections) if detections is not None else \
+                list(self.detector.detect(colour if rgb is not None else grey))
+            face_boxes = [d.box for d in found]  # type: ignore[union-attr]
         else:
             face_boxes = _check_boxes(boxes, grey.shape)
-            scores = [float("nan")] * len(face_boxes)
+            found = [None] * len(face_boxes)
         timings["detect"] = self._ms(t0)
         for key in ("align",) + self.modalities:
             timings[key] = 0.0
 
-        faces = [self._crop_face(grey, depth_m, box, score, timings) for box, score in zip(face_boxes, scores)]
+        faces = [self._crop_face(grey, rgb, depth_m, box, det, timings)
+                 for box, det in zip(face_boxes, found)]
         timings["total"] = self._ms(t_frame)
         for face in faces:
             face.timings["convert"] = timings["convert"]
@@ -226,12 +239,21 @@ class FacePreprocessor:
         self.last_timings = timings
         return faces
 
-    def _crop_face(self, grey: np.ndarray, depth_m: Optional[np.ndarray], box: Box, score: float,
-                   frame_timings: Dict[str, float]) -> FaceCrops:
+    def _align(self, grey: np.ndarray, rgb: Optional[np.ndarray], box: Box,
+               detection: Optional[FaceDetection]) -> Alignment:
+        if isinstance(self.aligner, LandmarkAligner):
+            assert rgb is not None
+            return self.aligner.align(rgb, box, detection)
+        return self.aligner.align(grey, box)
+
+    def _crop_face(self, grey: np.ndarray, rgb: Optional[np.ndarray], depth_m: Optional[np.ndarray], box: Box,
+                   detection: Optional[FaceDetection], frame_timings: Dict[str, float]) -> FaceCrops:
         p = self.params
         t: Dict[str, float] = {}
         t0 = self._clock()
-        alignment = self.aligner.align(grey, box)
+        alignment = self._align(grey, rgb, box, detection)
+        score = detection.score if detection is not None else float("nan")
+        box = alignment.box or box
         grey_crop = warp_crop(grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0, cv2.BORDER_REPLICATE)
         t["align"] = self._ms(t0)
 
@@ -261,7 +283,8 @@ class FacePreprocessor:
         eyes = (alignment.eyes.left, alignment.eyes.right) if alignment.eyes is not None else None
         return FaceCrops(box=tuple(int(v) for v in box), roll=float(alignment.roll),
                          eyes_found=alignment.eyes_found, crops=crops, depth_valid=depth_valid,
-                         depth_valid_fraction=fraction, timings=t, eyes=eyes, detection_score=score)
+                         depth_valid_fraction=fraction, timings=t, eyes=eyes, detection_score=score,
+                         alignment=alignment.method)
 
     def to_tensor(self, faces: Sequence[FaceCrops]) -> np.ndarray:
         """Stack crops into the model input.

@@ -47,8 +47,16 @@ class TrainConfig:
     """Every setting of one training run (see ``cmcnn-train --help``)."""
 
     # data
-    dataset: str = _f("kinect", "dataset loader name (kinect, bu3dfe, bosphorus; synthetic sets use kinect)")
-    root: Optional[str] = _f(None, "dataset root folder")
+    dataset: str = _f("kinect", "dataset loader name (kinect, bu3dfe, bosphorus, fer2013, image_folder; "
+                                "synthetic sets use kinect)")
+    root: Optional[str] = _f(None, "dataset root folder (fer2013: the fer2013.csv[.gz] file)")
+    dataset_options: Dict[str, Any] = _f(
+        {}, "loader keyword arguments, KEY=VALUE (repeatable): fer2013 usage=Training|PublicTest|all, "
+            "on_error=raise|skip; image_folder crops=true, unknown_folders=skip", kv=True)
+    mix: List[Any] = _f(
+        [], "more datasets trained in the same run, each NAME:ROOT[:BOX_MODE[:REPEAT]] (YAML: mappings "
+            "with dataset, root, box_mode, repeat, options); e.g. real 2-D faces with synthetic RGB-D. "
+            "REPEAT > 1 serves that set's samples REPEAT times an epoch")
     protocol: Optional[str] = _f(
         None, "dataset protocol selecting samples/subjects (cmcnn_training.datasets.protocols: P1, P2, "
               "paper-P1, paper-P2, all); Section IV-A Protocol I/II")
@@ -100,8 +108,10 @@ class TrainConfig:
     batch_size: int = _f(32, "mini-batch size")
     depth_dropout: float = _f(0.0, "fraction of training samples whose depth channel is zeroed so "
                                    "the model also answers from grey+LBP when depth is missing")
-    augment: bool = _f(False, "light augmentation: horizontal flip (LBP recomputed), small shift/scale, "
-                              "brightness/contrast of the grey channel")
+    augment: bool = _f(False, "augmentation: horizontal flip, small rotation/shift/scale, lower resolution "
+                              "(texture modalities recomputed from the augmented grey), brightness/contrast")
+    lr_schedule: str = _f("step", "step: x lr_gamma every lr_step epochs (paper); cosine: one warm-up epoch "
+                                  "then cosine decay to 0 (short CPU budgets)", choices=("step", "cosine"))
 
     # run
     output_dir: str = _f("runs/cmcnn", "output folder (checkpoint, metrics.json, confusion PNG)")
@@ -128,6 +138,7 @@ class TrainConfig:
                 raise ConfigError(f"config {key}={getattr(self, key)!r} is invalid: {what}")
 
         need(self.loss in LOSSES, "loss", f"choose from {LOSSES}")
+        need(self.lr_schedule in ("step", "cosine"), "lr_schedule", "choose from ('step', 'cosine')")
         need(self.box_mode in BOX_MODES, "box_mode", f"choose from {BOX_MODES}")
         need(self.folds >= 1, "folds", "must be >= 1")
         need(self.epochs >= 0, "epochs", "must be >= 0")
@@ -185,6 +196,8 @@ def _coerce(name: str, value: Any) -> Any:
                 value = [value]
             if not isinstance(value, (list, tuple)):
                 raise TypeError
+            if name == "mix":  # NAME:ROOT strings or YAML mappings
+                return [dict(v) if isinstance(v, Mapping) else str(v) for v in value]
             return [str(v) for v in value]
         if origin in (dict, Dict):
             if not isinstance(value, Mapping):
@@ -253,7 +266,7 @@ def load_yaml(path: str | os.PathLike) -> Dict[str, Any]:
         raise ConfigError(f"config {path}: {exc}") from exc
 
 
-def _parse_kv(text: str) -> tuple:
+def parse_kv(text: str) -> tuple:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
@@ -290,7 +303,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         origin = typing.get_origin(base)
         kwargs: Dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
         if f.metadata.get("kv"):
-            kwargs.update(action="append", type=_parse_kv, metavar="KEY=VALUE")
+            kwargs.update(action="append", type=parse_kv, metavar="KEY=VALUE")
         elif base is bool:
             kwargs.update(action=argparse.BooleanOptionalAction)
         elif origin in (list, List):

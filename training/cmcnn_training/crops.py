@@ -11,8 +11,10 @@ Faces are found like the node finds them (the detector); the dataset's
 ground-truth box, when a sample has one, is only a fallback for frames where
 the detector finds no face or a face that does not overlap the annotated one.
 Both fallbacks are counted. With ``box_mode="gt"`` the ground-truth box is
-used whenever present (e.g. rendered 3-D scans where the cascade is not the
-point of the experiment).
+used whenever present (rendered 3-D scans, face-crop sets such as FER2013,
+where detection is not the point). Either way the face is aligned by the
+node's own aligner (FaceMesh landmarks by default); which path each face
+took is kept per row (``alignments``) and counted in ``stats``.
 
 Preprocessing a few thousand frames costs minutes on two cores, so the
 crops are cached as one ``.npz`` per (dataset listing, preprocessing
@@ -43,7 +45,7 @@ from cmcnn_ros.atomic_io import atomic_open
 LOG = logging.getLogger(__name__)
 
 #: Bump when the cache layout or the face-selection logic changes.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: A detection overlapping the ground-truth box less than this (IoU) is "the wrong face".
 MIN_GT_IOU = 0.3
 
@@ -74,6 +76,8 @@ class CropSet:
         box_sources: ``(N,)`` where the face box came from: ``detector``,
             ``gt`` (box_mode gt), ``gt_no_face`` or ``gt_wrong_face`` (fallbacks).
         dataset_index: ``(N,)`` index of each row in the dataset it came from.
+        alignments: ``(N,)`` alignment path of each face (``mesh``,
+            ``keypoints``, ``haar_eyes``, ``none``).
         stats: counts of the extraction (detector, fallbacks, dropped).
         key: cache key (hex) these crops were stored under.
     """
@@ -87,8 +91,13 @@ class CropSet:
     sources: np.ndarray
     box_sources: np.ndarray
     dataset_index: np.ndarray
+    alignments: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
     stats: Dict[str, Any] = field(default_factory=dict)
     key: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.alignments) != len(self.labels):
+            self.alignments = np.full(len(self.labels), "unknown")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -121,7 +130,7 @@ class CropSet:
             depth_valid=self.depth_valid[rows], labels=self.labels[rows], subjects=self.subjects[rows],
             intensities=self.intensities[rows], sources=self.sources[rows],
             box_sources=self.box_sources[rows], dataset_index=self.dataset_index[rows],
-            stats=dict(self.stats), key=self.key)
+            alignments=self.alignments[rows], stats=dict(self.stats), key=self.key)
 
     # ------------------------------------------------------------ storage
     def save(self, path: str | os.PathLike) -> None:
@@ -133,6 +142,7 @@ class CropSet:
             depth_valid=self.depth_valid, labels=self.labels.astype(str), subjects=self.subjects.astype(str),
             intensities=self.intensities, sources=self.sources.astype(str),
             box_sources=self.box_sources.astype(str), dataset_index=self.dataset_index,
+            alignments=self.alignments.astype(str),
             modalities=np.array(self.modalities, dtype=str),
             meta=np.array(json.dumps({"stats": self.stats, "key": self.key, "version": CACHE_VERSION})))
         with atomic_open(path, "wb") as fh:
@@ -153,7 +163,9 @@ class CropSet:
                     modalities=mods, images={m: z[f"img_{m}"] for m in mods},
                     depth_valid=z["depth_valid"].astype(bool), labels=z["labels"], subjects=z["subjects"],
                     intensities=z["intensities"], sources=z["sources"], box_sources=z["box_sources"],
-                    dataset_index=z["dataset_index"], stats=meta.get("stats", {}), key=meta.get("key", ""))
+                    dataset_index=z["dataset_index"],
+                    alignments=z["alignments"] if "alignments" in z.files else np.zeros(0, dtype=str),
+                    stats=meta.get("stats", {}), key=meta.get("key", ""))
         except (OSError, KeyError, ValueError, EOFError) as exc:
             raise CropError(f"crop cache {path} is unreadable ({exc}); delete it to rebuild") from exc
 
@@ -223,6 +235,7 @@ class _Extracted:
     message: str = ""
     intensity: int = -1
     source: str = ""
+    alignment: str = "none"
 
 
 def select_face(faces: Sequence[Any], gt_box: Optional[BoxT]) -> Tuple[Optional[Any], str]:
@@ -295,7 +308,7 @@ def _extract_one(index: int) -> _Extracted:
                 np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8)
         intensity = -1 if sample.intensity is None else int(sample.intensity)
         return _Extracted(index, status, crops, bool(face.depth_valid), intensity=intensity,
-                          source=str(sample.source))
+                          source=str(sample.source), alignment=str(face.alignment))
     except (ValueError, OSError) as exc:  # PreprocessingError / dataset read errors are ValueError/OSError
         return _Extracted(index, "error", message=f"sample {index}: {exc}")
 
@@ -365,9 +378,10 @@ def extract_crops(dataset: Any, params: Any, modalities: Sequence[str], box_mode
         raise CropError(f"no face crops from {len(dataset)} samples ({dict(counts)}); "
                         f"first problems: {errors[:3]}")
     rows = [r.index for r in kept]
-    stats = {k: int(v) for k, v in counts.items()}
+    stats: Dict[str, Any] = {k: int(v) for k, v in counts.items()}
     stats["total"] = len(results)
     stats["kept"] = len(kept)
+    stats["alignment"] = dict(Counter(r.alignment for r in kept))
     return CropSet(
         modalities=mods,
         images={m: np.stack([r.crops[m] for r in kept]) for m in mods},
@@ -377,7 +391,8 @@ def extract_crops(dataset: Any, params: Any, modalities: Sequence[str], box_mode
         intensities=np.array([r.intensity for r in kept], dtype=np.int16),
         sources=np.array([r.source for r in kept], dtype=str),
         box_sources=np.array([r.status for r in kept], dtype=str),
-        dataset_index=np.array(rows, dtype=np.int64), stats=stats)
+        dataset_index=np.array(rows, dtype=np.int64),
+        alignments=np.array([r.alignment for r in kept], dtype=str), stats=stats)
 
 
 @dataclass
@@ -430,9 +445,10 @@ def get_crops(dataset: Any, params: Any, modalities: Sequence[str], cache_dir: O
     crops.key = key
     s = crops.stats
     LOG.info("crops: %d kept of %d; detector %d, ground-truth box %d, fallback to ground truth: "
-             "%d no face + %d wrong face; dropped: %d without face, %d errors",
+             "%d no face + %d wrong face; dropped: %d without face, %d errors; alignment %s",
              s.get("kept", 0), s.get("total", 0), s.get("detector", 0), s.get("gt", 0),
-             s.get("gt_no_face", 0), s.get("gt_wrong_face", 0), s.get("no_face", 0), s.get("error", 0))
+             s.get("gt_no_face", 0), s.get("gt_wrong_face", 0), s.get("no_face", 0), s.get("error", 0),
+             s.get("alignment", {}))
     if path is not None:
         crops.save(path)
         LOG.info("crop cache written: %s", path)

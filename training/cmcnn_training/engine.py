@@ -11,13 +11,16 @@ The reference-script split (timm / torchvision ``train_one_epoch`` and
   head (Section III-C; the pre-training stage) against the loss of eq. (5).
 * :func:`evaluate` returns predictions for the metrics module.
 
-Augmentation (not in the paper, used only when asked): horizontal flip
-(texture modalities are recomputed from the flipped grey crop with the
-preprocessing's own functions, because an LBP code is not mirror-symmetric:
-flipping the LBP image would swap the meaning of its bits), a small integer
-shift and scale applied identically to every channel with nearest-neighbour
-sampling (codes stay codes), and brightness/contrast on the grey channel only
-(LBP is invariant to monotonic grey changes, so the pair stays consistent).
+Augmentation (not in the paper, used only when asked): horizontal flip, a
+small rotation, shift and scale, and a lower resolution (the crop shrunk and
+enlarged again: FER2013 faces are 48 px, a robot's 60-250 px, so the model
+must hold at both) are applied to the grey crop and the depth crop alike;
+the texture modalities are then recomputed from the augmented grey with the
+preprocessing's own functions (an LBP code is neither mirror-symmetric nor
+interpolable, so warping the LBP image would corrupt it). Brightness and
+contrast change the grey channel only (LBP is invariant to monotonic grey
+changes, so the pair stays consistent). Without a grey crop in the set, only
+flips and nearest-neighbour shifts are applied.
 """
 
 from __future__ import annotations
@@ -47,10 +50,13 @@ class AugmentConfig:
 
     enabled: bool = False
     flip_p: float = 0.5
-    max_shift: float = 0.05      # fraction of the crop side
-    max_scale: float = 0.05      # +- relative zoom
+    max_shift: float = 0.06      # fraction of the crop side
+    max_scale: float = 0.08      # +- relative zoom
+    rotate_deg: float = 8.0      # +- in-plane rotation (alignment residual)
+    lowres_p: float = 0.3        # probability of a lower-resolution copy
+    lowres_min: float = 0.35     # smallest relative resolution (64 px -> 22 px)
     brightness: float = 0.1      # +- added to grey in [0, 1]
-    contrast: float = 0.15       # +- relative contrast of grey
+    contrast: float = 0.2        # +- relative contrast of grey
 
 
 class CropBatches:
@@ -112,6 +118,8 @@ class CropBatches:
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.y[rows])
 
     def _augment_one(self, x: np.ndarray, row: int) -> np.ndarray:
+        if "grey" in self.crops.images:
+            return self._augment_from_grey(x, row)
         a, rng = self.augment, self.rng
         mods = self.modalities
         if rng.random() < a.flip_p:
@@ -133,6 +141,52 @@ class CropBatches:
             g += rng.uniform(-a.brightness, a.brightness)
             x[mods.index("grey")] = np.clip(g, 0.0, 1.0)
         return x
+
+    def _augment_from_grey(self, x: np.ndarray, row: int) -> np.ndarray:
+        """Geometry and resolution on the cached uint8 grey (and depth); texture recomputed from it."""
+        from cmcnn_ros.preprocessing import texture
+
+        a, rng, mods = self.augment, self.rng, self.modalities
+        g = self.crops.images["grey"][row].astype(np.float32)
+        d = x[mods.index("depth")].copy() if "depth" in mods else None
+        s = g.shape[-1]
+        if rng.random() < a.flip_p:
+            g = g[:, ::-1]
+            d = d[:, ::-1] if d is not None else None
+        c = (s - 1) / 2.0
+        m = cv2.getRotationMatrix2D((c, c), rng.uniform(-a.rotate_deg, a.rotate_deg),
+                                    1.0 + rng.uniform(-a.max_scale, a.max_scale))
+        m[:, 2] += rng.uniform(-a.max_shift, a.max_shift, size=2) * s
+        g = cv2.warpAffine(np.ascontiguousarray(g), m, (s, s), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        if d is not None:
+            d = cv2.warpAffine(np.ascontiguousarray(d), m, (s, s), flags=cv2.INTER_NEAREST,
+                               borderMode=cv2.BORDER_REPLICATE)
+        if rng.random() < a.lowres_p:
+            side = max(8, int(round(s * rng.uniform(a.lowres_min, 1.0))))
+            g = cv2.resize(cv2.resize(g, (side, side), interpolation=cv2.INTER_AREA), (s, s),
+                           interpolation=cv2.INTER_LINEAR)
+        g8 = np.clip(np.rint(g), 0, 255).astype(np.uint8)
+        out = np.empty_like(x)
+        for i, m_name in enumerate(mods):
+            if m_name == "grey":
+                v = g8.astype(np.float32) * (1.0 / 255.0)
+                mean = float(v.mean())
+                v = (v - mean) * (1.0 + rng.uniform(-a.contrast, a.contrast)) + mean
+                out[i] = np.clip(v + rng.uniform(-a.brightness, a.brightness), 0.0, 1.0)
+            elif m_name == "depth":
+                out[i] = d
+            elif m_name == "lbp":
+                out[i] = np.rint(texture.lbp_image(g8, self.params) * 255.0) / 255.0
+            elif m_name == "hog":
+                out[i] = np.rint(texture.hog_image(g8, self.params) * 255.0) / 255.0
+            elif m_name == "gabor":
+                if self._gabor is None:
+                    self._gabor = texture.GaborBank(self.params)
+                out[i] = np.rint(self._gabor.magnitude(g8) * 255.0) / 255.0
+            else:
+                out[i] = x[i]
+        return out
 
     def _recompute_texture(self, x: np.ndarray, row: int) -> None:
         derived = [m for m in self.modalities if m in TEXTURE_DERIVED]

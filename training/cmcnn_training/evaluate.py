@@ -2,7 +2,16 @@
 
 The checkpoint carries its own preprocessing parameters, modalities and
 class list; the crops are made with exactly those (the node does the same),
-so the numbers reflect what the deployed model sees. Output: ``metrics.json``
+so the numbers reflect what the deployed model sees.
+
+Detection is reported apart from classification, never hidden by a
+fallback: with ``--box-mode detect`` on a dataset that has ground-truth boxes
+the summary holds the detection rate (the detector found the annotated face),
+the accuracy *through the detector* (a missed face counts as wrong, over
+every sample) and the accuracy on ground-truth boxes (every face cropped from
+its annotated box); ``--box-mode gt`` reports the last alone. The per-class
+metrics and the confusion matrix are those of the ground-truth boxes when
+the dataset has them. Output: ``metrics.json``
 (accuracy, per class, per intensity, confusion matrix, plus per-band
 accuracy for every extra per-sample column of the dataset's ``labels.csv``
 and the pose/distance columns of the synthetic generator's ``truth.csv``;
@@ -32,7 +41,7 @@ import numpy as np
 
 from cmcnn_ros.classes import canonical_name
 
-from .config import BOX_MODES, TrainConfig
+from .config import BOX_MODES, TrainConfig, parse_kv
 from .crops import get_crops
 from .engine import CropBatches, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
@@ -60,7 +69,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None,
                    help="output folder (default: <checkpoint folder>/eval-<dataset>-<root name>)")
     p.add_argument("--box-mode", choices=BOX_MODES, default="detect",
-                   help="detect (like the node; ground-truth box as fallback) or gt (default: detect)")
+                   help="detect: the node's detector, reported as detection rate and accuracy through "
+                        "the detector (a miss is wrong), beside the accuracy on ground-truth boxes; gt: "
+                        "ground-truth boxes only (default: detect)")
+    p.add_argument("--dataset-option", dest="dataset_options", action="append", default=[],
+                   metavar="KEY=VALUE", help="loader keyword argument (fer2013: usage=PublicTest)")
     p.add_argument("--cache-dir", default="cache/crops", help="crop cache folder; '' disables (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="crop extraction processes (default: 2)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default: 64)")
@@ -143,11 +156,18 @@ class EvaluationResult:
     summary: Dict[str, Any]
 
 
+def dataset_has_face_crops(ds: Any) -> bool:
+    """Whether a dataset's samples are face crops with given boxes (FER2013, ``crops=True`` folders)."""
+    parent = getattr(ds, "parent", ds)
+    return type(parent).__name__ == "Fer2013Dataset" or bool(getattr(parent, "crops", False))
+
+
 def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
                    subjects: Optional[Sequence[str]] = None, output_dir: Optional[str | os.PathLike] = None,
                    min_intensity: Optional[int] = None, box_mode: str = "detect",
                    cache_dir: Optional[str] = "cache/crops", workers: int = 2, batch_size: int = 64,
-                   device: str = "auto", no_depth: bool = False, progress: bool = True) -> EvaluationResult:
+                   device: str = "auto", no_depth: bool = False, progress: bool = True,
+                   dataset_options: Optional[Dict[str, Any]] = None) -> EvaluationResult:
     """Evaluate ``checkpoint`` on a dataset and write metrics JSON + confusion PNG.
 
     Raises:
@@ -163,13 +183,13 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model = ckpt.model.to(dev).eval()
     class_names = list(ckpt.class_names)
-    params = PreprocessingParams.from_dict(ckpt.preprocessing)
+    params = PreprocessingParams.from_checkpoint(ckpt.preprocessing)
     modalities = tuple(ckpt.model_config.modalities)
     if output_dir is None:
         output_dir = Path(checkpoint).resolve().parent / f"eval-{dataset}-{Path(root).resolve().name}"
     out = Path(output_dir)
 
-    ds = load_training_dataset(dataset, root)
+    ds = load_training_dataset(dataset, root, dataset_options)
     present = {canonical_name(l) for l in ds.labels}
     unknown = sorted(present - set(class_names))
     if unknown:
@@ -179,13 +199,39 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
                       min_intensity=min_intensity)
     keep, _ = select_samples(ds, sel)
     view = ds if len(keep) == len(ds) else ds.subset(keep)
-    crops, cache = get_crops(view, params, modalities, cache_dir or None, box_mode=box_mode,
-                             workers=workers, progress=progress, name=dataset)
+    has_boxes = any(getattr(r, "extra", {}).get("box") is not None for r in getattr(view, "records", [])) \
+        or dataset_has_face_crops(view)
     label_of = {c: i for i, c in enumerate(class_names)}
-    y = np.array([label_of[canonical_name(l)] for l in crops.labels], dtype=np.int64)
-    batches = CropBatches(crops, np.arange(len(crops)), y, modalities, batch_size,
-                          depth_dropout=1.0 if no_depth else 0.0)
-    pred = run_eval(model, batches, dev, progress=progress)
+
+    def predict(mode: str) -> Any:
+        c, info = get_crops(view, params, modalities, cache_dir or None, box_mode=mode, workers=workers,
+                            progress=progress, name=dataset)
+        y = np.array([label_of[canonical_name(l)] for l in c.labels], dtype=np.int64)
+        batches = CropBatches(c, np.arange(len(c)), y, modalities, batch_size,
+                              depth_dropout=1.0 if no_depth else 0.0)
+        return c, info, run_eval(model, batches, dev, progress=progress)
+
+    detection: Dict[str, Any] = {}
+    if box_mode == "detect":
+        det_crops, _, det_pred = predict("detect")
+        found = det_crops.box_sources == "detector"
+        correct = (det_pred.y_true == det_pred.y_pred) & found
+        detection = {
+            "samples": len(view), "detected": int(found.sum()),
+            "detection_rate": float(found.sum()) / max(len(view), 1),
+            "accuracy_through_detector": float(correct.sum()) / max(len(view), 1),
+            "accuracy_of_detected": float(correct.sum()) / max(int(found.sum()), 1),
+            "box_sources": {k: int(v) for k, v in zip(*np.unique(det_crops.box_sources, return_counts=True))},
+            "alignment": {k: int(v) for k, v in zip(*np.unique(det_crops.alignments[found], return_counts=True))},
+        }
+        LOG.info("detector found %d of %d faces (%.1f %%); accuracy through the detector (missed = wrong) "
+                 "%.4f, of the detected faces %.4f", detection["detected"], len(view),
+                 100 * detection["detection_rate"], detection["accuracy_through_detector"],
+                 detection["accuracy_of_detected"])
+    if box_mode == "gt" or has_boxes:
+        crops, cache, pred = predict("gt")
+    else:
+        crops, cache, pred = det_crops, _, det_pred
     extras = read_extra_columns(root, crops.sources.tolist())
     metrics = compute_metrics(pred.y_true, pred.y_pred, class_names, intensities=crops.intensities,
                               extra_columns=extras)
@@ -196,9 +242,14 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     summary = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "dataset": dataset, "root": os.path.abspath(root),
-        "accuracy": metrics.accuracy, "count": metrics.count,
-        "no_depth": no_depth,
+        # Through the detector when it ran (a miss is wrong), else on the given boxes.
+        "accuracy": detection["accuracy_through_detector"] if detection else metrics.accuracy,
+        "count": metrics.count, "no_depth": no_depth,
+        "accuracy_gt_boxes": metrics.accuracy if (box_mode == "gt" or has_boxes) else None,
+        **{k: detection[k] for k in ("detection_rate", "accuracy_through_detector") if k in detection},
+        "alignment": {k: int(v) for k, v in zip(*np.unique(crops.alignments, return_counts=True))},
     }
+
     doc = {
         "summary": summary,
         "metrics": metrics.to_dict(),
@@ -206,6 +257,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
         "checkpoint_metadata": ckpt.metadata,
         "model_config": ckpt.model_config.to_dict(),
         "preprocessing": params.to_dict(),
+        "detection": detection or None,
         "crop_stats": crops.stats, "crop_cache": cache.path, "crop_cache_hit": cache.hit,
         "box_sources": {k: int(v) for k, v in zip(*np.unique(crops.box_sources, return_counts=True))},
         "depth_valid_fraction": float(crops.depth_valid.mean()) if len(crops) else None,
@@ -231,7 +283,8 @@ def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
                                 output_dir=args.output_dir, min_intensity=args.min_intensity,
                                 box_mode=args.box_mode, cache_dir=args.cache_dir, workers=args.workers,
                                 batch_size=args.batch_size, device=args.device, no_depth=args.no_depth,
-                                progress=args.progress)
+                                progress=args.progress,
+                                dataset_options=dict(parse_kv(kv) for kv in args.dataset_options))
     except (ValueError, OSError) as exc:  # CheckpointError, TrainingError, CropError, ConfigError ...
         LOG.error("%s: %s", type(exc).__name__, exc)
         return 2

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import random
@@ -52,6 +53,7 @@ from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
 from .config import ConfigError, TrainConfig, add_config_arguments, build_config
 from .crops import CropSet, get_crops
 from .engine import AugmentConfig, CropBatches, EpochStats, evaluate, train_one_epoch
+from .mixing import concat_crops, load_mix_crops, parse_mix
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, summarise_folds, \
     write_json_atomic
 
@@ -306,7 +308,7 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
             return []
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        scheduler = make_scheduler(optimizer, cfg, epochs)
         history: List[EpochStats] = []
         bar = tqdm(range(1, epochs + 1), desc=f"{desc} {name}".strip(), disable=not cfg.progress, unit="ep")
         log_every = max(1, epochs // 10)
@@ -328,6 +330,24 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
     pre = run_stage(cfg.pretrain_epochs, cfg.pretrain_lr or cfg.lr, "fens", "FEN pre-training")
     main = run_stage(cfg.epochs, cfg.lr, "fusion", "training")
     return FitResult(model=model, pretrain_history=pre, history=main, seconds=time.perf_counter() - t0)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: the paper's step decay, or warm-up + cosine.
+
+    The paper halves the rate every 100 of 300 epochs; a CPU budget of a few
+    dozen epochs ends long before a step schedule anneals, so ``cosine`` warms
+    up for one epoch (from 10 %) and decays to zero by the last one.
+    """
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+
+    def factor(epoch: int) -> float:
+        if epoch == 0 and epochs > 2:
+            return 0.1
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / float(max(epochs, 1))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def predict_rows(model: torch.nn.Module, crops: CropSet, rows: np.ndarray, label_index: np.ndarray,
@@ -372,7 +392,7 @@ def _check_outputs(out: Path, cfg: TrainConfig, will_save: bool) -> None:
                             "--output-dir")
 
 
-def load_training_dataset(name: str, root: str) -> Any:
+def load_training_dataset(name: str, root: str, options: Optional[Dict[str, Any]] = None) -> Any:
     """The dataset registry's loader (``cmcnn_training.datasets.load_dataset``).
 
     Raises:
@@ -382,7 +402,7 @@ def load_training_dataset(name: str, root: str) -> Any:
 
     if not Path(root).exists():
         raise TrainingError(f"dataset root {root} does not exist")
-    return load_dataset(name, root)
+    return load_dataset(name, root, **(options or {}))
 
 
 def run_training(cfg: TrainConfig) -> TrainingResult:
@@ -403,7 +423,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     device = resolve_device(cfg.device)
     params = build_preprocessing(cfg)
 
-    dataset = load_training_dataset(cfg.dataset, cfg.root)
+    dataset = load_training_dataset(cfg.dataset, cfg.root, cfg.dataset_options)
     keep, class_names = select_samples(dataset, cfg)
     model_config = build_model_config(cfg, len(class_names), params.crop_size)
     LOG.info("dataset %s at %s: %d of %d samples, classes %s, device %s", cfg.dataset, cfg.root, len(keep),
@@ -411,9 +431,15 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     view = dataset if len(keep) == len(dataset) else dataset.subset(keep)
     crops, cache = get_crops(view, params, model_config.modalities, cfg.cache_dir, box_mode=cfg.box_mode,
                              workers=cfg.workers, progress=cfg.progress, name=cfg.dataset)
+    repeat = np.ones(len(crops), np.int64)
+    if cfg.mix:
+        mixed = load_mix_crops(parse_mix(cfg.mix), class_names, params, model_config.modalities,
+                               cfg.cache_dir, cfg.workers, cfg.progress)
+        crops, source = concat_crops([(cfg.dataset, crops)] + [(name, c) for name, c, _, _ in mixed])
+        repeat = np.array([1] + [r for _, _, _, r in mixed], np.int64)[source]
     label_of = {c: i for i, c in enumerate(class_names)}
     label_index = np.array([label_of[canonical_name(l)] for l in crops.labels], dtype=np.int64)
-    splits = make_splits(crops.subjects, cfg)
+    splits = [(np.repeat(tr, repeat[tr]), te) for tr, te in make_splits(crops.subjects, cfg)]
 
     fold_metrics: List[EvaluationMetrics] = []
     fold_records: List[Dict[str, Any]] = []
@@ -453,7 +479,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
 
     if cfg.final and len(splits) > 1:
         LOG.info("final model: training on all %d samples", len(crops))
-        all_rows = np.arange(len(crops))
+        all_rows = np.repeat(np.arange(len(crops)), repeat)
         result = fit(crops, all_rows, label_index, model_config, params, cfg, device, cfg.seed + 999_999,
                      desc="final")
         final_model = result.model

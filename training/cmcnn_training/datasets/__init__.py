@@ -12,11 +12,14 @@ API (the contract the trainer uses)
                        synthetic, folder
     ``bu3dfe``         bu-3dfe, bu3d                               :class:`BU3DFEDataset`
     ``bosphorus``      bosphorus-db                                :class:`BosphorusDataset`
+    ``fer2013``        fer-2013, fer                               :class:`Fer2013Dataset` (2-D)
+    ``image_folder``   images, raf-db, affectnet, kdef, jaffe, ck+ :class:`ImageFolderDataset` (2-D)
     =================  ==========================================  ==============================
 
     Keyword arguments go to the class: ``classes`` (all loaders; default the
     seven classes), ``skip_other_labels``/``check_files`` (Kinect folder),
-    ``render`` (:class:`RenderSettings` or dict) and ``cache_dir`` (scans).
+    ``render`` (:class:`RenderSettings` or dict) and ``cache_dir`` (scans),
+    ``usage``/``on_error`` (FER2013), ``crops``/``unknown_folders`` (image folder).
 
 A dataset is a lazy ``Sequence[Sample]``: ``len(ds)``, ``ds[i]`` decodes
 one :class:`Sample` (``colour`` uint8 BGR/grey, ``depth_m`` float32 metres
@@ -51,6 +54,8 @@ from typing import Any, Dict, Tuple, Type, Union
 from .bosphorus import BosphorusDataset, read_bnt, write_bnt
 from .bu3dfe import BU3DFEDataset, read_vrml_mesh
 from .common import DatasetError, DatasetSubset, Record, RecordDataset, Sample
+from .fer2013 import Fer2013Dataset
+from .image_folder import ImageFolderDataset
 from .kinect_folder import KinectFolderDataset
 from .protocols import (PROTOCOLS, ProtocolSelection, describe_protocols, protocol_selection,
                         protocol_splits, select_protocol, subject_kfold)
@@ -60,12 +65,17 @@ DATASETS: Dict[str, Type[RecordDataset]] = {
     "kinect_folder": KinectFolderDataset,
     "bu3dfe": BU3DFEDataset,
     "bosphorus": BosphorusDataset,
+    "fer2013": Fer2013Dataset,
+    "image_folder": ImageFolderDataset,
 }
 
 ALIASES: Dict[str, str] = {
     "kinect": "kinect_folder", "vt-kfer": "kinect_folder", "vtkfer": "kinect_folder",
     "cczu-fer": "kinect_folder", "cczu": "kinect_folder", "synthetic": "kinect_folder",
     "folder": "kinect_folder", "bu-3dfe": "bu3dfe", "bu3d": "bu3dfe", "bosphorus-db": "bosphorus",
+    "fer-2013": "fer2013", "fer": "fer2013", "image-folder": "image_folder", "images": "image_folder",
+    "raf-db": "image_folder", "affectnet": "image_folder", "kdef": "image_folder", "jaffe": "image_folder",
+    "ck+": "image_folder",
 }
 
 
@@ -81,7 +91,7 @@ def load_dataset(name: str, root: Union[str, Path], **kwargs: Any) -> RecordData
         DatasetError: unknown name, bad keyword arguments, or the loader's own errors.
     """
     key = str(name).strip().lower().replace("_", "-")
-    key = {"kinect-folder": "kinect_folder"}.get(key, key)
+    key = {"kinect-folder": "kinect_folder", "image-folder": "image_folder"}.get(key, key)
     key = ALIASES.get(key, key)
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; available: {list(available_datasets())}")
@@ -95,6 +105,7 @@ def load_dataset(name: str, root: Union[str, Path], **kwargs: Any) -> RecordData
 
 __all__ = [
     "ALIASES", "BU3DFEDataset", "BosphorusDataset", "DATASETS", "DatasetError", "DatasetSubset",
+    "Fer2013Dataset", "ImageFolderDataset",
     "KinectFolderDataset", "PROTOCOLS", "ProtocolSelection", "Record", "RecordDataset", "RenderSettings",
     "Sample", "available_datasets", "describe_protocols", "load_dataset", "protocol_selection",
     "protocol_splits", "read_bnt", "read_vrml_mesh", "select_protocol", "subject_kfold", "write_bnt",

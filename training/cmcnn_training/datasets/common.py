@@ -296,3 +296,33 @@ class DatasetSubset(Sequence[Sample]):
 
     def subset(self, indices: Iterable[int]) -> "DatasetSubset":
         return DatasetSubset(self.parent, self.indices[np.asarray(list(indices), dtype=np.int64)])
+
+
+#: Replicated border added around a face-crop image (fraction of its side on
+#: each side), so the landmark region (box x ``box_roi_scale``) stays on
+#: image content the way it does around a face in a camera frame.
+FACE_CROP_PAD = 0.25
+#: Face-crop images are upsampled so the face spans at least this many pixels:
+#: FaceMesh reads a 48 px FER2013 face far better at 192 px (its input size).
+FACE_CROP_MIN_SIDE = 192
+
+
+def face_crop_frame(image: np.ndarray) -> Tuple[np.ndarray, BoxT]:
+    """A face-crop image (FER2013, RAF-DB aligned...) as a frame plus the face's box.
+
+    The image is upsampled (bicubic) to at least :data:`FACE_CROP_MIN_SIDE`
+    and padded by :data:`FACE_CROP_PAD` with replicated borders; the box is
+    the original image's area, so the package's own landmarks and aligner
+    frame the face as they frame a face the node detects.
+
+    Returns:
+        ``(frame, (x, y, w, h))``.
+    """
+    h, w = image.shape[:2]
+    f = max(1.0, FACE_CROP_MIN_SIDE / float(max(h, w)))
+    if f > 1.0:
+        image = cv2.resize(image, (int(round(w * f)), int(round(h * f))), interpolation=cv2.INTER_CUBIC)
+    h, w = image.shape[:2]
+    px, py = int(round(FACE_CROP_PAD * w)), int(round(FACE_CROP_PAD * h))
+    frame = cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_REPLICATE)
+    return frame, (px, py, w, h)
