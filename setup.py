@@ -67,6 +67,7 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "ai-edge-litert>=2.3",
     ],
     entry_points={"console_scripts": ENTRY_POINTS},
     zip_safe=False,

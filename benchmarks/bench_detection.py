@@ -59,6 +59,25 @@ def _iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def read_sweep(root: Path) -> List[Dict[str, Any]]:
+    """Single-face frames of a ``cmcnn-synth`` folder with their box, eyes, pose and distance."""
+    import csv
+
+    with open(root / "labels.csv", newline="") as fh:
+        boxes = {r["colour"]: [int(r[k]) for k in ("box_x", "box_y", "box_w", "box_h")] for r in csv.DictReader(fh)}
+    out = []
+    with open(root / "truth.csv", newline="") as fh:
+        for r in csv.DictReader(fh):
+            colour = cv2.imread(str(root / r["colour"]), cv2.IMREAD_COLOR)
+            nose = [float(r[k]) for k in ("nose_x_m", "nose_y_m", "nose_z_m")]
+            e1 = (float(r["eye1_x"]), float(r["eye1_y"]))
+            e2 = (float(r["eye2_x"]), float(r["eye2_y"]))
+            out.append({"colour": colour, "box": np.array(boxes[r["colour"]]),
+                        "eyes": np.array(sorted([e1, e2])), "distance": np.array(float(np.linalg.norm(nose))),
+                        "pose": np.array([float(r[k]) for k in ("yaw_deg", "pitch_deg", "roll_deg")])})
+    return out
+
+
 def render_sweep(cache: Path, frames: int, empty: int, seed: int) -> List[Dict[str, Any]]:
     """Rendered sweep frames (cached as one .npz each): colour and the face's truth."""
     from cmcnn_ros.synthetic.generate import RenderOptions, plan_jobs, render_job
@@ -68,7 +87,8 @@ def render_sweep(cache: Path, frames: int, empty: int, seed: int) -> List[Dict[s
     cache.mkdir(parents=True, exist_ok=True)
     options = RenderOptions(camera=CameraSpec(), poses=PoseRange(yaw_deg=40.0, pitch_deg=20.0, roll_deg=30.0,
                                                                  distance_m=(0.5, 3.0)))
-    jobs = plan_jobs(list(range(9000, 9040)), EXPRESSIONS_WITH_NEUTRAL, 1, frames=frames, seed=seed)
+    jobs = plan_jobs(list(range(9000, 9040)), EXPRESSIONS_WITH_NEUTRAL, 1, frames=frames, seed=seed) \
+        if frames else []
     out: List[Dict[str, Any]] = []
     for i, job in enumerate(tqdm(jobs, desc="render faces", disable=not sys.stderr.isatty())):
         path = cache / f"face_{seed}_{i:05d}.npz"
@@ -208,7 +228,8 @@ def figure(results: Dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frames", type=int, default=600, help="single-face sweep frames")
+    p.add_argument("--root", type=Path, default=None, help="read the face frames from this cmcnn-synth folder")
+    p.add_argument("--frames", type=int, default=600, help="single-face sweep frames (rendered without --root)")
     p.add_argument("--empty", type=int, default=100, help="face-free rendered rooms")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--cache", type=Path, default=Path("cache/bench_detection"))
@@ -218,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cv2.setNumThreads(1)
-    frames = render_sweep(args.cache, args.frames, args.empty, args.seed)
+    if args.root is not None:
+        frames = read_sweep(args.root) + render_sweep(args.cache, 0, args.empty, args.seed)
+    else:
+        frames = render_sweep(args.cache, args.frames, args.empty, args.seed)
     extra = photos()
     configs = {"blazeface": PreprocessingParams(crop_size=64), "haar": HAAR_PAPER}
     results = {name: evaluate(name, configs[name], frames, extra) for name in args.detectors}

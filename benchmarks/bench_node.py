@@ -85,7 +85,7 @@ def run_scenario(client: RosClient, domain_id: int, results: List, frames: Path,
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="fer_node end-to-end benchmark (publisher -> node -> subscriber)")
-    ap.add_argument("--model", type=Path, help="checkpoint (default: models/cmcnn_synthetic.pt, else random weights)")
+    ap.add_argument("--model", type=Path, help="checkpoint (default: models/cmcnn_default.pt, else random weights)")
     ap.add_argument("--faces", type=int, nargs="+", default=[1, 5], choices=[1, 5])
     ap.add_argument("--rate", type=float, default=30.0, help="input rate (Hz)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from cmcnn_ros.msg import EmotionArray
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_node_"))
-    model = args.model or ROOT / "models" / "cmcnn_synthetic.pt"
+    model = args.model or ROOT / "models" / "cmcnn_default.pt"
     weights = "default"
     if args.model is None and not model.exists():
         LOG.info("default weights missing: using a randomly initialised checkpoint (same cost)")

@@ -36,11 +36,12 @@ from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL  # noqa: E402
 from cmcnn_ros.inference import Recognizer  # noqa: E402
 from cmcnn_ros.model import cmcnn  # noqa: E402
+from cmcnn_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from cmcnn_ros.preprocessing.params import PreprocessingParams  # noqa: E402
 from cmcnn_ros.synthetic.scene import FaceSpec, render_frame  # noqa: E402
 
 LOGGER = logging.getLogger("bench_recognizer")
-DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_synthetic.pt"
+DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_default.pt"
 STAGES = ("detect", "align", "grey", "lbp", "depth", "preprocess", "network", "total")
 LABELS = ("happy", "surprised", "angry", "sad", "neutral")
 
@@ -84,12 +85,20 @@ def build_recognizers(presets: Sequence[str], device: str, threads: int,
                       redetect_interval: int = 1) -> Dict[str, Recognizer]:
     out: Dict[str, Recognizer] = {}
     for preset in presets:
-        if preset == "weights":
+        if preset in ("weights", "weights-haar"):
             if not DEFAULT_WEIGHTS.is_file():
                 LOGGER.warning("no %s; skipping the trained weights", DEFAULT_WEIGHTS)
                 continue
-            out["weights"] = Recognizer.from_checkpoint(DEFAULT_WEIGHTS, device=device, num_threads=threads,
-                                                        redetect_interval=redetect_interval)
+            rec = Recognizer.from_checkpoint(DEFAULT_WEIGHTS, device=device, num_threads=threads,
+                                             redetect_interval=redetect_interval)
+            if preset == "weights-haar":
+                # Same network and crop size, the paper's Viola-Jones + Haar-eye front end:
+                # what the detector choice costs, in the same run.
+                fresh = load_checkpoint(DEFAULT_WEIGHTS)
+                haar = rec.params.replace(detector="haar", min_face_size=60)
+                rec = Recognizer(fresh.model, fresh.class_names, haar, device=device, num_threads=threads,
+                                 redetect_interval=redetect_interval)
+            out[preset] = rec
         else:
             # Untrained weights time exactly like trained ones of the same shape.
             model = cmcnn(preset=preset, num_classes=len(EXPRESSIONS_WITH_NEUTRAL))
@@ -100,8 +109,9 @@ def build_recognizers(presets: Sequence[str], device: str, threads: int,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["weights", "default", "paper"],
-                        help="'weights' (models/cmcnn_synthetic.pt) and/or model presets")
+    parser.add_argument("--presets", nargs="+", default=["weights", "weights-haar", "default", "paper"],
+                        help="'weights' (models/cmcnn_default.pt), 'weights-haar' (the same network "
+                             "behind the Viola-Jones front end) and/or model presets (148 px crops)")
     parser.add_argument("--faces", nargs="+", type=int, default=[1, 5])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
@@ -128,12 +138,12 @@ def main(argv=None) -> int:
                            redetect_interval=interval, params=rec.model.num_parameters(include_fen_heads=False))
                 rows.append(row)
 
-    header = (f"{'model':>8} {'dev':>5} {'redet':>5} {'faces':>5} {'found':>5} "
+    header = (f"{'model':>12} {'dev':>5} {'redet':>5} {'faces':>5} {'found':>5} "
               + " ".join(f"{s:>12}" for s in STAGES))
     lines = ["per-stage latency, p50/p95 in ms", header]
     for r in rows:
         cells = " ".join(f"{r[f'{s}_p50']:.1f}/{r[f'{s}_p95']:.1f}".rjust(12) for s in STAGES)
-        lines.append(f"{r['model']:>8} {r['device']:>5} {r['redetect_interval']:>5} {r['faces']:>5} "
+        lines.append(f"{r['model']:>12} {r['device']:>5} {r['redetect_interval']:>5} {r['faces']:>5} "
                      f"{r['faces_found_median']:>5} {cells}")
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 #: Default checkpoint, relative to the package share directory / checkout.
-DEFAULT_MODEL = "models/cmcnn_synthetic.pt"
+DEFAULT_MODEL = "models/cmcnn_default.pt"
 #: Fast DDS profile with a shared-memory segment large enough for Kinect-size images.
 FASTDDS_PROFILE = "config/fastdds.xml"
 

@@ -26,7 +26,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 def generate_launch_description():
     share = get_package_share_directory("cmcnn_ros")
     args = [
-        DeclareLaunchArgument("model_path", default_value=os.path.join(share, "models", "cmcnn_synthetic.pt"),
+        DeclareLaunchArgument("model_path", default_value=os.path.join(share, "models", "cmcnn_default.pt"),
                               description="CM-CNN checkpoint (.pt)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("colour_topic", default_value="/camera/color/image_raw",

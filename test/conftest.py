@@ -220,7 +220,7 @@ def random_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised default-preset CM-CNN checkpoint (7 classes).
 
     Costs the same per frame as the shipped weights, so the plumbing tests
-    (node, bags, demo) use it; accuracy tests use ``models/cmcnn_synthetic.pt``.
+    (node, bags, demo) use it; accuracy tests use ``models/cmcnn_default.pt``.
     """
     import torch
 

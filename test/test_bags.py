@@ -24,7 +24,7 @@ from cmcnn_ros.tools.bag_writer import (BagWriteError, CameraIntrinsics, RgbdBag
                                         write_synthetic_bag)
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_synthetic.pt"
+DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_default.pt"
 T0 = 1_700_000_000_000_000_000
 
 

@@ -61,12 +61,12 @@ def test_launch_passes_autostart_false_and_used_arguments():
     assert "TRANSITION_CONFIGURE" in src and "TRANSITION_ACTIVATE" in src
 
 
-@pytest.mark.parametrize("value", ["", "models/cmcnn_synthetic.pt"])
+@pytest.mark.parametrize("value", ["", "models/cmcnn_default.pt"])
 def test_missing_default_model_is_a_clear_error(value, tmp_path, monkeypatch):
     from cmcnn_ros.ros.fer_node import FerConfigError, resolve_model_path
 
-    if (ROOT / "models" / "cmcnn_synthetic.pt").exists():
-        assert resolve_model_path(value) == ROOT / "models" / "cmcnn_synthetic.pt"
+    if (ROOT / "models" / "cmcnn_default.pt").exists():
+        assert resolve_model_path(value) == ROOT / "models" / "cmcnn_default.pt"
     else:
         with pytest.raises(FerConfigError, match="set the parameter model_path"):
             resolve_model_path(value)

@@ -5,7 +5,7 @@ Each node process gets its own ROS_DOMAIN_ID (an flock'ed id, see
 results over DDS (the overload test uses a third process as publisher).
 The plumbing tests run on a randomly initialised checkpoint (cheap, and the
 same cost per frame); ``test_default_weights_expressions`` checks expression
-correctness with the shipped ``models/cmcnn_synthetic.pt``.
+correctness with the shipped ``models/cmcnn_default.pt``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
 EMOTIONS = "/fer_node/emotions"
-DEFAULT_WEIGHTS = ROOT / "models" / "cmcnn_synthetic.pt"
+DEFAULT_WEIGHTS = ROOT / "models" / "cmcnn_default.pt"
 
 
 def stamp_of(msg) -> int:

@@ -164,7 +164,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist" + ("" if not path.exists() else " as a file")
-            + "; check the path (train one with cmcnn-train or use models/cmcnn_synthetic.pt)"
+            + "; check the path (train one with cmcnn-train or use models/cmcnn_default.pt)"
         )
     try:
         payload = torch.load(str(path), map_location=map_location, weights_only=True)

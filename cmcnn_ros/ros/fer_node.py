@@ -64,7 +64,7 @@ DEFAULT_MODEL = resources.DEFAULT_MODEL
 # name -> (default, description, extra descriptor fields). Declared once here;
 # config/fer.yaml mirrors every entry with a comment.
 PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
-    "model_path": ("", "CM-CNN checkpoint (.pt). Empty: models/cmcnn_synthetic.pt from the "
+    "model_path": ("", "CM-CNN checkpoint (.pt). Empty: models/cmcnn_default.pt from the "
                        "installed share directory, else from the source checkout. Read on configure.", {}),
     "device": ("auto", "Torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N. "
                        "Read on configure.", {}),
@@ -203,10 +203,13 @@ class FerNode(LifecycleNode):
             cfg = self._read_config()
             path = resolve_model_path(str(cfg["model_path"]))
             from cmcnn_ros.inference.recognizer import Recognizer  # torch: import only when needed
+            from cmcnn_ros.preprocessing.params import PreprocessingError
             try:
                 rec = Recognizer.from_checkpoint(str(path), device=cfg["device"],
                                                  num_threads=cfg["num_threads"] or None,
                                                  redetect_interval=cfg["redetect_interval"])
+            except PreprocessingError as exc:  # e.g. a missing or corrupt face-detector model file
+                raise FerConfigError(f"cannot start the face detector for {str(path)!r}: {exc}") from exc
             except ValueError as exc:  # CheckpointError and friends
                 raise FerConfigError(f"cannot load model_path {str(path)!r}: {exc}") from exc
             except RuntimeError as exc:  # e.g. CUDA requested but absent

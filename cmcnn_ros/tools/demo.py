@@ -75,7 +75,7 @@ class Collected:
 
 
 def resolve_weights(path: Optional[Path]) -> Path:
-    """Find the checkpoint: the given path, else the shipped ``models/cmcnn_synthetic.pt``.
+    """Find the checkpoint: the given path, else the shipped ``models/cmcnn_default.pt``.
 
     Raises:
         DemoError: no checkpoint file (says how to get or train one).

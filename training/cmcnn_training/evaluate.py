@@ -20,7 +20,7 @@ summary is printed on stdout.
 
 Example::
 
-    cmcnn-evaluate --checkpoint models/cmcnn_synthetic.pt --dataset kinect \\
+    cmcnn-evaluate --checkpoint models/cmcnn_default.pt --dataset kinect \\
         --root data/synth_test --output-dir runs/eval_synth
 """
 
