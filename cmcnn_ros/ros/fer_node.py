@@ -44,7 +44,8 @@ from cmcnn_ros.classes import valence_arousal
 from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
 from cmcnn_ros.ros import conversions
 from cmcnn_ros.ros.diagnostics import PipelineStats
-from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, LatestSlot, SyncMonitor, ros_stamp_ns
+from cmcnn_ros.ros.sync import (DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S, ApproximateTimeSync, ExactTimeSync,
+                                LatestSlot, SyncMonitor, ros_stamp_ns)
 
 try:  # a full ROS 2 install has message_filters; the PyPI wheels do not
     import message_filters  # type: ignore[import-not-found]
@@ -85,9 +86,9 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                     "Empty: colour only (depth channel zeroed). Read on activate.", {}),
     "sync_policy": ("approximate", "approximate (ApproximateTimeSynchronizer) or exact "
                                    "(TimeSynchronizer: identical stamps). Read on activate.", {}),
-    "sync_slop": (0.05, "Largest colour/depth stamp difference (s) paired by the approximate policy.",
+    "sync_slop": (DEFAULT_SLOP_S, "Largest colour/depth stamp difference (s) paired by the approximate policy.",
                   {"floating_point_range": [FloatingPointRange(from_value=0.001, to_value=5.0)]}),
-    "sync_queue_size": (10, "Messages per topic the synchroniser keeps while waiting for a partner.",
+    "sync_queue_size": (DEFAULT_QUEUE_SIZE, "Messages per topic the synchroniser keeps while waiting for a partner.",
                         {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]}),
     "tracking_iou_threshold": (0.3, "Smallest box IoU that keeps a face_id from one frame to the next.",
                                {"floating_point_range": [FloatingPointRange(from_value=0.01, to_value=1.0)]}),
