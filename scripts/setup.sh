@@ -165,7 +165,8 @@ if [[ -f "$PY_STAMP" && "$(cat "$PY_STAMP")" == "$py_hash" ]]; then
 else
   say "python packages: installing (pinned requirements.txt; the first time takes a few minutes)"
   rm -f "$PY_STAMP"
-  run_logged pip-bootstrap "$VPY" -m pip install --disable-pip-version-check "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
+  # setuptools < 80: colcon-core (requirements.txt, the colcon build test) requires it.
+  run_logged pip-bootstrap "$VPY" -m pip install --disable-pip-version-check "pip==26.3" "setuptools==79.0.1" "wheel==0.48.0"
   run_logged pip-requirements "$VPY" -m pip install --disable-pip-version-check -r "$ROOT/requirements.txt"
   run_logged pip-overrides "$VPY" -m pip install --disable-pip-version-check --no-deps -r "$ROOT/requirements-overrides.txt"
   step "python packages (editable install of this repo)" "check setup.py; the log above names the error"

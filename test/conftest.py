@@ -31,6 +31,10 @@ Fixtures
     (``subprocess.Popen``, text pipes) with ``ros_env``; every process still
     running at the end of the test is killed.
 
+``random_checkpoint`` / ``overflowing_checkpoint`` (session scope) -> Path
+    A randomly initialised default-preset checkpoint; one whose finite
+    weights overflow to NaN scores (for the non-finite guards).
+
 Plain functions (``from conftest import ...`` also works, pytest puts this
 folder on ``sys.path``): ``env_file_environment()``, ``run_python_snippet``,
 ``start_python_snippet``, ``REPO_ROOT``, ``ENV_FILE``.
@@ -232,3 +236,29 @@ def random_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "random.pt"
     return save_checkpoint(path, cmcnn(num_classes=7), EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams().to_dict())
+
+
+@pytest.fixture(scope="session")
+def overflowing_checkpoint(tmp_path_factory) -> Path:
+    """A loadable checkpoint (every weight finite) whose network answers NaN scores.
+
+    Conv kernels alternate +-3e38: products overflow to +-inf and their sums to
+    NaN, as a diverged but saved run can. For the "never publish / print a
+    non-finite score" checks; a NaN *weight* is refused at load instead.
+    """
+    import torch
+
+    from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
+    from cmcnn_ros.model.checkpoint import save_checkpoint
+    from cmcnn_ros.model.cmcnn import cmcnn
+    from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+    torch.manual_seed(0)
+    model = cmcnn(num_classes=7)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 4:
+                param.view(-1)[::2] = 3e38
+                param.view(-1)[1::2] = -3e38
+    path = tmp_path_factory.mktemp("ckpt") / "overflowing.pt"
+    return save_checkpoint(path, model, EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams().to_dict())

@@ -321,3 +321,117 @@ def test_replayer_rejects_bad_options(small_bag, ros_domain_id):
         ReplayOptions(rate=0).validate()
     assert main([str(small_bag[0]), "--rate", "-1"]) == 2
     assert main([str(small_bag[0]), "--topics", "/nope"]) == 2
+
+
+# ---------------------------------------------------------------- issue 10: the bag tools agree with the node
+
+def _write_lagged_bag(path: Path, n: int = 12, lag_ms=(25, 35)) -> None:
+    """Default topics and labels, depth stamped 25-35 ms after colour (a Kinect-style driver lag)."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from cmcnn_ros.ros.conversions import array_to_image_fields
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    Image, Header, Time, String = (ts.types[n] for n in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
+                                                          "builtin_interfaces/msg/Time", "std_msgs/msg/String"))
+    with Writer(path, version=9) as w:
+        cc = w.add_connection(COLOUR_TOPIC, "sensor_msgs/msg/Image", typestore=ts)
+        dc = w.add_connection(DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=ts)
+        lc = w.add_connection(LABELS_TOPIC, "std_msgs/msg/String", typestore=ts)
+        for i in range(n):
+            st = T0 + i * 100_000_000
+            lag = int(np.interp(i, [0, n - 1], lag_ms) * 1e6)
+            c, d = _frame(i)
+            lab = FrameLabels(st, i, (GroundTruthFace("7", "happy", (1, 2, 30, 30)),))
+            w.write(lc, st, ts.serialize_cdr(String(data=lab.to_json()), "std_msgs/msg/String"))
+            for conn, arr, enc, t in ((cc, c, "bgr8", st), (dc, d, "16UC1", st + lag)):
+                f = array_to_image_fields(arr, enc)
+                f["data"] = np.frombuffer(f["data"], np.uint8)
+                sec, ns = divmod(t, 10**9)
+                msg = Image(header=Header(stamp=Time(sec=sec, nanosec=ns), frame_id=CAMERA_FRAME_ID), **f)
+                w.write(conn, t, ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+def test_evaluator_pairs_a_lagging_depth_like_the_node(random_checkpoint, tmp_path):
+    """Depth 25-35 ms behind colour: the node's sync_slop (0.05 s) pairs every frame, so must the evaluator."""
+    from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag
+
+    path = tmp_path / "lagged"
+    _write_lagged_bag(path)
+    rec = Recognizer.from_checkpoint(random_checkpoint, device="cpu")
+    report, _ = evaluate_bag(path, rec, EvaluateOptions(gt_boxes=True, progress=False))
+    assert report.frames == report.frames_labelled == 12
+    assert report.extra["frames_with_depth"] == 12 and report.gt_faces == 12
+
+
+def test_evaluator_that_pairs_nothing_says_why_and_fails(random_checkpoint, tmp_path, caplog):
+    from cmcnn_ros.tools import bag_evaluate
+
+    path = tmp_path / "lagged"
+    _write_lagged_bag(path)
+    out = tmp_path / "eval"
+    with caplog.at_level("ERROR"):
+        rc = bag_evaluate.main([str(path), "--weights", str(random_checkpoint), "--device", "cpu",
+                                "--slop", "0.02", "--no-progress", "--gt-boxes", "--output-dir", str(out)])
+    assert rc == 2
+    text = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert ("nothing evaluated: none of the 12 colour frames on /camera/color/image_raw found a depth partner "
+            "on /camera/depth_registered/image_raw within --slop 0.020 s (the closest colour/depth stamps are "
+            "0.025 s apart) (the bag has 12 labelled frames)") in text
+    assert "colour only" not in caplog.text and "no ground-truth labels" not in caplog.text
+    assert not (out / "report.json").exists()
+
+
+def _mcap_only_copy(bag: Path, dest: Path) -> Path:
+    """What other recorders leave: a folder with the .mcap file and no metadata.yaml."""
+    import shutil
+
+    dest.mkdir()
+    for f in bag.glob("*.mcap"):
+        shutil.copy(f, dest / f.name)
+    assert not (dest / "metadata.yaml").exists()
+    return dest
+
+
+def test_mcap_folder_without_metadata_opens_and_evaluates(small_bag, random_checkpoint, tmp_path):
+    from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag
+
+    path, frames = small_bag
+    bare = _mcap_only_copy(path, tmp_path / "bare")
+    with open_bag(bare) as reader:
+        topics = resolve_topics(reader)
+        assert (topics.colour, topics.depth, topics.labels) == (COLOUR_TOPIC, DEPTH_TOPIC, LABELS_TOPIC)
+        counts = {t: sum(c.msgcount for c in reader.connections if c.topic == t) for t in reader.topics}
+        assert counts[COLOUR_TOPIC] == counts[DEPTH_TOPIC] == 10
+        pairs = list(iter_frame_pairs(reader, topics, labels=read_labels(reader, topics.labels)))
+    assert [p.stamp_ns for p in pairs] == [f[0] for f in frames]
+    np.testing.assert_array_equal(decode_pair(pairs[3])[0], frames[3][1])
+    rec = Recognizer.from_checkpoint(random_checkpoint, device="cpu")
+    report, _ = evaluate_bag(bare, rec, EvaluateOptions(gt_boxes=True, progress=False))
+    assert report.frames == report.frames_labelled == 10
+    assert not (bare / "metadata.yaml").exists()   # the user's folder is left as it was
+
+
+def test_mcap_folder_without_metadata_replays(small_bag, ros_domain_id, tmp_path):
+    import rclpy
+
+    from cmcnn_ros.tools.bag_replay import BagReplayer, ReplayOptions
+
+    bare = _mcap_only_copy(small_bag[0], tmp_path / "bare")
+    rclpy.init()
+    try:
+        node = rclpy.create_node("mcap_only_replay")
+        replayer = BagReplayer(node, bare, ReplayOptions(rate=20.0, clock=False))
+        try:
+            assert replayer.topics == sorted([COLOUR_TOPIC, DEPTH_TOPIC, LABELS_TOPIC, "/camera/color/camera_info"])
+            stats = replayer.play()
+        finally:
+            replayer.close()
+        assert stats.published[COLOUR_TOPIC] == stats.published[DEPTH_TOPIC] == 10
+        assert [t for t, _ in stats.publish_wall[COLOUR_TOPIC]] == [f[0] for f in small_bag[1]]
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown()

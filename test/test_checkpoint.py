@@ -149,3 +149,54 @@ def test_save_validates_inputs(tmp_path):
 def test_refuses_fused_model(tmp_path):
     with pytest.raises(CheckpointError, match="fused for inference"):
         save_checkpoint(tmp_path / "f.pt", _trained_model().fuse_for_inference(), NAMES, PRE)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    """Issue 10.7: a checkpoint with a NaN (or inf) weight is refused at load, naming the tensor."""
+    path = save_checkpoint(tmp_path / "m.pt", _trained_model(), NAMES, PRE)
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"]["fc.weight"][0, 0] = float("nan")
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"1 non-finite \(NaN or inf\) weights in 1 tensors \(e.g. \['fc.weight'\]\)"):
+        load_checkpoint(path)
+    raw["state_dict"]["fc.weight"][0, 0] = 0.0
+    first = sorted(k for k, v in raw["state_dict"].items() if v.is_floating_point())[0]
+    raw["state_dict"][first].view(-1)[:2] = float("inf")
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=rf"2 non-finite .*\['{first}'\].*re-train"):
+        load_checkpoint(path)
+
+
+def test_truncated_file_message_is_complete(tmp_path, random_checkpoint):
+    """Issue 10.9: the reason is torch's whole first sentence, not cut at a character count."""
+    path = tmp_path / "m.pt"
+    data = random_checkpoint.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeError) as torch_error:
+        torch.load(path, weights_only=True)
+    sentence = " ".join(str(torch_error.value).split()).split(". ")[0] + "."
+    assert len(sentence) > 60   # the case that used to be cut: torch's text runs on for several sentences
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"checkpoint {path} is truncated, corrupt or not a torch file (RuntimeError: "
+                               f"{sentence}); re-copy or re-save it")
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"EOFError: the file ends before the data does\); re-copy"):
+        load_checkpoint(path)
+
+
+def test_unsafe_pickle_message_has_no_terminal_escapes(tmp_path):
+    """Issue 10.9: torch's weights_only refusal carries ANSI bold codes; the CheckpointError must not."""
+    import argparse
+
+    path = tmp_path / "args.pt"
+    raw = torch.load(save_checkpoint(tmp_path / "m.pt", _trained_model(), NAMES, PRE), weights_only=True)
+    raw["metadata"] = {"args": argparse.Namespace(lr=0.1)}   # what a training script might store
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    text = str(info.value)
+    assert "\x1b" not in text and "\n" not in text
+    assert text == (f"checkpoint {path} is not a safe torch file: it holds the Python object argparse.Namespace, "
+                    "which a safe (weights_only) load refuses; re-save it with "
+                    "cmcnn_ros.model.checkpoint.save_checkpoint (plain containers and tensors only)")

@@ -129,3 +129,43 @@ def test_works_with_rclpy_messages():
     np.testing.assert_allclose(depth_to_metres(msg), mm * 0.001, rtol=1e-6)
     c = RosImage(**array_to_image_fields(BGR[:, :, ::-1], "rgb8", step=20))
     np.testing.assert_array_equal(colour_to_bgr(c), BGR)
+
+
+class _Ros2CvBridgePassthrough:
+    """The decoding steps of the ROS 2 cv_bridge's ``CvBridge.imgmsg_to_cv2(msg, "passthrough")``
+    (vision_opencv ``cv_bridge/core.py``) for one-channel images; cv_bridge itself is an ament
+    package that PyPI does not have. Under numpy 2 its big-endian branch raises, as on a robot."""
+
+    DTYPES = {"16UC1": (np.uint16, 1), "mono16": (np.uint16, 1), "32FC1": (np.float32, 1)}
+
+    def imgmsg_to_cv2(self, img_msg, desired_encoding="passthrough"):
+        import sys
+
+        dtype, _ = self.DTYPES[img_msg.encoding]
+        dtype = np.dtype(dtype).newbyteorder(">" if img_msg.is_bigendian else "<")
+        im = np.ndarray(shape=(img_msg.height, int(img_msg.step / dtype.itemsize)), dtype=dtype,
+                        buffer=bytes(img_msg.data))
+        im = np.ascontiguousarray(im[:img_msg.height, :img_msg.width])
+        if img_msg.is_bigendian == (sys.byteorder == "little"):
+            im = im.byteswap().newbyteorder()   # AttributeError in numpy 2
+        return im
+
+
+def test_cv_bridge_failure_falls_back_to_numpy_and_is_counted(monkeypatch):
+    """Issue 10.4: where cv_bridge raises on a valid image, the NumPy path decodes it (not dropped)."""
+    from cmcnn_ros.ros import conversions
+
+    monkeypatch.setattr(conversions, "_BRIDGE", _Ros2CvBridgePassthrough())
+    monkeypatch.setattr(conversions, "_BRIDGE_CHECKED", True)
+    assert conversions.backend_name() == "cv_bridge"
+    depth_mm = RNG.integers(0, 12000, (6, 9)).astype(np.uint16)
+    little = make_msg(depth_mm, "16UC1")
+    before = conversions.bridge_fallbacks()
+    np.testing.assert_allclose(depth_to_metres(little), depth_mm * np.float32(0.001))   # bridge decodes
+    assert conversions.bridge_fallbacks() == before
+    metres = RNG.random((6, 9)).astype(np.float32) * 4
+    for msg, expect in ((make_msg(depth_mm, "16UC1", step=24, bigendian=True), depth_mm * np.float32(0.001)),
+                        (make_msg(metres, "32FC1", bigendian=True), metres)):
+        np.testing.assert_array_equal(depth_to_metres(msg), expect)
+    assert conversions.bridge_fallbacks() == before + 2
+    assert "newbyteorder" in conversions.BRIDGE_FALLBACKS.last_error

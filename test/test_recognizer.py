@@ -224,3 +224,13 @@ def test_face_finder_redetects_after_losing_a_face(checkpoint, astronaut_frame):
 def test_bad_redetect_interval(checkpoint):
     with pytest.raises(RecognizerError, match="redetect_interval"):
         Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=0)
+
+
+def test_cli_never_prints_a_non_finite_score(tmp_path, overflowing_checkpoint, astronaut_frame):
+    """Issue 10.7: a model that answers NaN gives a clear error and exit 2, not invalid JSON."""
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), astronaut_frame)
+    run = _cli(str(image), "--checkpoint", str(overflowing_checkpoint), "--device", "cpu")
+    assert run.returncode == 2, run.stdout
+    assert "NaN" not in run.stdout and "Traceback" not in run.stderr
+    assert "non-finite scores for 1 of 1 faces" in run.stderr and "numerically broken" in run.stderr

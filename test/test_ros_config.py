@@ -16,11 +16,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_yaml_mirrors_declared_parameters():
-    from cmcnn_ros.ros.fer_node import NODE_NAME, PARAMETERS
+@pytest.mark.parametrize("fqn", ["/fer_node", "/robot1/fer_node", "/lab/robot1/fer_node"])
+def test_yaml_mirrors_declared_parameters(fqn):
+    """config/fer.yaml, read the way rcl reads it, gives the node its declared defaults under any namespace."""
+    from cmcnn_ros.ros.fer_node import PARAMETERS
+    from cmcnn_ros.ros.params_file import load_params_file, sections_for_node
 
-    data = yaml.safe_load((ROOT / "config" / "fer.yaml").read_text())
-    params = data[NODE_NAME]["ros__parameters"]
+    sections = sections_for_node(load_params_file(ROOT / "config" / "fer.yaml"), fqn)
+    assert len(sections) == 1, f"config/fer.yaml does not reach {fqn}"
+    params = sections[0][1]
     assert set(params) == set(PARAMETERS)
     for name, (default, description, _) in PARAMETERS.items():
         assert params[name] == default, name
@@ -80,3 +84,59 @@ def test_absolute_model_path(tmp_path):
         resolve_model_path(str(f))
     f.write_bytes(b"x")
     assert resolve_model_path(str(f)) == f
+
+
+@pytest.mark.parametrize("key", ["fer_node", "/fer_node", "/**/fer_node", "/**", "/*/fer_node",
+                                 "robot1/fer_node", "/robot1/other"])
+def test_node_key_matching_agrees_with_rclpy(key, tmp_path, ros_domain_id):
+    """params_file.node_key_matches is what rclpy applies: checked against rclpy itself."""
+    import rclpy
+
+    from cmcnn_ros.ros.params_file import node_key_matches
+
+    f = tmp_path / "p.yaml"
+    f.write_text(f"{key}:\n  ros__parameters:\n    redetect_interval: 7\n")
+    for namespace in ("", "/robot1"):
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(f)])
+        try:
+            node = rclpy.create_node("fer_node", namespace=namespace, context=ctx,
+                                     automatically_declare_parameters_from_overrides=True,
+                                     start_parameter_services=False)
+            applied = node.has_parameter("redetect_interval")
+            fqn = node.get_fully_qualified_name()
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=ctx)
+        assert node_key_matches(key, fqn) == applied, (key, fqn, applied)
+
+
+def test_params_file_errors_name_file_and_line(tmp_path):
+    from cmcnn_ros.ros.params_file import ParamsFileError, load_params_file, params_files_in
+
+    with pytest.raises(ParamsFileError, match=r"params file .*nope.yaml does not exist"):
+        load_params_file(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("/**/fer_node:\n  ros__parameters:\n    redetect_interval: 5\n   sync_slop: [1\n")
+    with pytest.raises(ParamsFileError, match=r"bad.yaml line 4 column 4: invalid YAML"):
+        load_params_file(bad)
+    bad.write_text("/**/fer_node:\n  redetect_interval: 5\n")
+    with pytest.raises(ParamsFileError, match="has no 'ros__parameters:' section"):
+        load_params_file(bad)
+    assert params_files_in(["fer_node", "--ros-args", "-p", "a:=1", "--params-file", "x.yaml", "--",
+                            "--params-file", "not_ros.yaml", "--ros-args", "--params-file", "y.yaml"]) == \
+        ["x.yaml", "y.yaml"]
+
+
+def test_numeric_parameters_have_range_descriptors():
+    """Ranges live in the descriptors, so `ros2 param set` is refused like a start-up value."""
+    from cmcnn_ros.ros.fer_node import PARAMETERS, parameter_problem
+
+    for name, (default, _, extra) in PARAMETERS.items():
+        if type(default) in (int, float):
+            key = "integer_range" if type(default) is int else "floating_point_range"
+            assert extra.get(key), name
+            r = extra[key][0]
+            assert r.from_value <= default <= r.to_value, name
+            assert parameter_problem(name, default) is None
+            assert "is outside" in parameter_problem(name, type(default)(r.to_value + 1))

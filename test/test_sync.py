@@ -142,6 +142,7 @@ def test_monitor_quiet_before_delay_and_after_pairs():
 def test_monitor_names_silent_topic():
     m, clock = monitor()
     for i in range(5):
+        clock.t = 3.0 + 0.1 * i   # colour still streaming
         m.observe(0, (i + 1) * 33 * MS, "cam")
     clock.t = 3.5
     msg = m.diagnose()
@@ -150,6 +151,7 @@ def test_monitor_names_silent_topic():
 
 def test_monitor_zero_stamps_and_gap_and_frame_ids():
     m, clock = monitor()
+    clock.t = 2.5   # both inputs still streaming when the warning comes
     m.observe(0, 0, "rgb")
     m.observe(0, 1_000 * MS, "rgb")
     m.observe(1, 1_250 * MS, "depth")
@@ -162,7 +164,56 @@ def test_monitor_zero_stamps_and_gap_and_frame_ids():
 
 def test_monitor_exact_policy_hint():
     m, clock = monitor(slop=None)
+    clock.t = 9
     m.observe(0, 1_000 * MS, "c")
     m.observe(1, 1_004 * MS, "c")
     clock.t = 10
     assert "never equal (closest 4.0 ms apart) under sync_policy 'exact'" in m.diagnose()
+
+
+def test_monitor_says_inputs_went_silent_when_the_camera_stops():
+    """Issue 10.3: after pairs flowed, a stopped camera is "silent", not "not matching"."""
+    m, clock = monitor()
+    for i in range(30):                      # 1 s of paired 30 Hz frames
+        clock.t = i / 30
+        m.observe(0, i * 33 * MS, "cam")
+        m.observe(1, i * 33 * MS, "cam")
+        m.paired()
+    clock.t = 1.0 + 3.2                      # then nothing for 3.2 s
+    msg = m.diagnose()
+    assert msg is not None
+    assert "messages arrive but none matched" not in msg
+    assert "the inputs went silent" in msg
+    assert "colour '/c' (3.2 s ago, 30 received)" in msg and "depth '/d' (3.2 s ago, 30 received)" in msg
+
+
+def test_monitor_names_the_one_input_that_stopped():
+    m, clock = monitor()
+    for i in range(30):
+        clock.t = i / 30
+        m.observe(0, i * 33 * MS, "cam")
+        m.observe(1, i * 33 * MS, "cam")
+        m.paired()
+    for i in range(120):                     # colour goes on alone for 4 s
+        clock.t = 1.0 + i / 30
+        m.observe(0, (30 + i) * 33 * MS, "cam")
+    msg = m.diagnose()
+    assert "the depth topic '/d' went silent 4.0 s ago (30 received) while the others still publish" in msg
+    assert "inputs went silent" not in msg
+
+
+def test_sync_defaults_shared_by_node_and_bag_tools():
+    """Issue 10.8: the node's sync parameters and the bag tools' defaults come from one place."""
+    import inspect
+
+    from cmcnn_ros.ros import sync
+    from cmcnn_ros.ros.fer_node import PARAMETERS
+    from cmcnn_ros.tools import bag_evaluate, bag_io
+
+    assert PARAMETERS["sync_slop"][0] == sync.DEFAULT_SLOP_S == 0.05
+    assert PARAMETERS["sync_queue_size"][0] == sync.DEFAULT_QUEUE_SIZE
+    assert bag_evaluate.EvaluateOptions().slop_s == sync.DEFAULT_SLOP_S
+    assert bag_evaluate.build_parser().parse_args(["x"]).slop == sync.DEFAULT_SLOP_S
+    params = inspect.signature(bag_io.iter_frame_pairs).parameters
+    assert params["slop_s"].default == sync.DEFAULT_SLOP_S
+    assert params["queue_size"].default == sync.DEFAULT_QUEUE_SIZE

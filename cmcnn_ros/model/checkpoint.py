@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,11 +169,16 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         )
     try:
         payload = torch.load(str(path), map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is not a safe torch file: {_unsafe_reason(exc)}; re-save it with "
+            "cmcnn_ros.model.checkpoint.save_checkpoint (plain containers and tensors only)"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
             AttributeError, TypeError, KeyError, IndexError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is truncated, corrupt or not a safe torch file ({type(exc).__name__}: "
-            f"{_first_line(exc)}); re-copy or re-save it"
+            f"checkpoint {path} is truncated, corrupt or not a torch file ({_load_reason(exc)}); "
+            "re-copy or re-save it"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
@@ -209,6 +215,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"{path}: state_dict must be a dict, got {type(state).__name__}")
     model = _build_cmcnn(config)
     _check_state_dict(model, state, path)
+    _check_finite(state, path)
     model.load_state_dict(state, strict=True)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
@@ -237,6 +244,19 @@ def _check_state_dict(model: nn.Module, state: Mapping[str, Any], path: Path) ->
         raise CheckpointError(
             f"{path}: weights do not match its model_config: {'; '.join(parts)}. "
             "The file was edited or saved by an incompatible version; re-train or re-save it"
+        )
+
+
+def _check_finite(state: Mapping[str, Any], path: Path) -> None:
+    """Refuse NaN/inf weights: such a model answers NaN scores (seen after a diverged run)."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())}
+    if bad:
+        names = sorted(bad)
+        raise CheckpointError(
+            f"{path}: {sum(bad.values())} non-finite (NaN or inf) weights in {len(bad)} tensors "
+            f"(e.g. {names[:3]}); the training diverged or the file was damaged: re-train (lower the "
+            "learning rate) or use another checkpoint"
         )
 
 
@@ -275,9 +295,32 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _plain_text(exc: BaseException) -> str:
+    """An exception's text on one line, without terminal escape codes (torch puts bold in some)."""
+    return " ".join(_ANSI.sub("", str(exc)).split())
+
+
+def _load_reason(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, as a complete first sentence (never cut mid-sentence)."""
+    text = _plain_text(exc)
+    if not text:
+        return f"{type(exc).__name__}: the file ends before the data does" if isinstance(exc, EOFError) \
+            else type(exc).__name__
+    m = re.match(r"(.+?[.!?])(?:\s|$)", text)
+    return f"{type(exc).__name__}: {m.group(1) if m else text}"
+
+
+def _unsafe_reason(exc: BaseException) -> str:
+    """What a ``weights_only`` load refused, e.g. "it holds the Python object argparse.Namespace"."""
+    text = _plain_text(exc)
+    m = re.search(r"GLOBAL (\S+?) (?:was not an allowed global|whose module)", text)
+    if m:
+        return f"it holds the Python object {m.group(1)}, which a safe (weights_only) load refuses"
+    m = re.search(r"WeightsUnpickler error: (.+?[.!?])(?:\s|$)", text)
+    return f"a safe (weights_only) load refused it ({m.group(1) if m else 'pickled Python objects'})"
 
 
 __all__ = [

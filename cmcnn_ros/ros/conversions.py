@@ -14,7 +14,10 @@ an error, so it is never used (it is not an ament package, so the ament-index
 check rejects it).
 
 Every message is validated first, whichever backend decodes it, so a bad
-message always raises :class:`ImageConversionError` with the reason.
+message always raises :class:`ImageConversionError` with the reason. Where
+cv_bridge raises on a valid message (its big-endian path uses
+``ndarray.newbyteorder``, gone in numpy 2), the NumPy path decodes it and
+:func:`bridge_fallbacks` counts it.
 
 The decoding functions only read the attributes ``height``, ``width``,
 ``encoding``, ``is_bigendian``, ``step`` and ``data``; they accept any object
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -157,14 +161,44 @@ def _decode_numpy(msg: Any, enc: _Encoding) -> np.ndarray:
     return arr[:, :, 0] if enc.channels == 1 else arr
 
 
+class _Fallbacks:
+    """Messages cv_bridge failed on and NumPy decoded instead (thread-safe counter)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.last_error = ""
+
+    def add(self, error: str) -> int:
+        with self._lock:
+            self.count += 1
+            self.last_error = error
+            return self.count
+
+
+BRIDGE_FALLBACKS = _Fallbacks()
+
+
+def bridge_fallbacks() -> int:
+    """How many messages cv_bridge raised on and NumPy decoded instead (the node's diagnostics)."""
+    return BRIDGE_FALLBACKS.count
+
+
 def _decode(msg: Any, enc: _Encoding) -> np.ndarray:
     bridge = _bridge()
     if bridge is None:
         return _decode_numpy(msg, enc)
     try:
         arr = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
-    except Exception as exc:  # noqa: BLE001 - wrap whatever cv_bridge raises
-        raise ImageConversionError(f"cv_bridge could not decode {msg.encoding!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever cv_bridge raises, the message is valid
+        # The message passed _validate, so the NumPy path decodes it. Seen: ROS 2
+        # cv_bridge calls ndarray.newbyteorder() on big-endian images, which numpy 2 removed.
+        n = BRIDGE_FALLBACKS.add(f"{type(exc).__name__}: {exc}")
+        if n == 1:
+            LOG.warning("cv_bridge could not decode a %s image (%s: %s); decoding with NumPy instead "
+                        "(counted in the diagnostics as 'cv_bridge fallbacks')", msg.encoding,
+                        type(exc).__name__, exc)
+        return _decode_numpy(msg, enc)
     return arr.astype(enc.dtype, copy=False)
 
 

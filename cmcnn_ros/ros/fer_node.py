@@ -24,27 +24,34 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy,
                        qos_profile_sensor_data)
 from sensor_msgs.msg import Image, RegionOfInterest
+from std_msgs.msg import Header
 
 from cmcnn_ros import resources
 from cmcnn_ros.classes import valence_arousal
 from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
 from cmcnn_ros.ros import conversions
 from cmcnn_ros.ros.diagnostics import PipelineStats
-from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, LatestSlot, SyncMonitor, ros_stamp_ns
+from cmcnn_ros.ros.params_file import (ParamsFileError, closest_name, load_params_file, params_files_in,
+                                       sections_for_node)
+from cmcnn_ros.ros.sync import (DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S, ApproximateTimeSync, ExactTimeSync,
+                                LatestSlot, SyncMonitor, ros_stamp_ns)
 
 try:  # a full ROS 2 install has message_filters; the PyPI wheels do not
     import message_filters  # type: ignore[import-not-found]
@@ -53,8 +60,9 @@ except ImportError:  # pragma: no cover - depends on the install
 
 try:  # ROS4HRI output only where hri_msgs is installed
     from hri_msgs.msg import Expression as HriExpression  # type: ignore[import-not-found]
+    from hri_msgs.msg import IdsList as HriIdsList  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the install
-    HriExpression = None
+    HriExpression = HriIdsList = None
 
 LOG = logging.getLogger(__name__)
 
@@ -85,9 +93,9 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                     "Empty: colour only (depth channel zeroed). Read on activate.", {}),
     "sync_policy": ("approximate", "approximate (ApproximateTimeSynchronizer) or exact "
                                    "(TimeSynchronizer: identical stamps). Read on activate.", {}),
-    "sync_slop": (0.05, "Largest colour/depth stamp difference (s) paired by the approximate policy.",
+    "sync_slop": (DEFAULT_SLOP_S, "Largest colour/depth stamp difference (s) paired by the approximate policy.",
                   {"floating_point_range": [FloatingPointRange(from_value=0.001, to_value=5.0)]}),
-    "sync_queue_size": (10, "Messages per topic the synchroniser keeps while waiting for a partner.",
+    "sync_queue_size": (DEFAULT_QUEUE_SIZE, "Messages per topic the synchroniser keeps while waiting for a partner.",
                         {"integer_range": [IntegerRange(from_value=1, to_value=1000, step=1)]}),
     "tracking_iou_threshold": (0.3, "Smallest box IoU that keeps a face_id from one frame to the next.",
                                {"floating_point_range": [FloatingPointRange(from_value=0.01, to_value=1.0)]}),
@@ -114,10 +122,65 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
 RESULT_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                         reliability=QoSReliabilityPolicy.RELIABLE,
                         durability=QoSDurabilityPolicy.VOLATILE)
+# ROS4HRI (REP-155) topics: a consumer learns a face id from /humans/faces/tracked
+# and only then subscribes to /humans/faces/<id>/expression. Transient local
+# depth 1 keeps the newest message for that late subscriber (volatile
+# subscribers are served as well), so a face's first expression is not lost.
+HRI_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                     reliability=QoSReliabilityPolicy.RELIABLE,
+                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+HRI_TRACKED_TOPIC = "/humans/faces/tracked"
+# String parameters with a closed set of values (checked at start-up and on every set).
+CHOICES: Dict[str, Tuple[str, str]] = {
+    "sync_policy": (r"approximate|exact", "'approximate' or 'exact'"),
+    "device": (r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda or cuda:N"),
+}
+# Overrides rclpy itself declares on every node.
+_RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
 
 class FerConfigError(ValueError):
     """A parameter or the checkpoint is unusable; the message says what to fix."""
+
+
+_KIND = {bool: "a boolean (true/false)", int: "an integer", float: "a floating-point number", str: "a string"}
+
+
+def _range_text(extra: Dict[str, Any]) -> str:
+    for key in ("integer_range", "floating_point_range"):
+        if extra.get(key):
+            r = extra[key][0]
+            return f" in [{r.from_value}, {r.to_value}]"
+    return ""
+
+
+def parameter_problem(name: str, value: Any) -> Optional[str]:
+    """What is wrong with ``value`` for the declared parameter ``name``, as one line, or None.
+
+    The checks rclpy makes when declaring or setting (type, the descriptor's
+    range) plus the closed choices of :data:`CHOICES`, worded for the person
+    who wrote the value: the parameter, what it takes and what to write.
+    """
+    default, _text, extra = PARAMETERS[name]
+    want = type(default)
+    if type(value) is not want:
+        if want is float and type(value) is int:
+            fix = f"write it with a decimal point, e.g. {name}: {float(value)}"
+        elif want is int and type(value) is float and float(value).is_integer():
+            fix = f"write it without a decimal point, e.g. {name}: {int(value)}"
+        else:
+            fix = f"e.g. {name}: {str(default).lower() if want is bool else repr(default) if want is str else default}"
+        return (f"parameter {name}: {value!r} is {_KIND.get(type(value), type(value).__name__)}, but {name} "
+                f"takes {_KIND[want]}{_range_text(extra)}; {fix} (default {default!r})")
+    for key in ("integer_range", "floating_point_range"):
+        if extra.get(key):
+            r = extra[key][0]
+            if not r.from_value - 1e-12 <= value <= r.to_value + 1e-12:
+                return (f"parameter {name}: {value!r} is outside [{r.from_value}, {r.to_value}]; set a value in "
+                        f"that range (default {default!r})")
+    if name in CHOICES and not re.fullmatch(CHOICES[name][0], str(value)):
+        return f"parameter {name}: {value!r} is not one of {CHOICES[name][1]} (default {default!r})"
+    return None
 
 
 def resolve_model_path(value: str) -> Path:
@@ -139,10 +202,25 @@ def _stamp_ns(header: Any) -> int:
 class FerNode(LifecycleNode):
     """Managed node: RGB-D images in, ``EmotionArray`` out (see module docstring)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, params_files: Sequence[str] = (), **kwargs: Any) -> None:
+        """Args:
+            params_files: the ``--params-file`` files of the command line, to warn
+                about those with no section for this node.
+
+        Raises:
+            FerConfigError: a parameter override has the wrong type, is out of
+                range or not one of the allowed values (one line per parameter).
+        """
         super().__init__(NODE_NAME, **kwargs)
+        overrides = {n: p.value for n, p in getattr(self, "_parameter_overrides", {}).items()}
+        problems = [text for n, v in overrides.items() if n in PARAMETERS
+                    for text in [parameter_problem(n, v)] if text]
+        if problems:
+            raise FerConfigError("; ".join(problems) + "; fix it in the params file or the -p override")
         for name, (default, text, extra) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=text, **extra))
+        self._warn_unknown_overrides(overrides, params_files)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._stats = PipelineStats()
         self._slot: LatestSlot[Tuple[Image, Optional[Image]]] = LatestSlot()
         self._recognizer: Any = None
@@ -160,7 +238,9 @@ class FerNode(LifecycleNode):
         self._running = threading.Event()
         self._warn_timer: Any = None
         self._last_sync_warning = -math.inf
-        self._throttle: Dict[str, float] = {}
+        self._throttle: Dict[str, Tuple[float, int]] = {}  # kind -> (last period start, new details logged)
+        self._throttle_details: Dict[str, "OrderedDict[str, float]"] = {}
+        self._hri_tracked_pub: Any = None
         self._state_label = "unconfigured"
         self._sync_backend = ""
         self._emotion_types: Any = None
@@ -171,14 +251,63 @@ class FerNode(LifecycleNode):
     def _p(self, name: str) -> Any:
         return self.get_parameter(name).value
 
-    def _log_throttled(self, level: str, text: str, period: Optional[float] = None) -> None:
-        """Log ``text`` at most once per period per kind (digits ignored)."""
-        key = re.sub(r"[\d.]+", "#", text)[:160]
+    def _warn_unknown_overrides(self, overrides: Dict[str, Any], params_files: Sequence[str]) -> None:
+        """Warn about overrides the node does not declare and params files that do not reach it."""
+        fqn = self.get_fully_qualified_name()
+        for name in sorted(overrides):
+            if name in PARAMETERS or name in _RCLPY_PARAMETERS or name.startswith("qos_overrides."):
+                continue
+            near = closest_name(name, PARAMETERS)
+            self.get_logger().warning(
+                f"parameter override {name!r} is not a parameter of {fqn} and is ignored"
+                + (f"; did you mean {near!r}?" if near else f"; its parameters: {', '.join(PARAMETERS)}"))
+        for path in params_files:
+            try:
+                data = load_params_file(path)
+            except ParamsFileError:
+                continue  # main() has already refused such a file
+            if data and not sections_for_node(data, fqn):
+                self.get_logger().warning(
+                    f"params file {path} has no section for this node {fqn} (its node keys: "
+                    f"{', '.join(map(str, data))}), so none of its values apply; key the section "
+                    f"'/**/{NODE_NAME}:' to match the node under any namespace")
+
+    def _on_set_parameters(self, params: List[Any]) -> SetParametersResult:
+        """Refuse run-time values start-up would refuse (ranges are in the descriptors; choices here)."""
+        for param in params:
+            if param.name in CHOICES:
+                problem = parameter_problem(param.name, param.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
+        return SetParametersResult(successful=True)
+
+    def _log_throttled(self, level: str, text: str, period: Optional[float] = None,
+                       detail: Optional[str] = None) -> None:
+        """Log ``text`` at most once per period per kind, but always when its detail is new.
+
+        The kind is ``detail`` (default ``text``) with numbers masked; the
+        detail is what differs between two messages of a kind worth reading
+        (e.g. 3840x2160 vs 640x480 after an earlier 320x240). The last 32
+        details of each kind count as seen; at most 5 new details a period
+        pass the throttle, so a storm of ever-changing sizes cannot flood the log.
+        """
+        detail = text if detail is None else detail
+        key = re.sub(r"\d+(\.\d+)?", "#", detail)[:160]
         period = self._p("bad_message_log_period") if period is None else period
         now = time.monotonic()
-        if now - self._throttle.get(key, -math.inf) < period:
+        seen = self._throttle_details.setdefault(key, OrderedDict())
+        new_detail = detail not in seen
+        seen[detail] = now
+        seen.move_to_end(detail)
+        while len(seen) > 32:
+            seen.popitem(last=False)
+        last, extra = self._throttle.get(key, (-math.inf, 0))
+        if now - last >= period:
+            self._throttle[key] = (now, 0)
+        elif new_detail and extra < 5:
+            self._throttle[key] = (last, extra + 1)
+        else:
             return
-        self._throttle[key] = now
         getattr(self.get_logger(), level)(text)
 
     def _read_config(self) -> Dict[str, Any]:
@@ -188,13 +317,12 @@ class FerNode(LifecycleNode):
             FerConfigError: a value is out of range or unknown.
         """
         cfg = {n: self._p(n) for n in PARAMETERS}
-        if cfg["sync_policy"] not in ("approximate", "exact"):
-            raise FerConfigError(f"sync_policy {cfg['sync_policy']!r}: use 'approximate' or 'exact'")
+        for name in CHOICES:
+            problem = parameter_problem(name, cfg[name])
+            if problem:
+                raise FerConfigError(problem)
         if not str(cfg["colour_topic"]).strip():
             raise FerConfigError("colour_topic is empty: set it to the camera's colour image topic")
-        device = str(cfg["device"])
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
-            raise FerConfigError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
         return cfg
 
     # ---------------------------------------------------------------- lifecycle
@@ -278,9 +406,10 @@ class FerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
-        for pub in self._hri_pubs.values():
-            self.destroy_publisher(pub)
-        self._hri_pubs.clear()
+        self._retire_hri(list(self._hri_pubs))
+        if self._hri_tracked_pub is not None:
+            self.destroy_publisher(self._hri_tracked_pub)
+            self._hri_tracked_pub = None
         for attr in ("_emotions_pub", "_debug_pub"):
             pub = getattr(self, attr)
             if pub is not None:
@@ -373,6 +502,11 @@ class FerNode(LifecycleNode):
         self._slot.clear()
         if self._tracker is not None:
             self._tracker.reset()
+        if self._hri_pubs or self._hri_tracked_pub is not None:
+            # Paused: no face is tracked any more; say so and drop the per-face topics.
+            self._retire_hri(list(self._hri_pubs))
+            if self._hri_tracked_pub is not None and self.context.ok():  # not after rclpy shut down
+                self._publish_tracked(Header(stamp=self.get_clock().now().to_msg()), [])
         if self._recognizer is not None:
             self._recognizer.face_finder.reset()   # faces seen before a pause need a full detection
 
@@ -400,9 +534,17 @@ class FerNode(LifecycleNode):
         except ValueError as exc:  # ImageConversionError, PreprocessingError
             reason = str(exc)
             self._stats.on_bad(reason)
-            self._log_throttled("warning", f"skipping bad frame (stamp {stamp / 1e9:.3f}): {reason}")
+            self._log_throttled("warning", f"skipping bad frame (stamp {stamp / 1e9:.3f}): {reason}",
+                                detail=reason)
             return
         faces = result.faces
+        broken = sum(not np.all(np.isfinite(np.asarray(f.scores, dtype=np.float64))) for f in faces)
+        if broken:  # never publish a NaN/inf score (a checkpoint that overflows on this input)
+            reason = (f"the model gave non-finite scores for {broken} of {len(faces)} faces; the checkpoint "
+                      f"{self._model_path} is numerically broken: re-train or re-save it")
+            self._stats.on_bad(reason)
+            self._log_throttled("error", f"skipping frame (stamp {stamp / 1e9:.3f}): {reason}", detail=reason)
+            return
         tracked = self._tracker.update([f.box for f in faces], [np.asarray(f.scores) for f in faces])
         msg = self._build_message(colour_msg, colour.shape[:2], faces, tracked)
         pub = self._emotions_pub
@@ -449,22 +591,40 @@ class FerNode(LifecycleNode):
         return out
 
     def _publish_hri(self, msg: Any) -> None:
-        if HriExpression is None:
+        """ROS4HRI (REP-155): each face's expression on ``/humans/faces/<id>/expression``, then the
+        ids of all tracked faces on ``/humans/faces/tracked`` (how libhri/pyhri discover faces)."""
+        if HriExpression is None or self._tracker is None:
             return
-        for fid in (self._tracker.removed if self._tracker else []):
-            pub = self._hri_pubs.pop(fid, None)
-            if pub is not None:
-                self.destroy_publisher(pub)
+        alive = [t.face_id for t in self._tracker.tracks]
+        self._retire_hri(set(self._hri_pubs) - set(alive))
         for e in msg.faces:
             pub = self._hri_pubs.get(e.face_id)
             if pub is None:
-                pub = self.create_publisher(HriExpression, f"/humans/faces/{e.face_id}/expression", RESULT_QOS)
+                pub = self.create_publisher(HriExpression, f"/humans/faces/{e.face_id}/expression", HRI_QOS)
                 self._hri_pubs[e.face_id] = pub
             out = HriExpression()
             out.header = msg.header
             out.expression = e.expression
             out.valence, out.arousal, out.confidence = e.valence, e.arousal, e.confidence
             pub.publish(out)
+        self._publish_tracked(msg.header, alive)
+
+    def _publish_tracked(self, header: Any, ids: Sequence[str]) -> None:
+        if HriIdsList is None:
+            return
+        if self._hri_tracked_pub is None:
+            self._hri_tracked_pub = self.create_publisher(HriIdsList, HRI_TRACKED_TOPIC, HRI_QOS)
+        out = HriIdsList()
+        out.header = header
+        out.ids = list(ids)
+        self._hri_tracked_pub.publish(out)
+
+    def _retire_hri(self, face_ids: Any) -> None:
+        """Destroy the expression publishers of faces that left (their topics disappear)."""
+        for fid in face_ids:
+            pub = self._hri_pubs.pop(fid, None)
+            if pub is not None:
+                self.destroy_publisher(pub)
 
     def _publish_debug(self, colour_msg: Image, colour: np.ndarray, msg: Any) -> None:
         import cv2
@@ -492,7 +652,8 @@ class FerNode(LifecycleNode):
         status.hardware_id = self._device or "none"
         kv = {"lifecycle state": self._state_label, "model path": self._model_path or "(not loaded)",
               "device": self._device or "(not loaded)", "sync": self._sync_backend or "(inactive)",
-              "image decoding": conversions.backend_name()}
+              "image decoding": conversions.backend_name(),
+              "cv_bridge fallbacks": str(conversions.bridge_fallbacks())}
         kv.update(self._stats.key_values())
         if self._monitor is not None:
             kv.update({f"{name} received": str(n) for name, n in self._monitor.counts().items()})
@@ -511,10 +672,44 @@ class FerNode(LifecycleNode):
         self._diag_pub.publish(arr)
 
 
+def _fatal(text: str) -> None:
+    """One line on stderr, in the ROS log format, for errors before or instead of a running node."""
+    sys.stderr.write(f"[FATAL] [{NODE_NAME}]: {text}\n")
+    sys.stderr.flush()
+
+
 def main(args: Optional[List[str]] = None) -> None:
-    """Entry point ``fer_node``: spin the node until shutdown."""
-    rclpy.init(args=args)
-    node = FerNode()
+    """Entry point ``fer_node``: spin the node until shutdown.
+
+    A malformed or missing params file, or a parameter of the wrong type or
+    out of range, stops start-up with one line saying what to fix and exit
+    status 2 (no traceback).
+    """
+    argv = list(sys.argv if args is None else args)
+    files = params_files_in(argv)
+    try:
+        for path in files:
+            load_params_file(path)
+    except ParamsFileError as exc:
+        _fatal(str(exc))
+        raise SystemExit(2) from None
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # noqa: BLE001 - RCLError: what rcl could not parse, in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = re.sub(r",? at [\w/.]+:\d+", "", first)  # rcl's source locations
+        _fatal(f"cannot start: {first}; check the --ros-args arguments")
+        raise SystemExit(2) from None
+    try:
+        node = FerNode(params_files=files)
+    except KeyboardInterrupt:  # Ctrl-C while starting: a normal stop
+        rclpy.try_shutdown()
+        return
+    except (FerConfigError, ParameterException, ValueError, TypeError) as exc:
+        # FerConfigError; rclpy's parameter exceptions for parameters rclpy itself declares.
+        _fatal(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        rclpy.try_shutdown()
+        raise SystemExit(2) from None
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

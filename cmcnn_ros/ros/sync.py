@@ -29,6 +29,13 @@ from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Sequence
 T = TypeVar("T")
 StampFn = Callable[[Any], int]
 
+# Pairing defaults shared by the node's parameters (sync_slop,
+# sync_queue_size) and the offline bag tools: one place, so a bag the node
+# pairs is paired the same way offline. 50 ms is under two frame periods of a
+# 30 Hz camera and covers the 25-35 ms depth lag of Kinect-style drivers.
+DEFAULT_SLOP_S = 0.05
+DEFAULT_QUEUE_SIZE = 10
+
 
 def ros_stamp_ns(msg: Any) -> int:
     """``header.stamp`` of a ROS message as integer nanoseconds."""
@@ -186,6 +193,7 @@ class _InputSeen:
     zero_stamps: int = 0
     frame_ids: Dict[str, int] = field(default_factory=dict)
     stamps: Deque[int] = field(default_factory=lambda: deque(maxlen=60))
+    last_arrival: Optional[float] = None  # monitor clock time of the newest message
 
 
 class SyncMonitor:
@@ -195,8 +203,11 @@ class SyncMonitor:
     :meth:`paired` for every synchronised set and :meth:`diagnose`
     periodically; ``diagnose`` returns a warning when no set has been
     synchronised for ``delay`` seconds, naming what it saw: no messages on a
-    topic, zero stamps, stamps further apart than the slop (by how much),
-    never-equal stamps under the exact policy, differing frame ids.
+    topic, a topic (or all of them) gone silent for ``delay`` seconds after
+    having sent messages, zero stamps, stamps further apart than the slop (by
+    how much), never-equal stamps under the exact policy, differing frame ids.
+    It judges from what arrived recently, not from running totals, so a
+    camera that stops is reported as silent rather than as "not matching".
 
     Args:
         inputs: ``(name, topic)`` per input, e.g. ``[("colour", "/camera/color/image_raw"), ...]``.
@@ -223,6 +234,7 @@ class SyncMonitor:
                 seen.count = seen.zero_stamps = 0
                 seen.frame_ids.clear()
                 seen.stamps.clear()
+                seen.last_arrival = None
             self._start = self._clock()
             self._last_pair = None
             self.pairs = 0
@@ -235,6 +247,7 @@ class SyncMonitor:
                 seen.zero_stamps += 1
             seen.frame_ids[frame_id] = seen.frame_ids.get(frame_id, 0) + 1
             seen.stamps.append(stamp_ns)
+            seen.last_arrival = self._clock()
 
     def paired(self) -> None:
         with self._lock:
@@ -256,16 +269,30 @@ class SyncMonitor:
             head = ("no synchronised colour/depth pair" if self._last_pair is None
                     else "no synchronised colour/depth pair since the last one")
             reasons: List[str] = []
-            silent = [s for s in self._inputs if s.count == 0]
-            for s in silent:
+            never = [s for s in self._inputs if s.count == 0]
+            # Inputs that sent messages once but nothing for `delay` seconds.
+            stopped = [s for s in self._inputs if s.count and s.last_arrival is not None
+                       and now - s.last_arrival >= self._delay]
+            if stopped and len(stopped) + len(never) == len(self._inputs):
+                quiet = ", ".join(f"{s.name} '{s.topic}' ({now - s.last_arrival:.1f} s ago, "
+                                  f"{s.count} received)" for s in stopped)
+                reasons.append(f"the inputs went silent: the last messages arrived on {quiet}"
+                               + ("" if not never else " and none ever on "
+                                  + ", ".join(f"{s.name} '{s.topic}'" for s in never))
+                               + "; check that the camera driver is still running and publishing")
+                return f"{head} for {waited:.1f} s: " + "; ".join(reasons)
+            for s in never:
                 others = ", ".join(f"{o.name}: {o.count}" for o in self._inputs if o is not s)
                 reasons.append(f"no messages on the {s.name} topic '{s.topic}' ({others} received); "
                                "check the topic name / remapping and the publisher's QoS")
+            for s in stopped:
+                reasons.append(f"the {s.name} topic '{s.topic}' went silent {now - s.last_arrival:.1f} s "
+                               f"ago ({s.count} received) while the others still publish; check its driver")
             for s in self._inputs:
                 if s.zero_stamps:
                     reasons.append(f"{s.zero_stamps} of {s.count} {s.name} messages have a zero "
                                    "header.stamp; the driver must stamp its images")
-            if not silent:
+            if not never and not stopped:
                 reasons.extend(self._stamp_reasons())
                 ids = [sorted(s.frame_ids) for s in self._inputs]
                 if any(i != ids[0] for i in ids[1:]):

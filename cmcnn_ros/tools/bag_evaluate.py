@@ -37,8 +37,9 @@ import numpy as np
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
 from cmcnn_ros.inference.tracking import iou
-from cmcnn_ros.tools.bag_io import (FrameLabels, GroundTruthFace, count_messages, decode_pair,
-                                    iter_frame_pairs, open_bag, read_labels, resolve_topics)
+from cmcnn_ros.ros.sync import DEFAULT_SLOP_S
+from cmcnn_ros.tools.bag_io import (FrameLabels, GroundTruthFace, closest_stamp_gap_s, count_messages,
+                                    decode_pair, iter_frame_pairs, open_bag, read_labels, resolve_topics)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class EvaluateOptions:
     depth_topic: Optional[str] = None
     labels_topic: Optional[str] = None
     use_depth: bool = True
-    slop_s: float = 0.02
+    slop_s: float = DEFAULT_SLOP_S   # the node's sync_slop default
     iou_threshold: float = DEFAULT_IOU
     gt_boxes: bool = False
     max_frames: Optional[int] = None
@@ -334,14 +335,32 @@ def evaluate_bag(bag: "str | Path", recognizer: Any, options: EvaluateOptions = 
                 bar.update(1)
         finally:
             bar.close()
-    if topics.depth is not None and paired == 0:
-        LOGGER.warning("no colour frame found a depth partner within %.3f s on %s: stamps differ? "
-                       "(try a larger --slop); faces were recognised from colour only", options.slop_s,
-                       topics.depth)
+        if board.frames == 0:
+            raise EvaluationError(_nothing_evaluated(reader, topics, options, n_colour, len(labels)))
+    if topics.depth is not None and options.every == 1 and options.max_frames is None and paired < n_colour:
+        LOGGER.warning("%d of %d colour frames found no depth partner on %s within --slop %.3f s and were "
+                       "skipped", n_colour - paired, n_colour, topics.depth, options.slop_s)
     extra = {"bag": str(bag), "topics": asdict(topics), "frames_with_depth": paired,
-             "frames_without_depth": unpaired, "iou_threshold": options.iou_threshold,
-             "gt_boxes": options.gt_boxes}
+             "frames_without_depth": unpaired, "colour_frames_in_bag": n_colour,
+             "iou_threshold": options.iou_threshold, "gt_boxes": options.gt_boxes,
+             "slop_s": options.slop_s}
     return board.report(extra), board
+
+
+def _nothing_evaluated(reader: Any, topics: Any, options: EvaluateOptions, n_colour: int, n_labels: int) -> str:
+    """Why an evaluation processed no frame, and what to change."""
+    if n_colour == 0:
+        return f"nothing evaluated: the colour topic {topics.colour} has no messages in this bag"
+    labelled = f" (the bag has {n_labels} labelled frames)" if n_labels else ""
+    if topics.depth is not None:
+        gap = closest_stamp_gap_s(reader, topics)
+        closest = ("the depth topic has no messages" if gap is None
+                   else f"the closest colour/depth stamps are {gap:.3f} s apart")
+        return (f"nothing evaluated: none of the {n_colour} colour frames on {topics.colour} found a depth "
+                f"partner on {topics.depth} within --slop {options.slop_s:.3f} s ({closest}){labelled}; "
+                "raise --slop (the node's sync_slop must then be raised too) or evaluate grey + LBP only "
+                "with --no-depth")
+    return f"nothing evaluated: no frame left after --every {options.every} / --max-frames {options.max_frames}"
 
 
 def write_outputs(report: EvaluationReport, board: Scoreboard, output_dir: Path, title: str,
@@ -381,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-topic", default=None, help="registered depth image topic (default: guessed)")
     p.add_argument("--labels-topic", default=None, help="ground-truth std_msgs/String JSON topic")
     p.add_argument("--no-depth", action="store_true", help="ignore depth (grey + LBP only)")
-    p.add_argument("--slop", type=float, default=0.02, help="colour/depth pairing tolerance in s (default 0.02)")
+    p.add_argument("--slop", type=float, default=DEFAULT_SLOP_S,
+                   help=f"colour/depth pairing tolerance in s (default {DEFAULT_SLOP_S}, the node's sync_slop)")
     p.add_argument("--iou", type=float, default=DEFAULT_IOU, help=f"face match IoU threshold (default {DEFAULT_IOU})")
     p.add_argument("--gt-boxes", action="store_true",
                    help="use the ground-truth boxes instead of face detection (classification only)")

@@ -33,6 +33,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S
+
 LOGGER = logging.getLogger(__name__)
 
 COLOUR_TOPIC = "/camera/color/image_raw"
@@ -164,11 +166,88 @@ def stamp_ns(stamp: Any) -> int:
 
 
 @contextmanager
+def rosbag2_folder(path: "str | Path") -> Iterator[Path]:
+    """A folder ``rosbags`` can open as a rosbag2, for ``path``.
+
+    A rosbag2 folder with ``metadata.yaml`` (what ``ros2 bag record`` and
+    ``cmcnn-bag-write`` write) is yielded as it is. A folder holding only
+    ``.mcap`` files (other recorders, e.g. the ``mcap`` library or Foxglove,
+    write no ``metadata.yaml``), or one ``.mcap`` file, gets a temporary
+    folder with links to the files and a ``metadata.yaml`` made from the MCAP
+    files' own index; it is removed on exit. Anything else is yielded
+    unchanged, so the reader reports what is wrong with it.
+
+    Raises:
+        BagError: an ``.mcap`` file is unreadable.
+    """
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir() and not (p / "metadata.yaml").exists():
+        files = sorted(f for f in p.iterdir() if f.suffix == ".mcap" and f.is_file())
+    elif p.is_file() and p.suffix == ".mcap":
+        files = [p]
+    else:
+        files = []
+    if not files:
+        yield p
+        return
+    with tempfile.TemporaryDirectory(prefix="cmcnn_mcap_") as tmp:
+        folder = Path(tmp) / (p.stem if p.is_file() else p.name)
+        folder.mkdir()
+        for f in files:
+            (folder / f.name).symlink_to(f.resolve())
+        (folder / "metadata.yaml").write_text(_mcap_metadata(folder, [f.name for f in files]))
+        LOGGER.info("%s has no metadata.yaml; reading its MCAP file(s) %s by their own index",
+                    p, [f.name for f in files])
+        yield folder
+
+
+def _mcap_metadata(folder: Path, names: Sequence[str]) -> str:
+    """rosbag2 ``metadata.yaml`` text describing the MCAP files ``names`` in ``folder``."""
+    import yaml
+    from rosbags.rosbag2 import ReaderError
+    from rosbags.rosbag2.storage_mcap import McapReader
+
+    topics: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    start, end, count = None, None, 0
+    for name in names:
+        reader = McapReader(folder / name)
+        try:
+            reader.open()
+        except (ReaderError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise BagError(f"cannot read MCAP file {folder / name}: {exc}") from exc
+        try:
+            for conn in reader.connections:
+                key = (conn.topic, conn.msgtype)
+                entry = topics.setdefault(key, {"topic_metadata": {
+                    "name": conn.topic, "type": conn.msgtype,
+                    "serialization_format": getattr(conn.ext, "serialization_format", "cdr"),
+                    "offered_qos_profiles": ""}, "message_count": 0})
+                entry["message_count"] += int(conn.msgcount)
+            meta = reader.metadata
+            if meta.message_count:
+                start = meta.start_time if start is None else min(start, meta.start_time)
+                end = meta.end_time if end is None else max(end, meta.end_time)
+                count += int(meta.message_count)
+        finally:
+            reader.close()
+    info = {"version": 8, "storage_identifier": "mcap", "relative_file_paths": list(names),
+            "duration": {"nanoseconds": max(0, (end or 0) - (start or 0) - 1)},
+            "starting_time": {"nanoseconds_since_epoch": start or 0}, "message_count": count,
+            "topics_with_message_count": list(topics.values()),
+            "compression_format": "", "compression_mode": ""}
+    return yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False)
+
+
+@contextmanager
 def open_bag(path: "str | Path") -> Iterator[Any]:
     """Open a rosbag2 folder (MCAP/sqlite3) or ROS 1 ``.bag`` file for reading.
 
     A context manager yielding an opened ``rosbags.highlevel.AnyReader``
-    (whose ``deserialize`` handles both CDR and ROS 1 serialisation).
+    (whose ``deserialize`` handles both CDR and ROS 1 serialisation). A folder
+    holding only ``.mcap`` files without ``metadata.yaml`` opens too
+    (:func:`rosbag2_folder`).
 
     Raises:
         BagError: the path does not exist or is not a readable bag.
@@ -179,15 +258,16 @@ def open_bag(path: "str | Path") -> Iterator[Any]:
     p = Path(path)
     if not p.exists():
         raise BagError(f"bag {p} does not exist (write one with cmcnn-bag-write, or record with ros2 bag record)")
-    reader = AnyReader([p], default_typestore=get_typestore(Stores.ROS2_KILTED))
-    try:
-        reader.open()
-    except (AnyReaderError, OSError, ValueError) as exc:
-        raise BagError(f"cannot read bag {p}: {exc}") from exc
-    try:
-        yield reader
-    finally:
-        reader.close()
+    with rosbag2_folder(p) as folder:
+        reader = AnyReader([folder], default_typestore=get_typestore(Stores.ROS2_KILTED))
+        try:
+            reader.open()
+        except (AnyReaderError, OSError, ValueError) as exc:
+            raise BagError(f"cannot read bag {p}: {exc}") from exc
+        try:
+            yield reader
+        finally:
+            reader.close()
 
 
 def topic_types(reader: Any) -> Dict[str, str]:
@@ -273,9 +353,9 @@ def read_labels(reader: Any, topic: Optional[str]) -> Dict[int, FrameLabels]:
     return out
 
 
-def iter_frame_pairs(reader: Any, topics: BagTopics, slop_s: float = 0.02,
+def iter_frame_pairs(reader: Any, topics: BagTopics, slop_s: float = DEFAULT_SLOP_S,
                      labels: Optional[Dict[int, FrameLabels]] = None,
-                     queue_size: int = 10) -> Iterator[FramePair]:
+                     queue_size: int = DEFAULT_QUEUE_SIZE) -> Iterator[FramePair]:
     """Colour frames of a bag in order, each with its depth partner and labels.
 
     Pairing uses the node's own synchroniser
@@ -288,9 +368,11 @@ def iter_frame_pairs(reader: Any, topics: BagTopics, slop_s: float = 0.02,
     Args:
         reader: an opened reader from :func:`open_bag`.
         topics: from :func:`resolve_topics`.
-        slop_s: largest colour/depth stamp difference accepted as a pair.
+        slop_s: largest colour/depth stamp difference accepted as a pair
+            (default: the node's ``sync_slop`` default).
         labels: from :func:`read_labels`; looked up by the colour stamp.
-        queue_size: messages the synchroniser keeps per input.
+        queue_size: messages the synchroniser keeps per input (the node's
+            ``sync_queue_size`` default).
     """
     from cmcnn_ros.ros.sync import ApproximateTimeSync
 
@@ -323,6 +405,30 @@ class _Raw:
     stamp: int
     msgtype: str
     raw: bytes
+
+
+def closest_stamp_gap_s(reader: Any, topics: BagTopics) -> Optional[float]:
+    """Smallest ``|colour stamp - depth stamp|`` in seconds over the whole bag.
+
+    What an evaluation that paired nothing reports, so the user knows which
+    slop would pair the streams. None without a depth topic or messages.
+    """
+    import bisect
+
+    if topics.depth is None:
+        return None
+    stamps: Dict[str, List[int]] = {topics.colour: [], topics.depth: []}
+    conns = [c for c in reader.connections if c.topic in stamps]
+    for conn, _t, raw in reader.messages(connections=conns):
+        stamps[conn.topic].append(stamp_ns(reader.deserialize(raw, conn.msgtype).header.stamp))
+    depth = sorted(stamps[topics.depth])
+    best: Optional[int] = None
+    for c in stamps[topics.colour]:
+        i = bisect.bisect_left(depth, c)
+        for j in (i - 1, i):
+            if 0 <= j < len(depth) and (best is None or abs(depth[j] - c) < best):
+                best = abs(depth[j] - c)
+    return None if best is None else best / 1e9
 
 
 def count_messages(reader: Any, topic: Optional[str]) -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from cmcnn_ros.tools import configure_logging
-from cmcnn_ros.tools.bag_io import BagError
+from cmcnn_ros.tools.bag_io import BagError, rosbag2_folder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -160,10 +160,14 @@ class BagReplayer:
             raise BagError(f"bag {self.path} does not exist")
         if self.path.is_file() and self.path.suffix == ".bag":
             raise ReplayError(f"{self.path} is a ROS 1 bag; convert it first (rosbags-convert --src {self.path})")
-        self._reader = Reader(self.path)
+        # A folder of .mcap files without metadata.yaml opens through a temporary folder
+        # (bag_io.rosbag2_folder), kept until close().
+        self._folder = rosbag2_folder(self.path)
         try:
+            self._reader = Reader(self._folder.__enter__())
             self._reader.open()
         except (ReaderError, OSError, ValueError) as exc:
+            self._folder.__exit__(None, None, None)
             raise BagError(f"cannot read bag {self.path}: {exc}") from exc
         wanted = set(options.topics) if options.topics is not None else None
         self._connections = [c for c in self._reader.connections
@@ -216,6 +220,7 @@ class BagReplayer:
             self.node.destroy_publisher(self._clock_pub)
         self._by_topic.clear()
         self._reader.close()
+        self._folder.__exit__(None, None, None)
 
     def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> bool:
         """Wait until each of ``topics`` (published names) has a subscriber.

@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> List[dict]:
         recognizer = Recognizer.from_checkpoint(checkpoint, device=args.device)
         result = recognizer.recognize(colour, depth, depth_scale=args.depth_scale)
         LOGGER.info("timings (ms): %s", {k: round(v, 1) for k, v in result.timings.items()})
+        broken = sum(not np.all(np.isfinite(np.asarray(f.scores, dtype=np.float64))) for f in result.faces)
+        if broken:  # never print NaN (invalid JSON) or pass it on as a score
+            raise ValueError(f"the model gave non-finite scores for {broken} of {len(result.faces)} faces; "
+                             f"the checkpoint {checkpoint} is numerically broken: re-train or re-save it")
         faces = [dict(f.to_dict(), classes=recognizer.class_names) for f in result.faces]
     else:
         LOGGER.info("no checkpoint: running detection and alignment only")
@@ -124,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # CheckpointError/RecognizerError/PreprocessingError are ValueErrors with a message that says what to fix.
         print(f"cmcnn-recognize: error: {exc}", file=sys.stderr)
         return 2
-    json.dump(faces, sys.stdout)
+    json.dump(faces, sys.stdout, allow_nan=False)
     sys.stdout.write("\n")
     return 0
 

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -91,19 +91,26 @@ class NodeProcess:
         log_path: file receiving the child's stdout and stderr.
         params: ``-p name:=value`` parameters.
         remaps: ``-r from:=to`` remappings.
+        ros_args: more ``--ros-args`` arguments (``--params-file F``, ``-r __ns:=/robot1``).
+        command: the executable (default ``python -m cmcnn_ros.ros.fer_node``).
+        env: the child's environment (default :func:`ros_env` of ``domain_id``).
+        cwd: the child's working folder (default the repository root).
     """
 
     def __init__(self, domain_id: int, log_path: Path, params: Dict[str, Any],
-                 remaps: Optional[Dict[str, str]] = None) -> None:
-        cmd = [sys.executable, "-m", "cmcnn_ros.ros.fer_node", "--ros-args"]
+                 remaps: Optional[Dict[str, str]] = None, ros_args: Sequence[str] = (),
+                 command: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
+                 cwd: Optional[Path] = None) -> None:
+        cmd = list(command or [sys.executable, "-m", "cmcnn_ros.ros.fer_node"]) + ["--ros-args"]
         for k, v in params.items():
             cmd += ["-p", _param_arg(k, v)]
         for k, v in (remaps or {}).items():
             cmd += ["-r", f"{k}:={v}"]
+        cmd += list(ros_args)
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=ros_env(domain_id), stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=str(ROOT))
+        self.proc = subprocess.Popen(cmd, env=env if env is not None else ros_env(domain_id), stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=str(cwd or ROOT))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
