@@ -92,7 +92,8 @@ def test_colcon_install_layout(colcon_ws):
     for tool in ("fer_node", "cmcnn-recognize", "cmcnn-bag-evaluate", "cmcnn-bag-replay", "cmcnn-demo"):
         assert os.access(install / "lib" / "cmcnn_ros" / tool, os.X_OK), tool
     share = install / "share" / "cmcnn_ros"
-    for rel in ("models/cmcnn_synthetic.pt", "launch/fer.launch.py", "config/fer.yaml", "config/fastdds.xml",
+    for rel in ("models/cmcnn_default.pt", "models/detection/face_detection_full_range.tflite",
+                "models/detection/face_landmark.tflite", "models/detection/LICENSE", "launch/fer.launch.py", "config/fer.yaml", "config/fastdds.xml",
                 "package.xml"):
         assert (share / rel).is_file(), rel
     env = _installed_env(colcon_ws, 0)
@@ -115,7 +116,7 @@ def test_installed_fer_node_reaches_active_and_answers_a_frame(colcon_ws, tmp_pa
     client = None
     try:
         m = node.wait_for_log(r"configured: model (\S+) on cpu", 120)
-        assert m.group(1) == str(colcon_ws / "install/cmcnn_ros/share/cmcnn_ros/models/cmcnn_synthetic.pt")
+        assert m.group(1) == str(colcon_ws / "install/cmcnn_ros/share/cmcnn_ros/models/cmcnn_default.pt")
         node.wait_for_log(r"\] \[fer_node\]: active:", 60)
         from cmcnn_ros.msg import EmotionArray
 
