@@ -97,7 +97,8 @@ class EmotionTreeNode(Node):
         self._throttle_period = float(p["bad_message_log_period"])
         self._throttle: Dict[str, float] = {}
         self._log_tree = bool(p["log_tree"])
-        target = str(p["fer_node"]).rstrip("/") or "/fer_node"
+        target = "/" + (str(p["fer_node"]).strip("/") or "fer_node")
+        self._target = target
         self._change = self.create_client(ChangeState, f"{target}/change_state")
         self._get = self.create_client(GetState, f"{target}/get_state")
         self._decisions = self.create_publisher(String, p["decisions_topic"], DECISIONS_QOS)
@@ -105,6 +106,7 @@ class EmotionTreeNode(Node):
         self.inbox = Inbox()
         self._producers: Set[bytes] = set()
         self._seen_producer = self._producer_lost = False
+        self._classes: Tuple[str, ...] = ()
         self.tree = build_tree(self.inbox, self, self.settings, self.get_logger())
         self.create_subscription(self._emotion_array_type(), p["emotions_topic"], self._on_emotions, RELIABLE)
         self.create_subscription(Empty, p["wake_topic"], self._on_wake, RELIABLE)
@@ -170,6 +172,13 @@ class EmotionTreeNode(Node):
             self._warn_throttled(f"skipping EmotionArray (stamp {stamp:.3f}) on {self._emotions_topic}: {exc}",
                                  re.sub(r"'[^']*'|[\d.]+", "#", str(exc))[:80])
             return
+        classes = tuple(msg.classes)
+        if classes != self._classes:
+            self._classes = classes
+            for name in ("greet_expression", "comfort_expression"):
+                if classes and getattr(self.settings, name) not in classes:
+                    self.get_logger().warning(f"{name} {getattr(self.settings, name)!r} is not one of fer_node's "
+                                              f"classes {list(classes)}: that behaviour can never run")
         self.inbox.put_faces(self.now(), faces)
 
     def _on_wake(self, _msg: Any) -> None:
@@ -178,20 +187,22 @@ class EmotionTreeNode(Node):
 
     def _watch_producer(self) -> None:
         """Tell the tree when fer_node's publisher goes away and when a new one replaces it."""
-        gids = {bytes(i.endpoint_gid) for i in self.get_publishers_info_by_topic(self._emotions_topic)}
+        # Only fer_node's own publisher counts (others may publish on the topic too).
+        gids = {bytes(i.endpoint_gid) for i in self.get_publishers_info_by_topic(self._emotions_topic)
+                if f"{i.node_namespace.rstrip('/')}/{i.node_name}" == self._target}
         if gids == self._producers:
             return
         previous, self._producers = self._producers, gids
         if not gids:
             self._producer_lost = True
-            self.get_logger().warning(f"no publisher on {self._emotions_topic} any more: fer_node stopped or is "
-                                      "restarting; the tree keeps running and waits for it")
+            self.get_logger().warning(f"{self._target} no longer publishes on {self._emotions_topic}: it stopped "
+                                      "or is restarting; the tree keeps running and waits for it")
         elif not self._seen_producer:
             self._seen_producer = True
-            self.get_logger().info(f"fer_node found: it publishes on {self._emotions_topic}")
+            self.get_logger().info(f"{self._target} found: it publishes on {self._emotions_topic}")
         elif self._producer_lost or not gids & previous:
             self._producer_lost = False
-            self.get_logger().warning(f"a new publisher on {self._emotions_topic}: fer_node restarted")
+            self.get_logger().warning(f"{self._target} publishes on {self._emotions_topic} again: it restarted")
             self.inbox.put_producer_restarted(self.now())
 
     def _tick(self) -> None:
@@ -206,7 +217,8 @@ def main(args: Optional[List[str]] = None) -> None:
     try:
         node = EmotionTreeNode()
     except (TreeSettingsError, ImportError, rclpy.exceptions.ParameterException) as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"cannot start: {exc}")
+        rclpy.logging.get_logger(NODE_NAME).error(
+            f"cannot start: {exc}; fix that parameter (defaults and meanings: config/emotion_tree.yaml)")
         rclpy.try_shutdown()
         raise SystemExit(2) from None
     executor = SingleThreadedExecutor()

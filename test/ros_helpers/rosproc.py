@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -84,18 +84,21 @@ def _param_arg(name: str, value: Any) -> str:
 
 
 class NodeProcess:
-    """fer_node in a child process.
+    """fer_node (or another node module) in a child process.
 
     Args:
         domain_id: ROS_DOMAIN_ID for the child.
         log_path: file receiving the child's stdout and stderr.
         params: ``-p name:=value`` parameters.
         remaps: ``-r from:=to`` remappings.
+        module: the node's module, run with ``python -m``.
+        ros_args: more arguments after ``--ros-args`` (e.g. ``["--params-file", path]``).
     """
 
     def __init__(self, domain_id: int, log_path: Path, params: Dict[str, Any],
-                 remaps: Optional[Dict[str, str]] = None) -> None:
-        cmd = [sys.executable, "-m", "cmcnn_ros.ros.fer_node", "--ros-args"]
+                 remaps: Optional[Dict[str, str]] = None, module: str = "cmcnn_ros.ros.fer_node",
+                 ros_args: Sequence[str] = ()) -> None:
+        cmd = [sys.executable, "-m", module, "--ros-args", *ros_args]
         for k, v in params.items():
             cmd += ["-p", _param_arg(k, v)]
         for k, v in (remaps or {}).items():
