@@ -165,7 +165,7 @@ def test_tree_greets_the_happy_face_pauses_perception_and_resumes_on_wake_up(tmp
 
         # People in view: happy for > 1 s earns a greeting, sad for > 2 s comforting.
         t_faces = time.time_ns()
-        w.play(scene["faces"], 6.0, until=lambda: w.decisions("comfort") and w.decisions("greet")
+        w.play(scene["faces"], 10.0, until=lambda: w.decisions("comfort") and w.decisions("greet")
                and w.decisions("stay_quiet"))
         ids = w.ids_by_label(scene["boxes"], t_faces)
         assert set(ids) == set(LABELS), f"node did not see all three faces: {ids}\n{_logs(w)}"
