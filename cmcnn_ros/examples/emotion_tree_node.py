@@ -214,21 +214,27 @@ class EmotionTreeNode(Node):
 def main(args: Optional[List[str]] = None) -> None:
     """Entry point ``cmcnn-emotion-tree``: spin the tree node until shutdown."""
     rclpy.init(args=args)
+    node: Optional[EmotionTreeNode] = None
+    # Everything after init is inside the try: Ctrl-C may come at any moment of start-up.
     try:
         node = EmotionTreeNode()
-    except (TreeSettingsError, ImportError, rclpy.exceptions.ParameterException) as exc:
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (TreeSettingsError, rclpy.exceptions.ParameterException) as exc:
         rclpy.logging.get_logger(NODE_NAME).error(
             f"cannot start: {exc}; fix that parameter (defaults and meanings: config/emotion_tree.yaml)")
-        rclpy.try_shutdown()
         raise SystemExit(2) from None
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
+    except ImportError as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(
+            f"cannot start: {exc}; the cmcnn_ros messages are not on the path: run `make setup` and "
+            "`source .ros_prefix/env.sh` (on a ROS 2 install: colcon build, source install/setup.bash)")
+        raise SystemExit(2) from None
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
 
 
