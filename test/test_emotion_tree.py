@@ -166,13 +166,26 @@ def test_deactivates_after_idle_timeout_and_reactivates_on_wake_up():
     r.play(5.0)                                           # paused: no messages, no more calls
     assert r.io.calls == ["get_state", "deactivate"]
     r.inbox.put_wake_up(r.io.t)
-    r.play(0.2)
-    assert r.io.calls[-1] == "activate" and r.io.state == "active"
+    r.play(0.3)
+    assert r.io.calls[-2:] == ["get_state", "activate"] and r.io.state == "active"
     assert r.decisions("activate_perception")[0]["reason"] == "wake-up"
     r.play(2.5)                                           # idle timer restarted on wake-up
     assert r.io.calls.count("deactivate") == 1
     r.play(1.0)
     assert r.io.calls.count("deactivate") == 2
+
+
+def test_wake_up_when_someone_else_activated_the_node_changes_nothing(caplog):
+    r = Run(state="inactive")
+    r.play(0.2)
+    assert perception_on_blackboard() == "inactive"
+    r.io.state = "active"                                 # e.g. `ros2 lifecycle set /fer_node activate`
+    with caplog.at_level(logging.INFO, logger="test_emotion_tree"):
+        r.inbox.put_wake_up(r.io.t)
+        r.play(0.3)
+    assert r.io.calls == ["get_state", "get_state"] and perception_on_blackboard() == "active"
+    assert "wake-up: fer_node is already active, nothing to do" in caplog.text
+    assert r.decisions("activate_perception") == []
 
 
 def test_unavailable_service_is_retried_not_fatal(caplog):

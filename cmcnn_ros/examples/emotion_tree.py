@@ -18,6 +18,7 @@ Tree (``build_tree``; priorities left to right, a higher one preempts)::
     └── priorities (Selector)
         ├── read perception state    [PerceptionUnknown?  -> QueryPerception]
         ├── wake up                  [WakeRequested?      -> ChangePerception(activate)]
+        │                            (a wake-up re-reads the state first: someone may have changed it)
         ├── save compute             [NobodyFor(idle)?    -> ChangePerception(deactivate)]
         ├── social (Selector, memory: a behaviour in progress is finished)
         │   ├── comfort              [ExpressionHeld(sad, 2 s)?            -> Say(comfort)]
@@ -295,13 +296,12 @@ class EmotionsToBlackboard(_TreeBehaviour):
                 if payload:
                     self.bb.set(LAST_FACE_SEEN, t)
             elif kind == "wake":
-                # A wake-up counts as someone being there: the idle timer restarts.
+                # A wake-up counts as someone being there: the idle timer restarts. The
+                # node's state is read again first: someone else may have changed it.
                 self.bb.set(LAST_FACE_SEEN, max(t, self.bb.get(LAST_FACE_SEEN)))
-                if self.bb.get(PERCEPTION) == "active":
-                    self.log.info("wake-up received: perception is already active, nothing to do")
-                else:
-                    self.bb.set(WAKE_REQUESTED, True)
-                    self.bb.set(RETRY_AFTER, -math.inf)
+                self.bb.set(WAKE_REQUESTED, True)
+                self.bb.set(PERCEPTION, UNKNOWN)
+                self.bb.set(RETRY_AFTER, -math.inf)
             elif kind == "restart":
                 self.log.warning(f"fer_node restarted: forgetting {len(faces)} face(s) "
                                  f"{sorted(faces)} (face_ids restart with the node) and reading its "
@@ -387,6 +387,10 @@ class WakeRequested(_TreeBehaviour):
     def update(self) -> Status:
         if not self.bb.get(WAKE_REQUESTED) or self.io.now() < self.bb.get(RETRY_AFTER) \
                 or self.bb.get(PERCEPTION) == UNKNOWN:
+            return Status.FAILURE
+        if self.bb.get(PERCEPTION) == "active":
+            self.log.info("wake-up: fer_node is already active, nothing to do")
+            self.bb.set(WAKE_REQUESTED, False)
             return Status.FAILURE
         if self.bb.get(PERCEPTION) != "inactive":
             self.log.warning(f"wake-up ignored: fer_node is {self.bb.get(PERCEPTION)}, only an inactive node "
