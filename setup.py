@@ -25,6 +25,7 @@ ENTRY_POINTS = [
     "cmcnn-bag-replay = cmcnn_ros.tools.bag_replay:main",
     "cmcnn-demo = cmcnn_ros.tools.demo:main",
     "fer_node = cmcnn_ros.ros.fer_node:main",
+    "cmcnn-emotion-tree = cmcnn_ros.examples.emotion_tree_node:main",
 ]
 
 HERE = Path(__file__).resolve().parent

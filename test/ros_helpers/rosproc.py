@@ -84,15 +84,16 @@ def _param_arg(name: str, value: Any) -> str:
 
 
 class NodeProcess:
-    """fer_node in a child process.
+    """fer_node (or another node module) in a child process.
 
     Args:
         domain_id: ROS_DOMAIN_ID for the child.
         log_path: file receiving the child's stdout and stderr.
         params: ``-p name:=value`` parameters.
         remaps: ``-r from:=to`` remappings.
+        module: the node's module, run with ``python -m`` when ``command`` is not given.
         ros_args: more ``--ros-args`` arguments (``--params-file F``, ``-r __ns:=/robot1``).
-        command: the executable (default ``python -m cmcnn_ros.ros.fer_node``).
+        command: the executable (default ``python -m <module>``).
         env: the child's environment (default :func:`ros_env` of ``domain_id``).
         cwd: the child's working folder (default the repository root).
     """
@@ -100,8 +101,8 @@ class NodeProcess:
     def __init__(self, domain_id: int, log_path: Path, params: Dict[str, Any],
                  remaps: Optional[Dict[str, str]] = None, ros_args: Sequence[str] = (),
                  command: Optional[Sequence[str]] = None, env: Optional[Dict[str, str]] = None,
-                 cwd: Optional[Path] = None) -> None:
-        cmd = list(command or [sys.executable, "-m", "cmcnn_ros.ros.fer_node"]) + ["--ros-args"]
+                 cwd: Optional[Path] = None, module: str = "cmcnn_ros.ros.fer_node") -> None:
+        cmd = list(command or [sys.executable, "-m", module]) + ["--ros-args"]
         for k, v in params.items():
             cmd += ["-p", _param_arg(k, v)]
         for k, v in (remaps or {}).items():
