@@ -45,7 +45,7 @@ from std_msgs.msg import Header
 
 from cmcnn_ros import resources
 from cmcnn_ros.classes import valence_arousal
-from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
+from cmcnn_ros.inference.tracking import DEFAULT_REDETECT_INTERVAL, FaceTracker, TrackingError
 from cmcnn_ros.ros import conversions
 from cmcnn_ros.ros.diagnostics import PipelineStats
 from cmcnn_ros.ros.params_file import (ParamsFileError, closest_name, load_params_file, params_files_in,
@@ -78,7 +78,7 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                        "Read on configure.", {}),
     "num_threads": (0, "Torch CPU threads; 0 keeps the library default. Read on configure.",
                     {"integer_range": [IntegerRange(from_value=0, to_value=256, step=1)]}),
-    "redetect_interval": (5, "Frames between full-frame face detections; in between, each tracked face "
+    "redetect_interval": (DEFAULT_REDETECT_INTERVAL, "Frames between full-frame face detections; in between, each tracked face "
                              "is searched for only around its last box (much cheaper). New faces appear "
                              "within this many processed frames. 1 = full detection on every frame. "
                              "Read on configure.",

@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cmcnn_ros.inference.tracking import DEFAULT_REDETECT_INTERVAL
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
 from cmcnn_ros.inference.tracking import iou
@@ -408,9 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many processed frames")
     p.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--redetect-interval", type=int, default=1,
+    p.add_argument("--redetect-interval", type=int, default=DEFAULT_REDETECT_INTERVAL,
                    help="frames between full face detections, as the node's redetect_interval "
-                        "(default 1: detect on every frame)")
+                        "(default: the node's, %(default)s; 1 = detect on every frame)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
