@@ -237,3 +237,14 @@ def test_flat_region_has_no_landmarks():
     face = FacePreprocessor(PARAMS, ("grey",)).process(np.full((240, 320), 128, np.uint8),
                                                         boxes=[(100, 60, 100, 100)])[0]
     assert not face.eyes_found and face.roll == 0.0 and face.alignment == "none" and face.box == (100, 60, 100, 100)
+
+
+def test_default_weights_call_the_smiling_astronaut_happy(astronaut):
+    from cmcnn_ros.inference import Recognizer
+    from cmcnn_ros.resources import resolve_model_path
+
+    rec = Recognizer.from_checkpoint(resolve_model_path(None), device="cpu")
+    assert rec.params.detector == "blazeface" and rec.params.crop_size == 48
+    faces = rec.recognize(astronaut).faces
+    assert len(faces) == 1 and faces[0].alignment == "mesh"
+    assert faces[0].expression == "happy" and faces[0].confidence > 0.5
