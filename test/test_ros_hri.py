@@ -122,6 +122,12 @@ def test_tracked_faces_and_expressions_reach_a_ros4hri_consumer(hri_prefix, rand
                           and client.node.count_subscribers("/fer_node/emotions") > 0
                           and client.node.count_subscribers("/humans/faces/tracked") > 0, 30), node.log()
         face, empty = photo_frame(1), photo_frame(0)
+        # A face-free warm-up pair first: on a loaded machine the first best-effort pair
+        # can go while the transports settle, and the first face is what is under test.
+        ns = time.time_ns()
+        pub_c.publish(image_msg(empty[0], "bgr8", ns))
+        pub_d.publish(image_msg(empty[1], "16UC1", ns))
+        time.sleep(1.5)
         sent = []
         # One face for 4 frames, then none: with tracking_max_missed 1 the id is retired
         # on the second empty frame. A second apart, so every frame is processed.
@@ -140,10 +146,10 @@ def test_tracked_faces_and_expressions_reach_a_ros4hri_consumer(hri_prefix, rand
         rc = node.stop()
         lease.release()
     assert rc == 0, node.log()[-2000:]
-    emotions = {stamp: faces for stamp, faces in got["emotions"]}
+    emotions = {stamp: faces for stamp, faces in got["emotions"] if stamp >= sent[0]}
     assert sorted(emotions) == sent, f"not every frame was answered:\n{node.log()[-2000:]}"
     # /humans/faces/tracked: one IdsList per processed frame, the colour stamp, the tracked ids.
-    tracked = {stamp: ids for stamp, ids in got["tracked"]}
+    tracked = {stamp: ids for stamp, ids in got["tracked"] if stamp >= sent[0]}
     assert sorted(tracked) == sent
     with_face = [s for s in sent if emotions[s]]
     assert len(with_face) == 4, emotions
