@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             meta, docs = load_finished(args.work_dir)
             path = write_report(args.out, args.work_dir, meta, docs, command=command)
         else:
-            run_sweep(cfg, args.work_dir, rerun=args.rerun, progress=args.progress)
+            run_sweep(cfg, args.work_dir, rerun=args.rerun, progress=args.progress, command=command)
             from .report import write_report  # imported late: matplotlib/scikit-learn only when needed
 
             meta, docs = load_finished(args.work_dir)

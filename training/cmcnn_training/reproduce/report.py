@@ -458,12 +458,15 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         L.append(f"**PARTIAL REPORT: {len(done)} of {len(expected)} rows finished.** Missing rows: "
                  f"{', '.join(n for n in expected if n not in docs)}. Rerun the same command to resume.")
         L.append("")
+    sweep_command = meta.get("command") or command or "cmcnn-reproduce"
     L.append("Written by `cmcnn-reproduce` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-             + (f" after {sweep_seconds / 60:.0f} min" if sweep_seconds else "") + ". Command:")
+             + (f" after {sweep_seconds / 60:.0f} min" if sweep_seconds else "") + ". The sweep's command:")
     L.append("")
     L.append("```bash")
-    L.append(command or "cmcnn-reproduce")
+    L.append(sweep_command)
+    if command and command != sweep_command:
+        L.append(f"{command}   # this report")
     L.append("```")
     L.append("")
     n_subj = len(meta.get("subjects", []))
@@ -499,8 +502,9 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     claims = evaluate_claims(docs)
     L.append("## The paper's claims")
     L.append("")
-    L.append("Differences are ours minus, fold-paired: mean ± std over folds of (better row - worse row), "
-             "in accuracy points; the paper's difference is from its BU-3DFE P1 column.")
+    L.append("Each comparison is fold-paired: mean ± std over the folds of (row claimed better - row claimed "
+             "worse), in accuracy points on all intensities; the paper's difference is from its BU-3DFE P1 "
+             "column. \"within spread\": the mean difference is smaller than its std.")
     L.append("")
     rows = []
     for c in claims:

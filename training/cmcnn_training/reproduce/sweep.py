@@ -456,9 +456,11 @@ def check_work_dir(work: WorkDir, sweep: SweepConfig, data: SweepData, rows: Seq
                          f"--rerun {' '.join(stale)} to redo them, or use another --work-dir")
 
 
-def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (), progress: bool = True) \
-        -> Tuple[SweepData, List[Row], Dict[str, Dict[str, Any]], List[str]]:
+def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (), progress: bool = True,
+              command: str = "") -> Tuple[SweepData, List[Row], Dict[str, Dict[str, Any]], List[str]]:
     """Run (or resume) every row; returns the data, the rows, the finished row documents and skip notes.
+
+    ``command`` (the command line) is recorded in ``sweep.json`` for the report.
 
     Raises:
         SweepError / RowError: see :func:`prepare_data` and :func:`check_work_dir`.
@@ -478,7 +480,7 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
         work.forget(row)
     work.root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work.root / "sweep.json", {
-        "sweep": asdict(sweep), "rows": [r.name for r in rows], "skipped": skipped,
+        "command": command, "sweep": asdict(sweep), "rows": [r.name for r in rows], "skipped": skipped,
         "class_names": data.class_names, "samples": data.samples, "crops": len(data.crops),
         "crop_stats": data.crops.stats, "crop_cache": data.cache_path, "subjects": sorted(set(data.crops.subjects.tolist())),
         "folds_test_subjects": [sorted(set(data.crops.subjects[te].tolist())) for _, te in data.splits]})
