@@ -56,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="crop cache folder (default cache/crops)")
     p.add_argument("--work-dir", default="runs/reproduce", help="per-row results and checkpoints (default: %(default)s)")
     p.add_argument("--out", default="runs/reproduce/report", help="report folder (default: %(default)s)")
+    p.add_argument("--note", default="", help="free text about the data (e.g. how it was rendered), shown in the "
+                                               "report's protocol section")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished rows, train nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--log-level", default="INFO")
@@ -93,9 +95,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .report import write_report
 
             meta, docs = load_finished(args.work_dir)
-            path = write_report(args.out, args.work_dir, meta, docs, command=command)
+            path = write_report(args.out, args.work_dir, meta, docs, command=command, note=args.note)
         else:
-            run_sweep(cfg, args.work_dir, rerun=args.rerun, progress=args.progress, command=command)
+            run_sweep(cfg, args.work_dir, rerun=args.rerun, progress=args.progress, command=command,
+                      note=args.note)
             from .report import write_report  # imported late: matplotlib/scikit-learn only when needed
 
             meta, docs = load_finished(args.work_dir)

@@ -433,13 +433,21 @@ def _spearman(docs: Docs) -> Optional[Tuple[float, int]]:
     return float(rho), len(names)
 
 
+def _train_faces(docs: Docs, name: str) -> str:
+    d = _doc(docs, name)
+    return NOT_RUN if d is None else ", ".join(str(f["train_count"]) for f in d["folds"])
+
+
 def _fmt_diff(c: Dict[str, Any]) -> str:
     return NOT_RUN if c["diff"] is None else f"{c['diff']:+.1f} ± {c['std']:.1f}"
 
 
 def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], docs: Docs, command: str = "",
-                 sweep_seconds: Optional[float] = None) -> Path:
-    """Write ``OUT/report.md`` and its PNGs from the finished rows; returns the report path."""
+                 sweep_seconds: Optional[float] = None, note: str = "") -> Path:
+    """Write ``OUT/report.md`` and its PNGs from the finished rows; returns the report path.
+
+    ``note``: free text about the data (e.g. the command that rendered it), shown under the protocol.
+    """
     from ..metrics import plot_confusion_matrix
 
     out, work = Path(out), Path(work_dir)
@@ -461,7 +469,9 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     sweep_command = meta.get("command") or command or "cmcnn-reproduce"
     L.append("Written by `cmcnn-reproduce` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-             + (f" after {sweep_seconds / 60:.0f} min" if sweep_seconds else "") + ". The sweep's command:")
+             + (f" after {sweep_seconds / 60:.0f} min" if sweep_seconds else "")
+             + f"; training of the finished rows took {sum(d['train_seconds'] for d in docs.values()) / 60:.0f} min "
+               "in all. The sweep's command:")
     L.append("")
     L.append("```bash")
     L.append(sweep_command)
@@ -490,6 +500,7 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         f"{sweep['illum_train_max']:g} degrees elevation, tested on held-out subjects lit from at least "
         f"{sweep['illum_test_min']:g} degrees (light from above: shadows under brows and nose); the same "
         "model is also tested on held-out faces in its training range, and the claim is about the drop.",
+        *([f"- **Data note**: {note or meta.get('note')}"] if (note or meta.get("note")) else []),
         "- **Limits**: these are rendered faces (ICT-FaceKit), not people; the network is tiny and trained "
         "for minutes, so absolute accuracies are far below the paper's and differences of a few points are "
         "within the fold-to-fold spread with only "
@@ -574,8 +585,14 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         L.append("## Illumination shift")
         L.append("")
         rows = [[n.split(":", 1)[1], pm(fold_acc(docs, n, "in_range")), pm(fold_acc(docs, n, "test")),
-                 pm(illum_drop(docs, n))] for n in illum_rows]
-        L += _table(["row", "light as in training", "shifted light", "drop (points)"], rows)
+                 pm(illum_drop(docs, n)), _train_faces(docs, n)] for n in illum_rows]
+        L += _table(["row", "light as in training", "shifted light", "drop (points)", "training faces per fold"],
+                    rows)
+        L.append("")
+        L.append("These models train only on the faces of their light range, with the same number of epochs as "
+                 "the k-fold rows, so they see fewer gradient steps and reach lower accuracy than the rows above: "
+                 "compare the drop between the two test columns, not the level. A negative drop means the "
+                 "shifted light was no harder for that model.")
         L.append("")
         if illumination_figure(docs, out / "illumination.png"):
             L.append("![Illumination shift](illumination.png)")
@@ -602,7 +619,12 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
 
     L.append("## Fig. 7: t-SNE of the fused embedding f_v")
     L.append("")
-    scores = tsne_figure(docs, work, classes, out / "fig7_tsne.png")
+    from threadpoolctl import threadpool_limits
+
+    # The sweep's thread limit holds for t-SNE too: OpenMP threads spin-waiting on busy cores run it many
+    # times slower than one thread (measured here: minutes instead of seconds).
+    with threadpool_limits(limits=sweep.get("threads") or None):
+        scores = tsne_figure(docs, work, classes, out / "fig7_tsne.png")
     if scores:
         L.append("Silhouette score (higher = classes better separated; -1..1) of the standardised f_v of the "
                  "test faces of each fold, and of the last fold's 2-D t-SNE map shown. The paper: G+L+D+CMFN "
@@ -639,7 +661,7 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     for n in expected:
         d = docs.get(n)
         spec = resolve(n)
-        rows.append([n, "+".join(spec.modalities), spec.fusion, spec.loss,
+        rows.append([n, "+".join(spec.modalities), spec.fusion if len(spec.modalities) > 1 else "—", spec.loss,
                      f"{spec.gamma:g}" if spec.loss != "ce" else "—", f"{spec.sigma:g}" if spec.loss == "soft_focal" else "—",
                      spec.split, f"{d['train_seconds'] / 60:.1f}" if d else NOT_RUN])
     L += _table(["row", "inputs", "fusion", "loss", "gamma", "sigma", "split", "training (min)"], rows)

@@ -300,7 +300,7 @@ class Progress:
         elapsed = time.perf_counter() - self.t0
         if self.measured <= 0:
             return None
-        return (self.total - self.done) * elapsed / self.measured
+        return max(0.0, self.total - self.done) * elapsed / self.measured
 
     def eta_text(self) -> str:
         eta = self.eta_seconds()
@@ -457,7 +457,7 @@ def check_work_dir(work: WorkDir, sweep: SweepConfig, data: SweepData, rows: Seq
 
 
 def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (), progress: bool = True,
-              command: str = "") -> Tuple[SweepData, List[Row], Dict[str, Dict[str, Any]], List[str]]:
+              command: str = "", note: str = "") -> Tuple[SweepData, List[Row], Dict[str, Dict[str, Any]], List[str]]:
     """Run (or resume) every row; returns the data, the rows, the finished row documents and skip notes.
 
     ``command`` (the command line) is recorded in ``sweep.json`` for the report.
@@ -480,7 +480,7 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
         work.forget(row)
     work.root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work.root / "sweep.json", {
-        "command": command, "sweep": asdict(sweep), "rows": [r.name for r in rows], "skipped": skipped,
+        "command": command, "note": note, "sweep": asdict(sweep), "rows": [r.name for r in rows], "skipped": skipped,
         "class_names": data.class_names, "samples": data.samples, "crops": len(data.crops),
         "crop_stats": data.crops.stats, "crop_cache": data.cache_path, "subjects": sorted(set(data.crops.subjects.tolist())),
         "folds_test_subjects": [sorted(set(data.crops.subjects[te].tolist())) for _, te in data.splits]})
