@@ -24,6 +24,8 @@ ENTRY_POINTS = [
     "cmcnn-bag-evaluate = cmcnn_ros.tools.bag_evaluate:main",
     "cmcnn-bag-replay = cmcnn_ros.tools.bag_replay:main",
     "cmcnn-demo = cmcnn_ros.tools.demo:main",
+    "cmcnn-reproduce = cmcnn_training.reproduce.cli:main",
+    "cmcnn-explain = cmcnn_ros.tools.explain_cli:main",
     "fer_node = cmcnn_ros.ros.fer_node:main",
     "cmcnn-emotion-tree = cmcnn_ros.examples.emotion_tree_node:main",
 ]

@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -279,7 +279,8 @@ class FitResult:
 
 
 def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config: Any, params: Any,
-        cfg: TrainConfig, device: torch.device, seed: int, desc: str = "") -> FitResult:
+        cfg: TrainConfig, device: torch.device, seed: int, desc: str = "",
+        on_epoch: Optional[Callable[[str, int, int], None]] = None) -> FitResult:
     """Build a fresh CM-CNN and train it on ``rows``: FEN pre-training, then the whole network.
 
     Args:
@@ -292,16 +293,30 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
         device: torch device.
         seed: seed of this fit (initialisation, order, augmentation).
         desc: label for logs and progress bars.
+        on_epoch: called as ``on_epoch(stage, epoch, epochs)`` after every
+            epoch (``stage`` is ``"pretrain"`` or ``"train"``), for the
+            progress display of callers such as ``cmcnn-reproduce``.
     """
     from cmcnn_ros.model import cmcnn
+
+    from . import distributed
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model = cmcnn(model_config).to(device)
     loss_fn = _loss(cfg)
-    batches = CropBatches(crops, rows, label_index, model_config.modalities, cfg.batch_size, shuffle=True,
-                          seed=seed, augment=AugmentConfig(enabled=cfg.augment), depth_dropout=cfg.depth_dropout,
-                          preprocessing=params, drop_last=True)
+    batch_args = (crops, rows, label_index, model_config.modalities, cfg.batch_size)
+    batch_kwargs = dict(shuffle=True, seed=seed, augment=AugmentConfig(enabled=cfg.augment),
+                        depth_dropout=cfg.depth_dropout, preprocessing=params, drop_last=True)
+    job = distributed.current()
+    if job.enabled:
+        # torchrun: each rank trains on its shard of the fold's training rows; DDP averages the gradients.
+        batches = distributed.ShardedCropBatches(*batch_args, rank=job.rank, world_size=job.world_size,
+                                                 **batch_kwargs)
+        trained = distributed.DDPModel(model, device)
+    else:
+        batches = CropBatches(*batch_args, **batch_kwargs)
+        trained = model
 
     def run_stage(epochs: int, lr: float, mode: str, name: str) -> List[EpochStats]:
         if epochs <= 0:
@@ -310,13 +325,16 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
                                     weight_decay=cfg.weight_decay)
         scheduler = make_scheduler(optimizer, cfg, epochs)
         history: List[EpochStats] = []
-        bar = tqdm(range(1, epochs + 1), desc=f"{desc} {name}".strip(), disable=not cfg.progress, unit="ep")
+        bar = tqdm(range(1, epochs + 1), desc=f"{desc} {name}".strip(), disable=not cfg.progress or not job.is_main,
+                   unit="ep")
         log_every = max(1, epochs // 10)
         for epoch in bar:
-            stats = train_one_epoch(model, batches, loss_fn, optimizer, device, epoch, mode=mode,
+            stats = train_one_epoch(trained, batches, loss_fn, optimizer, device, epoch, mode=mode,
                                     progress=False)
             scheduler.step()
             history.append(stats)
+            if on_epoch is not None:
+                on_epoch("pretrain" if mode == "fens" else "train", epoch, epochs)
             bar.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.accuracy:.3f}")
             if epoch % log_every == 0 or epoch == epochs:
                 LOG.info("%s %s epoch %d/%d: loss %.4f, train acc %.3f%s, lr %.2g, %.1fs", desc, name, epoch,
@@ -412,6 +430,8 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
         ConfigError: invalid configuration.
         TrainingError: existing outputs without overwrite, empty splits, data problems.
     """
+    from . import distributed
+
     cfg.validate()
     t_start = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -420,7 +440,9 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    # Under torchrun: join the job (NCCL on GPUs, Gloo on CPU); rank 0 alone evaluates and writes outputs.
+    job, job_device = distributed.init_distributed(cfg.device)
+    device = job_device or resolve_device(cfg.device)
     params = build_preprocessing(cfg)
 
     dataset = load_training_dataset(cfg.dataset, cfg.root, cfg.dataset_options)
@@ -429,14 +451,20 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     LOG.info("dataset %s at %s: %d of %d samples, classes %s, device %s", cfg.dataset, cfg.root, len(keep),
              len(dataset), class_names, device)
     view = dataset if len(keep) == len(dataset) else dataset.subset(keep)
-    crops, cache = get_crops(view, params, model_config.modalities, cfg.cache_dir, box_mode=cfg.box_mode,
-                             workers=cfg.workers, progress=cfg.progress, name=cfg.dataset)
-    repeat = np.ones(len(crops), np.int64)
-    if cfg.mix:
-        mixed = load_mix_crops(parse_mix(cfg.mix), class_names, params, model_config.modalities,
-                               cfg.cache_dir, cfg.workers, cfg.progress)
-        crops, source = concat_crops([(cfg.dataset, crops)] + [(name, c) for name, c, _, _ in mixed])
-        repeat = np.array([1] + [r for _, _, _, r in mixed], np.int64)[source]
+    if job.enabled and not job.is_main:
+        distributed.barrier()  # rank 0 fills the crop cache first
+    try:
+        crops, cache = get_crops(view, params, model_config.modalities, cfg.cache_dir, box_mode=cfg.box_mode,
+                                 workers=cfg.workers, progress=cfg.progress and job.is_main, name=cfg.dataset)
+        repeat = np.ones(len(crops), np.int64)
+        if cfg.mix:
+            mixed = load_mix_crops(parse_mix(cfg.mix), class_names, params, model_config.modalities,
+                                   cfg.cache_dir, cfg.workers, cfg.progress and job.is_main)
+            crops, source = concat_crops([(cfg.dataset, crops)] + [(name, c) for name, c, _, _ in mixed])
+            repeat = np.array([1] + [r for _, _, _, r in mixed], np.int64)[source]
+    finally:
+        if job.enabled and job.is_main:
+            distributed.barrier()
     label_of = {c: i for i, c in enumerate(class_names)}
     label_index = np.array([label_of[canonical_name(l)] for l in crops.labels], dtype=np.int64)
     splits = [(np.repeat(tr, repeat[tr]), te) for tr, te in make_splits(crops.subjects, cfg)]
@@ -461,7 +489,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
             "pretrain_accuracy": result.pretrain_history[-1].per_head_accuracy if result.pretrain_history
             else None,
         }
-        if len(test_rows):
+        if len(test_rows) and job.is_main:
             pred = predict_rows(result.model, crops, test_rows, label_index, model_config.modalities,
                                 cfg.batch_size, device, cfg.progress)
             m = compute_metrics(pred.y_true, pred.y_pred, class_names, intensities=crops.intensities[test_rows])
@@ -469,7 +497,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
             record["metrics"] = m.to_dict()
             record["eval_seconds"] = pred.seconds
             LOG.info("%s: test accuracy %.4f on %d samples", name, m.accuracy, m.count)
-        if cfg.save_fold_checkpoints and len(splits) > 1:
+        if cfg.save_fold_checkpoints and len(splits) > 1 and job.is_main:
             save_model_checkpoint(out / f"fold_{k:02d}.pt", result.model, class_names, params,
                                   _metadata(cfg, record, class_names), overwrite=cfg.overwrite)
             result.model.to(device)
@@ -504,10 +532,14 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
         "preprocessing": params.to_dict(),
         "git_commit": git_commit(),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "device": str(device), "threads": torch.get_num_threads()},
+                        "device": str(device), "threads": torch.get_num_threads(),
+                        "world_size": job.world_size, "backend": job.backend},
         "timings": {"crops_seconds": cache.seconds, "total_seconds": None},
     }
     ckpt_path: Optional[Path] = None
+    if not job.is_main:
+        distributed.barrier()  # wait for rank 0's outputs, then leave together
+        return TrainingResult(output_dir=out, checkpoint=None, metrics_path=out / METRICS_NAME, metrics=metrics)
     out.mkdir(parents=True, exist_ok=True)
     if final_model is not None:
         ckpt_path = out / cfg.checkpoint_name
@@ -525,6 +557,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     metrics["timings"]["total_seconds"] = time.perf_counter() - t_start
     write_json_atomic(out / METRICS_NAME, metrics)
     LOG.info("metrics written: %s (%.1fs total)", out / METRICS_NAME, metrics["timings"]["total_seconds"])
+    distributed.barrier()
     return TrainingResult(output_dir=out, checkpoint=ckpt_path, metrics_path=out / METRICS_NAME,
                           metrics=metrics, fold_metrics=fold_metrics)
 
@@ -555,6 +588,8 @@ def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
         argv: command-line arguments (default ``sys.argv[1:]``) or an
             already parsed namespace from :func:`get_args_parser`.
     """
+    from . import distributed
+
     args = argv if isinstance(argv, argparse.Namespace) else get_args_parser().parse_args(argv)
     try:
         cfg = build_config(args)
@@ -570,6 +605,8 @@ def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
     except KeyboardInterrupt:
         LOG.error("interrupted; earlier outputs were left as they were")
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

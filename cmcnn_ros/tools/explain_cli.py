@@ -1,0 +1,164 @@
+"""``cmcnn-explain``: where did the network look? Grad-CAM of every face on every modality.
+
+What a user runs when the robot calls a face angry and they want to see why:
+for each face the pipeline detects (Section III-B), one row of the output
+image shows each input crop the model reads (grey, LBP, depth, ...) with the
+Grad-CAM map of the predicted class on that modality's FEN (Section IV-H,
+:mod:`cmcnn_ros.inference.gradcam`), and the class scores beside them.
+
+    cmcnn-explain photo.jpg --out why.png
+    cmcnn-explain colour.png --depth depth.png --checkpoint runs/x/checkpoint.pt --out why.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from .. import resources
+from ..atomic_io import write_bytes_atomic
+from ..model.checkpoint import CheckpointError
+from ..preprocessing.params import PreprocessingError
+from . import configure_logging
+from .recognize_cli import _read_image
+
+LOGGER = logging.getLogger("cmcnn-explain")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cmcnn-explain",
+        description="Grad-CAM of each detected face on each input modality, next to the model's scores; "
+                    "writes one PNG and prints one JSON object per face.")
+    p.add_argument("image", type=Path, help="colour or grey image (PNG, JPEG, ...)")
+    p.add_argument("--depth", type=Path, default=None,
+                   help="registered depth image: 16-bit PNG in millimetres or float32 .npy/.tiff in metres")
+    p.add_argument("--depth-scale", type=float, default=None,
+                   help="metres per depth unit (default 0.001 for 16-bit, 1.0 for float)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help=f"CM-CNN checkpoint (default: the shipped {resources.DEFAULT_MODEL})")
+    p.add_argument("--out", type=Path, required=True, help="output PNG")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def explain(colour: np.ndarray, depth: Optional[np.ndarray], checkpoint: Path, depth_scale: Optional[float] = None,
+            device: str = "cpu"):
+    """Faces, their crops, scores and Grad-CAM maps.
+
+    Returns:
+        ``(faces, x, probs, maps, class_names, modalities)``: the
+        :class:`FaceCrops` list, the model input ``(B, M, S, S)``, softmax
+        scores ``(B, K)`` and ``{modality: (B, S, S)}`` maps of the predicted class.
+    """
+    import torch
+
+    from ..inference.gradcam import grad_cam
+    from ..inference.recognizer import resolve_device
+    from ..model.checkpoint import load_checkpoint
+    from ..preprocessing.depth import depth_to_metres
+    from ..preprocessing.params import PreprocessingParams
+    from ..preprocessing.pipeline import FacePreprocessor
+
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    dev = resolve_device(device)
+    model = ckpt.model.to(dev).eval()
+    modalities = tuple(model.modalities)
+    pre = FacePreprocessor(PreprocessingParams.from_dict(ckpt.preprocessing), modalities=modalities)
+    depth_m = None
+    if depth is not None:
+        unit = depth_scale if depth_scale is not None else ("mm" if depth.dtype == np.uint16 else "m")
+        depth_m = depth_to_metres(depth, unit)
+    faces = pre.process(colour, depth_m)
+    if not faces:
+        return faces, None, None, {}, list(ckpt.class_names), modalities
+    x = torch.from_numpy(pre.to_tensor(faces)).to(dev)
+    maps = {}
+    probs = None
+    for m in modalities:
+        maps[m], probs = grad_cam(model, x, m)
+    return faces, x.cpu().numpy(), probs, maps, list(ckpt.class_names), modalities
+
+
+def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[str], modalities: Sequence[str]) -> bytes:
+    """PNG bytes: a row per face, a column per modality (crop under its map), and a score bar chart."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ..inference.gradcam import overlay
+
+    n, m = len(faces), len(modalities)
+    fig = Figure(figsize=(2.2 * (m + 1.6), 2.4 * n), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(n, m + 2)
+    for i, face in enumerate(faces):
+        k = int(np.argmax(probs[i]))
+        for j, mod in enumerate(modalities):
+            ax = fig.add_subplot(grid[i, j])
+            ax.imshow(overlay(x[i, j], maps[mod][i]), interpolation="bilinear")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            note = "" if mod != "depth" or face.depth_valid else " (no depth)"
+            ax.set_title(f"{mod}{note}", fontsize=9)
+            if j == 0:
+                bx = ", ".join(str(int(v)) for v in face.box)
+                ax.set_ylabel(f"face {i + 1}\n({bx})", fontsize=8)
+        ax = fig.add_subplot(grid[i, m:])
+        ypos = np.arange(len(class_names))
+        ax.barh(ypos, probs[i], color=["tab:red" if c == k else "tab:grey" for c in range(len(class_names))])
+        ax.set_yticks(ypos)
+        ax.set_yticklabels(class_names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{class_names[k]} {probs[i, k]:.2f}", fontsize=9)
+    fig.suptitle("Grad-CAM of the predicted class on each input (red = most used)", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def run(args: argparse.Namespace) -> List[dict]:
+    colour = _read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
+    if colour.dtype != np.uint8:
+        raise ValueError(f"image {args.image} has dtype {colour.dtype}; expected an 8-bit colour or grey image")
+    depth = _read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
+    checkpoint = args.checkpoint or resources.find_file(None, resources.DEFAULT_MODEL)
+    if checkpoint is None:
+        raise ValueError(f"no checkpoint given and the shipped {resources.DEFAULT_MODEL} is not installed; "
+                         "pass --checkpoint FILE")
+    faces, x, probs, maps, class_names, modalities = explain(colour, depth, Path(checkpoint), args.depth_scale,
+                                                             args.device)
+    if not faces:
+        raise ValueError(f"no face found in {args.image}; nothing to explain (try a larger, frontal face)")
+    write_bytes_atomic(args.out, render(faces, x, probs, maps, class_names, modalities))
+    return [{"box": [int(v) for v in f.box], "expression": class_names[int(np.argmax(p))],
+             "scores": {c: round(float(s), 4) for c, s in zip(class_names, p)}, "depth_valid": bool(f.depth_valid)}
+            for f, p in zip(faces, probs)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_logging(quiet_level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        faces = run(args)
+    except (ValueError, CheckpointError, PreprocessingError) as exc:
+        print(f"cmcnn-explain: error: {exc}", file=sys.stderr)
+        return 2
+    json.dump(faces, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
