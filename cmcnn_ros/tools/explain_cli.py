@@ -28,7 +28,7 @@ from ..atomic_io import write_bytes_atomic
 from ..model.checkpoint import CheckpointError
 from ..preprocessing.params import PreprocessingError
 from . import configure_logging
-from .recognize_cli import _read_image
+from .recognize_cli import add_image_arguments, read_image
 
 LOGGER = logging.getLogger("cmcnn-explain")
 
@@ -38,11 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="cmcnn-explain",
         description="Grad-CAM of each detected face on each input modality, next to the model's scores; "
                     "writes one PNG and prints one JSON object per face.")
-    p.add_argument("image", type=Path, help="colour or grey image (PNG, JPEG, ...)")
-    p.add_argument("--depth", type=Path, default=None,
-                   help="registered depth image: 16-bit PNG in millimetres or float32 .npy/.tiff in metres")
-    p.add_argument("--depth-scale", type=float, default=None,
-                   help="metres per depth unit (default 0.001 for 16-bit, 1.0 for float)")
+    add_image_arguments(p)
     p.add_argument("--checkpoint", type=Path, default=None,
                    help=f"CM-CNN checkpoint (default: the shipped {resources.DEFAULT_MODEL})")
     p.add_argument("--out", type=Path, required=True, help="output PNG")
@@ -129,10 +125,10 @@ def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[
 
 
 def run(args: argparse.Namespace) -> List[dict]:
-    colour = _read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
+    colour = read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
     if colour.dtype != np.uint8:
         raise ValueError(f"image {args.image} has dtype {colour.dtype}; expected an 8-bit colour or grey image")
-    depth = _read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
+    depth = read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
     checkpoint = args.checkpoint or resources.find_file(None, resources.DEFAULT_MODEL)
     if checkpoint is None:
         raise ValueError(f"no checkpoint given and the shipped {resources.DEFAULT_MODEL} is not installed; "

@@ -33,17 +33,22 @@ LOGGER = logging.getLogger("cmcnn-recognize")
 
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cmcnn-recognize",
-        description="Recognise facial expressions in an image (and its registered depth image); "
-                    "prints one JSON object per face.")
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image, ``--depth`` and ``--depth-scale`` arguments of the single-image tools."""
     parser.add_argument("image", type=Path, help="colour or grey image (PNG, JPEG, ...)")
     parser.add_argument("--depth", type=Path, default=None,
                         help="registered depth image: 16-bit PNG in millimetres (Kinect 16UC1) "
                              "or a float32 .npy/.tiff in metres")
     parser.add_argument("--depth-scale", type=float, default=None,
                         help="metres per depth unit (default 0.001 for 16-bit, 1.0 for float)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmcnn-recognize",
+        description="Recognise facial expressions in an image (and its registered depth image); "
+                    "prints one JSON object per face.")
+    add_image_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"CM-CNN checkpoint (default: the shipped {resources.DEFAULT_MODEL} when present); "
                              "without one only detection and alignment run")
@@ -54,7 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_image(path: Path, flags: int, what: str) -> np.ndarray:
+def read_image(path: Path, flags: int, what: str) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist")
     if path.suffix.lower() == ".npy":
@@ -89,10 +94,10 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
 
 def run(args: argparse.Namespace) -> List[dict]:
     """Process one image and return the per-face dicts (what ``main`` prints)."""
-    colour = _read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
+    colour = read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
     if colour.dtype != np.uint8:
         raise ValueError(f"image {args.image} has dtype {colour.dtype}; expected an 8-bit colour or grey image")
-    depth = _read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
+    depth = read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
 
     checkpoint = args.checkpoint
     if checkpoint is None and not args.no_model:
