@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open
+from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams
 from cmcnn_ros.preprocessing.params import HAAR_PAPER
@@ -49,14 +50,6 @@ LOG = logging.getLogger("bench_detection")
 
 TARGET = {"yaw": 30.0, "roll": 25.0, "distance": 2.5}
 MATCH_IOU = 0.4
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 def read_sweep(root: Path) -> List[Dict[str, Any]]:
@@ -138,9 +131,9 @@ def evaluate(name: str, params: PreprocessingParams, frames: List[Dict[str, Any]
             false_faces += len(faces)
             continue
         gt = [float(v) for v in fr["box"]]
-        best = max(faces, key=lambda f: _iou(f.box, gt), default=None)
-        iou = _iou(best.box, gt) if best is not None else 0.0
-        found = iou >= MATCH_IOU
+        best = max(faces, key=lambda f: iou(f.box, gt), default=None)
+        overlap = iou(best.box, gt) if best is not None else 0.0
+        found = overlap >= MATCH_IOU
         eye_err = float("nan")
         if found and best.eyes is not None:
             (gl, gr) = fr["eyes"]
@@ -150,7 +143,7 @@ def evaluate(name: str, params: PreprocessingParams, frames: List[Dict[str, Any]
             eye_err = err / iod if iod > 0 else float("nan")
         yaw, pitch, roll = (float(v) for v in fr["pose"])
         rows.append({"yaw": yaw, "pitch": pitch, "roll": roll, "distance": float(fr["distance"]),
-                     "found": bool(found), "iou": iou, "eye_error": eye_err,
+                     "found": bool(found), "iou": overlap, "eye_error": eye_err,
                      "method": best.alignment if found else "missed",
                      "extra_faces": max(0, len(faces) - (1 if found else 0))})
     photo_faces = {k: len(pre.process(im)) for k, im in extra.items()}

@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..boxes import iou
+
 
 #: Frames between full-frame detections on video: the node's ``redetect_interval``
 #: default, which the bag evaluator shares so offline figures measure what the node
@@ -29,17 +31,6 @@ Box = Tuple[int, int, int, int]
 
 class TrackingError(ValueError):
     """Bad tracker parameters or inputs."""
-
-
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes (0 when disjoint)."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass

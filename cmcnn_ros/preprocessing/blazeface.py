@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..boxes import iou
 from .detection import Box, FaceDetection, check_image, size_filter
 from .params import PreprocessingError, PreprocessingParams
 from .tflite import TFLiteModel
@@ -159,8 +160,18 @@ class BlazeFaceDetector:
         Raises:
             PreprocessingError: bad image, roi or size_range.
         """
-        rgb = check_image(image)
+        return self.detect_rgb(check_image(image), roi, size_range)
+
+    def detect_rgb(self, rgb: np.ndarray, roi: Optional[Box] = None,
+                   size_range: Optional[Tuple[float, float]] = None) -> List[FaceDetection]:
+        """:meth:`detect` on a frame already converted to RGB ``uint8`` HxWx3 (the pipeline's own copy)."""
         if roi is not None:
+            try:
+                roi = tuple(float(v) for v in roi)  # type: ignore[assignment]
+            except (TypeError, ValueError) as exc:
+                raise PreprocessingError(f"roi must be (x, y, w, h) with w, h > 0, got {roi!r}") from exc
+            if len(roi) != 4 or roi[2] <= 0 or roi[3] <= 0:
+                raise PreprocessingError(f"roi must be (x, y, w, h) with w, h > 0, got {roi!r}")
             return self._detect(rgb, roi, size_range)
         dets = self._detect(rgb, None, size_range)
         for tile in self.tiles(rgb.shape[:2]):
@@ -168,19 +179,13 @@ class BlazeFaceDetector:
         dets.sort(key=lambda d: -d.score)
         kept: List[FaceDetection] = []
         for d in dets:
-            if all(_box_iou(d.box, k.box) <= self.params.blazeface_nms_iou for k in kept):
+            if all(iou(d.box, k.box) <= self.params.blazeface_nms_iou for k in kept):
                 kept.append(d)
         return kept
 
     def _detect(self, rgb: np.ndarray, roi: Optional[Box],
                 size_range: Optional[Tuple[float, float]]) -> List[FaceDetection]:
         h_img, w_img = rgb.shape[:2]
-        if roi is not None:
-            try:
-                roi = tuple(float(v) for v in roi)  # type: ignore[assignment]
-                assert len(roi) == 4 and roi[2] > 0 and roi[3] > 0
-            except (TypeError, ValueError, AssertionError) as exc:
-                raise PreprocessingError(f"roi must be (x, y, w, h) with w, h > 0, got {roi!r}") from exc
         m = self._input_transform((h_img, w_img), roi)  # type: ignore[arg-type]
         if m[0, 0] < 0.5:
             # warpAffine has no area filter: a large shrink aliases, so resize with INTER_AREA.
@@ -222,14 +227,6 @@ class BlazeFaceDetector:
             dets.append(FaceDetection(box=clipped, score=score, keypoints=kp_frame.astype(np.float32),
                                       detector_box=(float(x0), float(y0), float(x1 - x0), float(y1 - y0))))
         return dets
-
-
-def _box_iou(a: Box, b: Box) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
