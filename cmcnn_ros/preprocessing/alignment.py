@@ -33,7 +33,9 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 
+from .blazeface import detector_roll
 from .detection import Box, FaceDetection, load_cascade
+from .facemesh import FaceMeshModel, Region
 from .params import PreprocessingParams
 
 LOGGER = logging.getLogger(__name__)
@@ -333,8 +335,6 @@ class LandmarkAligner:
     """
 
     def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
-        from .facemesh import FaceMeshModel
-
         self.params = params or PreprocessingParams()
         self.mesh = FaceMeshModel(self.params) if self.params.align else None
 
@@ -346,9 +346,6 @@ class LandmarkAligner:
             box: the face box ``(x, y, w, h)`` (whole-face framing).
             detection: the BlazeFace detection of ``box``, when it came from the detector.
         """
-        from .blazeface import detector_roll
-        from .facemesh import Region
-
         p = self.params
         key_roll = None
         if detection is not None and detection.keypoints is not None:

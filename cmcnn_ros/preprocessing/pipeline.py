@@ -220,8 +220,12 @@ class FacePreprocessor:
         t0 = self._clock()
         found: List[Optional[FaceDetection]]
         if boxes is None:
-            found = list(detections) if detections is not None else \
-                list(self.detector.detect(colour if rgb is not None else grey))
+            if detections is not None:
+                found = list(detections)
+            elif rgb is not None:  # BlazeFace: reuse the RGB copy the aligner needs too
+                found = list(self.detector.detect_rgb(rgb))
+            else:
+                found = list(self.detector.detect(grey))
             face_boxes = [d.box for d in found]  # type: ignore[union-attr]
         else:
             face_boxes = _check_boxes(boxes, grey.shape)
