@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from .. import resources
@@ -28,7 +27,7 @@ from ..atomic_io import write_bytes_atomic
 from ..model.checkpoint import CheckpointError
 from ..preprocessing.params import PreprocessingError
 from . import configure_logging
-from .recognize_cli import add_image_arguments, read_image
+from .recognize_cli import add_image_arguments, read_inputs
 
 LOGGER = logging.getLogger("cmcnn-explain")
 
@@ -125,10 +124,7 @@ def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[
 
 
 def run(args: argparse.Namespace) -> List[dict]:
-    colour = read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
-    if colour.dtype != np.uint8:
-        raise ValueError(f"image {args.image} has dtype {colour.dtype}; expected an 8-bit colour or grey image")
-    depth = read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
+    colour, depth = read_inputs(args)
     checkpoint = args.checkpoint or resources.find_file(None, resources.DEFAULT_MODEL)
     if checkpoint is None:
         raise ValueError(f"no checkpoint given and the shipped {resources.DEFAULT_MODEL} is not installed; "

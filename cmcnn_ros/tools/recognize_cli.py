@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -43,6 +43,19 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metres per depth unit (default 0.001 for 16-bit, 1.0 for float)")
 
 
+def read_inputs(args: argparse.Namespace) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """The colour image and the optional depth image named by :func:`add_image_arguments`' arguments.
+
+    Raises:
+        ValueError: unreadable files or a colour image that is not 8-bit.
+    """
+    colour = _read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
+    if colour.dtype != np.uint8:
+        raise ValueError(f"image {args.image} has dtype {colour.dtype}; expected an 8-bit colour or grey image")
+    depth = _read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
+    return colour, depth
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmcnn-recognize",
@@ -59,7 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_image(path: Path, flags: int, what: str) -> np.ndarray:
+def _read_image(path: Path, flags: int, what: str) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{what} {path} does not exist")
     if path.suffix.lower() == ".npy":
@@ -94,10 +107,7 @@ def _write_png_atomic(path: Path, image: np.ndarray) -> None:
 
 def run(args: argparse.Namespace) -> List[dict]:
     """Process one image and return the per-face dicts (what ``main`` prints)."""
-    colour = read_image(args.image, cv2.IMREAD_UNCHANGED, "image")
-    if colour.dtype != np.uint8:
-        raise ValueError(f"image {args.image} has dtype {colour.dtype}; expected an 8-bit colour or grey image")
-    depth = read_image(args.depth, cv2.IMREAD_UNCHANGED, "depth image") if args.depth else None
+    colour, depth = read_inputs(args)
 
     checkpoint = args.checkpoint
     if checkpoint is None and not args.no_model:
