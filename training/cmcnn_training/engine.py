@@ -144,8 +144,6 @@ class CropBatches:
 
     def _augment_from_grey(self, x: np.ndarray, row: int) -> np.ndarray:
         """Geometry and resolution on the cached uint8 grey (and depth); texture recomputed from it."""
-        from cmcnn_ros.preprocessing import texture
-
         a, rng, mods = self.augment, self.rng, self.modalities
         g = self.crops.images["grey"][row].astype(np.float32)
         d = x[mods.index("depth")].copy() if "depth" in mods else None
@@ -176,43 +174,32 @@ class CropBatches:
                 out[i] = np.clip(v + rng.uniform(-a.brightness, a.brightness), 0.0, 1.0)
             elif m_name == "depth":
                 out[i] = d
-            elif m_name == "lbp":
-                out[i] = np.rint(texture.lbp_image(g8, self.params) * 255.0) / 255.0
-            elif m_name == "hog":
-                out[i] = np.rint(texture.hog_image(g8, self.params) * 255.0) / 255.0
-            elif m_name == "gabor":
-                if self._gabor is None:
-                    self._gabor = texture.GaborBank(self.params)
-                out[i] = np.rint(self._gabor.magnitude(g8) * 255.0) / 255.0
+            elif m_name in TEXTURE_DERIVED:
+                out[i] = self._texture(m_name, g8)
             else:
                 out[i] = x[i]
         return out
 
-    def _recompute_texture(self, x: np.ndarray, row: int) -> None:
-        derived = [m for m in self.modalities if m in TEXTURE_DERIVED]
-        if not derived:
-            return
+    def _texture(self, name: str, grey: np.ndarray) -> np.ndarray:
+        """A texture modality of a uint8 grey crop, quantised like the crop cache (uint8 / 255)."""
         from cmcnn_ros.preprocessing import texture
 
-        # The cached texture crops were computed from the uint8 grey crop; use
-        # the same uint8 crop (flipped) so the recomputed codes are exact.
-        grey = np.ascontiguousarray(self.crops.images["grey"][row][:, ::-1]) if "grey" in self.crops.images \
-            else None
-        if grey is None:
+        if name == "lbp":
+            img = texture.lbp_image(grey, self.params)
+        elif name == "hog":
+            img = texture.hog_image(grey, self.params)
+        else:
+            if self._gabor is None:
+                self._gabor = texture.GaborBank(self.params)
+            img = self._gabor.magnitude(grey)
+        # Same uint8 quantisation as the cache, so augmented and plain samples look alike.
+        return np.rint(img * 255.0) / 255.0
+
+    def _recompute_texture(self, x: np.ndarray, row: int) -> None:
+        # Reached only for crop sets without a grey crop (those with one take
+        # _augment_from_grey): a flipped texture code cannot be recomputed there.
+        if any(m in TEXTURE_DERIVED for m in self.modalities):
             raise ValueError("flip augmentation of texture modalities needs the grey crop in the crop set")
-        for m in derived:
-            i = self.modalities.index(m)
-            if m == "lbp":
-                x[i] = texture.lbp_image(grey, self.params)
-            elif m == "hog":
-                x[i] = texture.hog_image(grey, self.params)
-            else:
-                if self._gabor is None:
-                    self._gabor = texture.GaborBank(self.params)
-                x[i] = self._gabor.magnitude(grey)
-            # Same uint8 quantisation as the cache, so flipped and unflipped
-            # samples look alike to the network.
-            x[i] = np.rint(x[i] * 255.0) / 255.0
 
 
 # ---------------------------------------------------------------------------
