@@ -159,7 +159,7 @@ class EvaluationResult:
 def dataset_has_face_crops(ds: Any) -> bool:
     """Whether a dataset's samples are face crops with given boxes (FER2013, ``crops=True`` folders)."""
     parent = getattr(ds, "parent", ds)
-    return type(parent).__name__ == "Fer2013Dataset" or bool(getattr(parent, "crops", False))
+    return bool(getattr(parent, "crops", False))
 
 
 def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,

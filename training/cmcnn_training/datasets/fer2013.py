@@ -51,6 +51,8 @@ class Fer2013Dataset(RecordDataset):
     """
 
     name = "fer2013"
+    #: Every sample is a face crop with its box given (as ImageFolderDataset(crops=True)).
+    crops = True
 
     def __init__(self, root: Union[str, Path], usage: Union[str, Sequence[str]] = "Training",
                  classes: Optional[Iterable[str]] = None, on_error: str = "raise") -> None:
