@@ -27,19 +27,13 @@ from typing import Dict, List, Sequence
 import cv2
 import numpy as np
 
+from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_ros.synthetic.generate import RenderOptions, generate_dataset, plan_jobs, render_job
 from cmcnn_ros.synthetic.render import CameraSpec
 from cmcnn_ros.synthetic.scene import PoseRange
 
 LOG = logging.getLogger("bench_synthetic")
-
-
-def _iou(a: Sequence[int], b: Sequence[int]) -> float:
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / float(a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def haar_rate(frames: int, poses: PoseRange, seed: int = 0) -> Dict[str, float]:
@@ -53,7 +47,7 @@ def haar_rate(frames: int, poses: PoseRange, seed: int = 0) -> Dict[str, float]:
     for job in jobs:
         frame = render_job(job, options)
         dets = cascade.detectMultiScale(cv2.cvtColor(frame.colour, cv2.COLOR_BGR2GRAY), 1.1, 5)
-        best = max((_iou(frame.faces[0].box, d) for d in dets), default=0.0)
+        best = max((iou(frame.faces[0].box, d) for d in dets), default=0.0)
         ok = best > 0.3
         hits += ok
         per_class[job.label][0] += ok

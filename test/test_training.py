@@ -172,9 +172,10 @@ def test_bad_inputs_give_clear_errors(kinect_root, tmp_path, caplog):
 def test_select_face_prefers_the_annotated_face_and_reports_fallbacks():
     from types import SimpleNamespace as F
 
-    from cmcnn_training.crops import box_iou, select_face
+    from cmcnn_ros.boxes import iou
+    from cmcnn_training.crops import select_face
 
-    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
     near, far = F(box=(100, 100, 80, 80)), F(box=(400, 100, 120, 120))
     assert select_face([far, near], (105, 98, 80, 84)) == (near, "detector")
     assert select_face([far], (105, 98, 80, 84)) == (None, "gt_wrong_face")

@@ -41,6 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open
+from cmcnn_ros.boxes import iou
 
 LOG = logging.getLogger(__name__)
 
@@ -215,17 +216,6 @@ def cache_key(dataset: Any, params: Any, modalities: Sequence[str], box_mode: st
 # Extraction
 # ---------------------------------------------------------------------------
 
-def box_iou(a: BoxT, b: BoxT) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes."""
-    ax, ay, aw, ah = (float(v) for v in a)
-    bx, by, bw, bh = (float(v) for v in b)
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
-
-
 @dataclass
 class _Extracted:
     index: int
@@ -250,8 +240,8 @@ def select_face(faces: Sequence[Any], gt_box: Optional[BoxT]) -> Tuple[Optional[
         return None, "gt_no_face" if gt_box is not None else "no_face"
     if gt_box is None:
         return max(faces, key=lambda f: int(f.box[2]) * int(f.box[3])), "detector"
-    best = max(faces, key=lambda f: box_iou(f.box, gt_box))
-    if box_iou(best.box, gt_box) < MIN_GT_IOU:
+    best = max(faces, key=lambda f: iou(f.box, gt_box))
+    if iou(best.box, gt_box) < MIN_GT_IOU:
         return None, "gt_wrong_face"
     return best, "detector"
 
