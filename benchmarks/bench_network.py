@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -48,7 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
+from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
 from cmcnn_ros.model import CMCNN, cmcnn, preset_config  # noqa: E402
 
 LOGGER = logging.getLogger("bench_network")
@@ -157,11 +156,6 @@ def format_table(result: Dict[str, object]) -> str:
         lines.append(f"{r['config']:<16}{r['params']:>10,}{r['batch']:>6}  {r['variant']:<9}"
                      f"{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{ratio}")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: str, data: Dict[str, object]) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -33,7 +32,7 @@ from skimage import data
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
+from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams, to_grey  # noqa: E402
 
 LOGGER = logging.getLogger("bench_preprocessing")
@@ -133,11 +132,6 @@ def run_case(pre: FacePreprocessor, colour: np.ndarray, depth: np.ndarray, runs:
         "depth_valid": sum(f.depth_valid for f in faces),
         "stages_ms": {k: percentiles(v) for k, v in samples.items()},
     }
-
-
-def write_json_atomic(path: str, payload: Dict[str, object]) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def main(argv: Sequence[str] = None) -> int:

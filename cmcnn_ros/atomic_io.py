@@ -8,10 +8,14 @@ in the destination folder, ``fsync`` and ``os.replace``.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Any, Iterator, Optional, Union
+
+import numpy as np
 
 PathLike = Union[str, os.PathLike]
 
@@ -54,3 +58,35 @@ def write_bytes_atomic(path: PathLike, data: bytes, file_mode: Optional[int] = N
 def write_text_atomic(path: PathLike, text: str, file_mode: Optional[int] = None) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     write_bytes_atomic(path, text.encode("utf-8"), file_mode=file_mode)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Replace NaN/inf floats by None so the JSON is strict (json.loads-able anywhere)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> None:
+    """Serialise ``obj`` as indented strict JSON (NaN -> null) and write it atomically."""
+    # Round-trip through default= first so numpy values become Python floats,
+    # then map non-finite floats to None.
+    plain = json.loads(json.dumps(obj, default=_json_default, allow_nan=True))
+    text = json.dumps(_finite_or_none(plain), indent=2, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode("utf-8"))

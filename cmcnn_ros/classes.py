@@ -75,3 +75,20 @@ def valence_arousal(scores: Sequence[float], class_names: Sequence[str]) -> Tupl
     points = np.array([CIRCUMPLEX.get(c, (0.0, 0.0)) for c in class_names], dtype=np.float64)
     v, a = (p[:, None] * points).sum(axis=0) / total
     return float(np.clip(v, -1, 1)), float(np.clip(a, -1, 1))
+
+
+def describe_scores(scores: Sequence[float], class_names: Sequence[str]) -> Tuple[str, float, float, float]:
+    """``(expression, confidence, valence, arousal)`` of one face's class scores.
+
+    The one place the top class, its probability and the circumplex point are
+    read off a score vector: the recognizer applies it to the network's
+    scores, the stream again after smoothing, so what the node publishes and
+    what the offline tools score are derived the same way. An empty vector
+    gives ``("", 0.0, 0.0, 0.0)``.
+    """
+    p = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if p.size == 0:
+        return "", 0.0, 0.0, 0.0
+    top = int(np.argmax(p))
+    valence, arousal = valence_arousal(p, class_names)
+    return str(class_names[top]), float(p[top]), valence, arousal

@@ -197,10 +197,11 @@ def test_synthetic_bag_labels_and_determinism(synthetic_bag):
 
 def test_evaluator_counts_and_confusion(synthetic_bag, random_checkpoint, tmp_path):
     from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.inference.stream import ExpressionStream
     from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag, format_report, write_outputs
 
     path, summary = synthetic_bag
-    rec = Recognizer.from_checkpoint(random_checkpoint, device="cpu")
+    rec = ExpressionStream(Recognizer.from_checkpoint(random_checkpoint, device="cpu"))
     report, board = evaluate_bag(path, rec, EvaluateOptions(gt_boxes=True, progress=False))
     gt = round(summary.faces_per_frame * summary.frames)
     assert report.frames == report.frames_labelled == 4
@@ -230,12 +231,13 @@ def test_evaluator_counts_and_confusion(synthetic_bag, random_checkpoint, tmp_pa
 
 def test_evaluator_without_labels(random_checkpoint, tmp_path):
     from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.inference.stream import ExpressionStream
     from cmcnn_ros.tools import bag_evaluate
     from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, EvaluationError, evaluate_bag
 
     path = tmp_path / "k2"
     _write_foreign_bag(path)
-    rec = Recognizer.from_checkpoint(random_checkpoint, device="cpu")
+    rec = ExpressionStream(Recognizer.from_checkpoint(random_checkpoint, device="cpu"))
     report, _ = evaluate_bag(path, rec, EvaluateOptions(progress=False, slop_s=0.01))
     assert report.frames == 5 and not report.has_labels and report.gt_faces == 0
     assert report.extra["frames_with_depth"] == 5
@@ -247,11 +249,12 @@ def test_evaluator_without_labels(random_checkpoint, tmp_path):
 
 def test_default_weights_beat_chance(tmp_path):
     from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.inference.stream import ExpressionStream
     from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag
 
     path = tmp_path / "eval_bag"
     write_synthetic_bag(path, duration_s=3.0, fps=4.0, num_faces=3, seed=11)
-    rec = Recognizer.from_checkpoint(DEFAULT_WEIGHTS, device="cpu")
+    rec = ExpressionStream(Recognizer.from_checkpoint(DEFAULT_WEIGHTS, device="cpu"))
     report, _ = evaluate_bag(path, rec, EvaluateOptions(gt_boxes=True, progress=False))
     chance = 1.0 / len(report.class_names)
     assert report.matched >= 20
@@ -356,11 +359,12 @@ def _write_lagged_bag(path: Path, n: int = 12, lag_ms=(25, 35)) -> None:
 def test_evaluator_pairs_a_lagging_depth_like_the_node(random_checkpoint, tmp_path):
     """Depth 25-35 ms behind colour: the node's sync_slop (0.05 s) pairs every frame, so must the evaluator."""
     from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.inference.stream import ExpressionStream
     from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag
 
     path = tmp_path / "lagged"
     _write_lagged_bag(path)
-    rec = Recognizer.from_checkpoint(random_checkpoint, device="cpu")
+    rec = ExpressionStream(Recognizer.from_checkpoint(random_checkpoint, device="cpu"))
     report, _ = evaluate_bag(path, rec, EvaluateOptions(gt_boxes=True, progress=False))
     assert report.frames == report.frames_labelled == 12
     assert report.extra["frames_with_depth"] == 12 and report.gt_faces == 12
@@ -397,6 +401,7 @@ def _mcap_only_copy(bag: Path, dest: Path) -> Path:
 
 def test_mcap_folder_without_metadata_opens_and_evaluates(small_bag, random_checkpoint, tmp_path):
     from cmcnn_ros.inference.recognizer import Recognizer
+    from cmcnn_ros.inference.stream import ExpressionStream
     from cmcnn_ros.tools.bag_evaluate import EvaluateOptions, evaluate_bag
 
     path, frames = small_bag
@@ -409,7 +414,7 @@ def test_mcap_folder_without_metadata_opens_and_evaluates(small_bag, random_chec
         pairs = list(iter_frame_pairs(reader, topics, labels=read_labels(reader, topics.labels)))
     assert [p.stamp_ns for p in pairs] == [f[0] for f in frames]
     np.testing.assert_array_equal(decode_pair(pairs[3])[0], frames[3][1])
-    rec = Recognizer.from_checkpoint(random_checkpoint, device="cpu")
+    rec = ExpressionStream(Recognizer.from_checkpoint(random_checkpoint, device="cpu"))
     report, _ = evaluate_bag(bare, rec, EvaluateOptions(gt_boxes=True, progress=False))
     assert report.frames == report.frames_labelled == 10
     assert not (bare / "metadata.yaml").exists()   # the user's folder is left as it was

@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from cmcnn_ros.atomic_io import write_json_atomic
+from cmcnn_ros.plots import PlotError, plot_confusion_matrix
 from cmcnn_training.metrics import (MetricsError, band_labels, compute_metrics, confusion_matrix,
-                                    per_class_accuracy, plot_confusion_matrix, summarise_folds,
-                                    write_json_atomic)
+                                    per_class_accuracy, summarise_folds)
 
 CLASSES = ["angry", "happy", "sad"]
 # true:  a a a h h s s s s
@@ -95,5 +96,5 @@ def test_json_and_png_written_atomically(tmp_path):
     png = tmp_path / "cm.png"
     plot_confusion_matrix(confusion_matrix(Y_TRUE, Y_PRED, 3), CLASSES, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(MetricsError):
+    with pytest.raises(PlotError):
         plot_confusion_matrix(np.zeros((2, 2)), CLASSES, png)

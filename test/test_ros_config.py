@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("fqn", ["/fer_node", "/robot1/fer_node", "/lab/robot1/fer_node"])
 def test_yaml_mirrors_declared_parameters(fqn):
     """config/fer.yaml, read the way rcl reads it, gives the node its declared defaults under any namespace."""
-    from cmcnn_ros.ros.fer_node import PARAMETERS
+    from cmcnn_ros.ros.parameters import PARAMETERS
     from cmcnn_ros.ros.params_file import load_params_file, sections_for_node
 
     sections = sections_for_node(load_params_file(ROOT / "config" / "fer.yaml"), fqn)
@@ -67,23 +67,23 @@ def test_launch_passes_autostart_false_and_used_arguments():
 
 @pytest.mark.parametrize("value", ["", "models/cmcnn_default.pt"])
 def test_missing_default_model_is_a_clear_error(value, tmp_path, monkeypatch):
-    from cmcnn_ros.ros.fer_node import FerConfigError, resolve_model_path
+    from cmcnn_ros.ros.parameters import FerConfigError, model_file
 
     if (ROOT / "models" / "cmcnn_default.pt").exists():
-        assert resolve_model_path(value) == ROOT / "models" / "cmcnn_default.pt"
+        assert model_file(value) == ROOT / "models" / "cmcnn_default.pt"
     else:
         with pytest.raises(FerConfigError, match="set the parameter model_path"):
-            resolve_model_path(value)
+            model_file(value)
 
 
 def test_absolute_model_path(tmp_path):
-    from cmcnn_ros.ros.fer_node import FerConfigError, resolve_model_path
+    from cmcnn_ros.ros.parameters import FerConfigError, model_file
 
     f = tmp_path / "m.pt"
     with pytest.raises(FerConfigError, match=str(f)):
-        resolve_model_path(str(f))
+        model_file(str(f))
     f.write_bytes(b"x")
-    assert resolve_model_path(str(f)) == f
+    assert model_file(str(f)) == f
 
 
 @pytest.mark.parametrize("key", ["fer_node", "/fer_node", "/**/fer_node", "/**", "/*/fer_node",
@@ -130,7 +130,7 @@ def test_params_file_errors_name_file_and_line(tmp_path):
 
 def test_numeric_parameters_have_range_descriptors():
     """Ranges live in the descriptors, so `ros2 param set` is refused like a start-up value."""
-    from cmcnn_ros.ros.fer_node import PARAMETERS, parameter_problem
+    from cmcnn_ros.ros.parameters import PARAMETERS, parameter_problem
 
     for name, (default, _, extra) in PARAMETERS.items():
         if type(default) in (int, float):

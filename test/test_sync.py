@@ -207,13 +207,13 @@ def test_sync_defaults_shared_by_node_and_bag_tools():
     import inspect
 
     from cmcnn_ros.ros import sync
-    from cmcnn_ros.ros.fer_node import PARAMETERS
+    from cmcnn_ros.ros.parameters import PARAMETERS
     from cmcnn_ros.tools import bag_evaluate, bag_io
 
     assert PARAMETERS["sync_slop"][0] == sync.DEFAULT_SLOP_S == 0.05
     assert PARAMETERS["sync_queue_size"][0] == sync.DEFAULT_QUEUE_SIZE
     assert bag_evaluate.EvaluateOptions().slop_s == sync.DEFAULT_SLOP_S
-    assert bag_evaluate.build_parser().parse_args(["x"]).slop == sync.DEFAULT_SLOP_S
+    assert bag_evaluate.get_args_parser().parse_args(["x"]).slop == sync.DEFAULT_SLOP_S
     params = inspect.signature(bag_io.iter_frame_pairs).parameters
     assert params["slop_s"].default == sync.DEFAULT_SLOP_S
     assert params["queue_size"].default == sync.DEFAULT_QUEUE_SIZE

@@ -39,6 +39,7 @@ import py_trees
 
 from cmcnn_ros.examples.emotion_tree import (BadEmotions, Inbox, Request, TreeSettings, TreeSettingsError,
                                              build_tree, observations_from_message)
+from cmcnn_ros.ros.sync import ros_stamp_ns
 
 NODE_NAME = "emotion_tree"
 
@@ -167,7 +168,7 @@ class EmotionTreeNode(Node):
         try:
             faces = observations_from_message(msg)
         except BadEmotions as exc:
-            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec / 1e9
+            stamp = ros_stamp_ns(msg) / 1e9
             # One log line per kind of problem and period (numbers and names ignored).
             self._warn_throttled(f"skipping EmotionArray (stamp {stamp:.3f}) on {self._emotions_topic}: {exc}",
                                  re.sub(r"'[^']*'|[\d.]+", "#", str(exc))[:80])

@@ -1,8 +1,11 @@
-"""Inference: the Recognizer (frame pair -> per-face expressions) and face tracking.
+"""Inference: the Recognizer (frame -> per-face expressions), face tracking, and
+the stream (Recognizer + tracker + smoothing: what the node publishes).
 
 ROS-free; the node in ``cmcnn_ros.ros`` is a thin layer over these classes.
 """
 
-from .recognizer import FaceResult, RecognitionResult, Recognizer, RecognizerError, resolve_device
+from .recognizer import FaceResult, NonFiniteScoresError, RecognitionResult, Recognizer, RecognizerError
+from .stream import ExpressionStream, StreamFace, StreamResult
 
-__all__ = ["FaceResult", "RecognitionResult", "Recognizer", "RecognizerError", "resolve_device"]
+__all__ = ["ExpressionStream", "FaceResult", "NonFiniteScoresError", "RecognitionResult", "Recognizer",
+           "RecognizerError", "StreamFace", "StreamResult"]

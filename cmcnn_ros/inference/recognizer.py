@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..classes import valence_arousal
+from ..classes import describe_scores
+from ..device import DeviceError, resolve_device
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
 from ..preprocessing.depth import depth_to_metres
@@ -38,6 +39,14 @@ Box = Tuple[int, int, int, int]
 
 class RecognizerError(ValueError):
     """The recognizer cannot be built or cannot process an input; the message says why."""
+
+
+class NonFiniteScoresError(RecognizerError):
+    """The network answered NaN or inf for a face: the checkpoint is numerically broken.
+
+    Raised instead of returning such scores, so no caller can publish or
+    print them.
+    """
 
 
 @dataclass
@@ -158,29 +167,6 @@ class FaceFinder:
         return list(self._found)
 
 
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is validated.
-
-    Raises:
-        RecognizerError: unknown device string or CUDA asked for but absent.
-    """
-    if isinstance(device, torch.device):
-        resolved = device
-    else:
-        name = str(device).strip().lower()
-        if name in ("", "auto"):
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            resolved = torch.device(name)
-        except (RuntimeError, ValueError) as exc:
-            raise RecognizerError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RecognizerError(f"device {device!r} requested but CUDA is not available here; use 'auto' or 'cpu'")
-    if resolved.type not in ("cpu", "cuda"):
-        raise RecognizerError(f"device type {resolved.type!r} is not supported; use 'auto', 'cpu' or 'cuda'")
-    return resolved
-
-
 class Recognizer:
     """CM-CNN facial expression recognizer over NumPy frames.
 
@@ -222,7 +208,10 @@ class Recognizer:
             if int(num_threads) < 1:
                 raise RecognizerError(f"num_threads must be >= 1, got {num_threads}")
             torch.set_num_threads(int(num_threads))
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except DeviceError as exc:
+            raise RecognizerError(str(exc)) from exc
         self.class_names: List[str] = list(class_names)
         self.params = params
         self.modalities = tuple(model.modalities)
@@ -272,6 +261,7 @@ class Recognizer:
 
         Raises:
             RecognizerError: the frame or depth is malformed (message says how).
+            NonFiniteScoresError: the network gave NaN/inf scores for a face.
         """
         t_start = time.perf_counter()
         try:
@@ -296,6 +286,11 @@ class Recognizer:
         t0 = time.perf_counter()
         probs = self.classify(self.preprocessor.to_tensor(faces)) if faces else np.zeros((0, 0))
         timings["network"] = (time.perf_counter() - t0) * 1000.0
+        broken = int(np.sum(~np.all(np.isfinite(probs), axis=1))) if len(probs) else 0
+        if broken:
+            raise NonFiniteScoresError(
+                f"the model gave non-finite scores for {broken} of {len(faces)} faces; the checkpoint "
+                f"{self.source} is numerically broken: re-train or re-save it")
         results = [self._face_result(face, p) for face, p in zip(faces, probs)]
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return RecognitionResult(faces=results, timings=timings)
@@ -309,13 +304,12 @@ class Recognizer:
         depth dropout trains on), so nothing is special-cased here.
         """
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-        return torch.softmax(self.model(x), dim=1).float().cpu().numpy()
+        return self.model.predict_proba(x).float().cpu().numpy()
 
     def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
-        top = int(np.argmax(probs))
-        valence, arousal = valence_arousal(probs, self.class_names)
+        expression, confidence, valence, arousal = describe_scores(probs, self.class_names)
         return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found,
-                          expression=self.class_names[top], confidence=float(probs[top]),
+                          expression=expression, confidence=confidence,
                           scores=probs.astype(np.float32), valence=valence, arousal=arousal,
                           depth_valid=bool(face.depth_valid and "depth" in self.modalities),
                           depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment)

@@ -25,6 +25,11 @@ from ..boxes import iou
 #: publishes (on a 30 s bag, every 5th frame kept 99.4 % detection and 95.0 % accuracy
 #: against 100 % and 95.8 % when detecting on every frame).
 DEFAULT_REDETECT_INTERVAL = 5
+#: The node's tracking defaults (``tracking_iou_threshold``, ``tracking_max_missed``,
+#: ``score_smoothing``), shared with the offline stream users the same way.
+DEFAULT_IOU_THRESHOLD = 0.3
+DEFAULT_MAX_MISSED = 5
+DEFAULT_SMOOTHING = 0.0
 
 Box = Tuple[int, int, int, int]
 
@@ -68,8 +73,8 @@ class FaceTracker:
         TrackingError: a parameter is out of range.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5, smoothing: float = 0.0,
-                 id_prefix: str = "face") -> None:
+    def __init__(self, iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_missed: int = DEFAULT_MAX_MISSED,
+                 smoothing: float = DEFAULT_SMOOTHING, id_prefix: str = "face") -> None:
         if not 0.0 < iou_threshold <= 1.0:
             raise TrackingError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_missed < 0:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..atomic_io import atomic_open
-from .cmcnn import CMCNN, _build_cmcnn
+from .cmcnn import CMCNN, cmcnn
 from .config import ModelConfig, ModelConfigError
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     state = payload["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: state_dict must be a dict, got {type(state).__name__}")
-    model = _build_cmcnn(config)
+    model = cmcnn(config)
     _check_state_dict(model, state, path)
     _check_finite(state, path)
     model.load_state_dict(state, strict=True)

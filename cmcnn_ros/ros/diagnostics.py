@@ -2,16 +2,19 @@
 
 Not part of the paper's method (Ni et al., IEEE TCDS 2023); it is how the node
 shows that the CM-CNN pipeline keeps up with the camera: input and processed
-rates, dropped pairs, stamp-to-publish latency (p50/p95), bad messages.
+rates, dropped pairs, stamp-to-publish latency (p50/p95), bad messages, and
+:class:`LogThrottle`, which keeps a storm of bad messages out of the log.
 ROS-free and thread-safe; the node turns :meth:`PipelineStats.key_values`
 into a ``diagnostic_msgs/DiagnosticStatus``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -128,3 +131,40 @@ class PipelineStats:
                 "faces published": str(self.faces),
                 "last bad message": self.last_error,
             }
+
+
+class LogThrottle:
+    """Let a log line through at most once per period per kind, but always when its detail is new.
+
+    The kind is the detail (default: the text) with numbers masked; the detail
+    is what differs between two messages of a kind worth reading (e.g.
+    3840x2160 vs 640x480 after an earlier 320x240). The last 32 details of each
+    kind count as seen; at most 5 new details a period pass, so a storm of
+    ever-changing sizes cannot flood the log.
+    """
+
+    def __init__(self) -> None:
+        self._last: Dict[str, Tuple[float, int]] = {}  # kind -> (period start, new details let through)
+        self._details: Dict[str, "OrderedDict[str, float]"] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, text: str, period: float, detail: Optional[str] = None) -> bool:
+        """Whether ``text`` should be logged now."""
+        detail = text if detail is None else detail
+        key = re.sub(r"\d+(\.\d+)?", "#", detail)[:160]
+        now = time.monotonic()
+        with self._lock:
+            seen = self._details.setdefault(key, OrderedDict())
+            new_detail = detail not in seen
+            seen[detail] = now
+            seen.move_to_end(detail)
+            while len(seen) > 32:
+                seen.popitem(last=False)
+            last, extra = self._last.get(key, (-math.inf, 0))
+            if now - last >= period:
+                self._last[key] = (now, 0)
+            elif new_detail and extra < 5:
+                self._last[key] = (last, extra + 1)
+            else:
+                return False
+        return True

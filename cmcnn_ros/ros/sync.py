@@ -37,10 +37,18 @@ DEFAULT_SLOP_S = 0.05
 DEFAULT_QUEUE_SIZE = 10
 
 
+def stamp_ns(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` (rclpy or rosbags: anything with ``sec``/``nanosec``) as integer ns.
+
+    The one conversion the node, the sync, the bag tools and the demo use, so
+    a stamp keys the same frame everywhere.
+    """
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 def ros_stamp_ns(msg: Any) -> int:
     """``header.stamp`` of a ROS message as integer nanoseconds."""
-    st = msg.header.stamp
-    return int(st.sec) * 1_000_000_000 + int(st.nanosec)
+    return stamp_ns(msg.header.stamp)
 
 
 class _TimeSyncBase:

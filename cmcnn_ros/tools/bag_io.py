@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S
+from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S, stamp_ns
 
 LOGGER = logging.getLogger(__name__)
 
@@ -158,11 +158,6 @@ class FramePair:
     depth: Optional[Any] = None
     labels: Optional[FrameLabels] = None
     depth_dt_ns: Optional[int] = None
-
-
-def stamp_ns(stamp: Any) -> int:
-    """Nanoseconds of a ``builtin_interfaces/Time`` (any object with sec/nanosec)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 @contextmanager

@@ -38,8 +38,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
-from cmcnn_ros.tools.bag_evaluate import (PredictedFace, Scoreboard, format_report,
-                                          write_outputs)
+from cmcnn_ros.ros.sync import ros_stamp_ns
+from cmcnn_ros.tools.bag_evaluate import write_outputs
+from cmcnn_ros.tools.scoring import PredictedFace, Scoreboard, format_report
 from cmcnn_ros.tools.bag_io import (COLOUR_TOPIC, DEPTH_TOPIC, FrameLabels, open_bag, read_labels,
                                     resolve_topics)
 
@@ -326,11 +327,11 @@ def _score(collected: Collected, stats: Any, labels: Dict[int, FrameLabels], col
            opts: DemoOptions) -> Tuple[Any, Scoreboard]:
     """Score the node's results against the bag's labels (by stamp, then box IoU)."""
     publish_wall = dict(stats.publish_wall.get(colour_topic, []))
-    results = sorted(collected.results, key=lambda r: r[1].header.stamp.sec * 10 ** 9 + r[1].header.stamp.nanosec)
+    results = sorted(collected.results, key=lambda r: ros_stamp_ns(r[1]))
     classes = list(results[0][1].classes)
     board = Scoreboard(classes, opts.iou_threshold)
     for recv_wall, msg in results:
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+        stamp = ros_stamp_ns(msg)
         preds = [PredictedFace(box=(int(e.roi.x_offset), int(e.roi.y_offset), int(e.roi.width), int(e.roi.height)),
                                expression=str(e.expression), confidence=float(e.confidence), face_id=str(e.face_id))
                  for e in msg.faces]

@@ -25,12 +25,12 @@ import numpy as np
 from .. import resources
 from ..atomic_io import write_bytes_atomic
 from . import configure_logging
+from ..inference.annotate import Annotation, draw_annotations
 from ..model.checkpoint import CheckpointError
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FacePreprocessor
 
 LOGGER = logging.getLogger("cmcnn-recognize")
-
 
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,15 +87,11 @@ def _read_image(path: Path, flags: int, what: str) -> np.ndarray:
 
 
 def annotate(colour: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
-    """Draw face boxes with the expression (or eye status) on a BGR copy of the frame."""
-    out = cv2.cvtColor(colour, cv2.COLOR_GRAY2BGR) if colour.ndim == 2 else colour[:, :, :3].copy()
-    for face in faces:
-        x, y, w, h = face["box"]
-        label = face.get("expression")
-        text = f"{label} {face['confidence']:.2f}" if label else ("eyes" if face["eyes_found"] else "no eyes")
-        cv2.rectangle(out, (x, y), (x + w, y + h), (0, 255, 0), 2)
-        cv2.putText(out, text, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1, cv2.LINE_AA)
-    return out
+    """Face boxes with the expression (or, without a model, the eye status) on a BGR copy of the frame."""
+    return draw_annotations(colour, [
+        Annotation(tuple(face["box"]), f"{face['expression']} {face['confidence']:.2f}" if face.get("expression")
+                   else ("eyes" if face["eyes_found"] else "no eyes"))
+        for face in faces])
 
 
 def _write_png_atomic(path: Path, image: np.ndarray) -> None:
@@ -118,10 +114,6 @@ def run(args: argparse.Namespace) -> List[dict]:
         recognizer = Recognizer.from_checkpoint(checkpoint, device=args.device)
         result = recognizer.recognize(colour, depth, depth_scale=args.depth_scale)
         LOGGER.info("timings (ms): %s", {k: round(v, 1) for k, v in result.timings.items()})
-        broken = sum(not np.all(np.isfinite(np.asarray(f.scores, dtype=np.float64))) for f in result.faces)
-        if broken:  # never print NaN (invalid JSON) or pass it on as a score
-            raise ValueError(f"the model gave non-finite scores for {broken} of {len(result.faces)} faces; "
-                             f"the checkpoint {checkpoint} is numerically broken: re-train or re-save it")
         faces = [dict(f.to_dict(), classes=recognizer.class_names) for f in result.faces]
     else:
         LOGGER.info("no checkpoint: running detection and alignment only")

@@ -14,8 +14,9 @@ import io
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from cmcnn_ros.tools.bag_evaluate import FaceRecord
+from cmcnn_ros.atomic_io import write_bytes_atomic
 from cmcnn_ros.tools.bag_io import FrameLabels
+from cmcnn_ros.tools.scoring import FaceRecord
 
 
 class TimelineError(ValueError):
@@ -48,8 +49,6 @@ def save_timeline_png(records: Sequence[FaceRecord], path: "str | Path", class_n
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-
-    from cmcnn_training.metrics import write_bytes_atomic
 
     if not records:
         raise TimelineError("no ground-truth faces to plot a timeline of")

@@ -6,65 +6,27 @@ This module computes exactly those numbers from label/prediction index
 arrays, plus the breakdowns this project needs on top: per-class recall, per
 emotion intensity (BU-3DFE levels, synthetic intensities) and per value band
 of any extra per-sample column (pose angles, lighting) that a dataset's
-labels file carries. It also writes the JSON and the confusion-matrix PNG
-atomically.
+labels file carries. The JSON and the confusion-matrix PNG are written by
+the runtime package's :func:`cmcnn_ros.atomic_io.write_json_atomic` and
+:func:`cmcnn_ros.plots.plot_confusion_matrix`, which the bag evaluator shares.
 
-Everything here is plain numpy; matplotlib is imported lazily with the Agg
-backend so that importing this module never needs a display.
+Everything here is plain numpy.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from cmcnn_ros.atomic_io import write_bytes_atomic
+from cmcnn_ros.atomic_io import write_json_atomic  # noqa: F401 - re-exported for the trainer's callers
+from cmcnn_ros.plots import plot_confusion_matrix  # noqa: F401 - re-exported for the trainer's callers
 
 
 class MetricsError(ValueError):
     """Inputs to a metric are inconsistent (shape, range, empty)."""
-
-
-# ---------------------------------------------------------------------------
-# Atomic file output
-# ---------------------------------------------------------------------------
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """Replace NaN/inf floats by None so the JSON is strict (json.loads-able anywhere)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Serialise ``obj`` as indented strict JSON (NaN -> null) and write it atomically."""
-    # Round-trip through default= first so numpy values become Python floats,
-    # then map non-finite floats to None.
-    plain = json.loads(json.dumps(obj, default=_json_default, allow_nan=True))
-    text = json.dumps(_finite_or_none(plain), indent=2, allow_nan=False)
-    write_bytes_atomic(path, (text + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------
@@ -331,53 +293,3 @@ class _quiet_nanmean:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
-
-
-# ---------------------------------------------------------------------------
-# Plot
-# ---------------------------------------------------------------------------
-
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
-                          title: str = "Confusion matrix", normalize: bool = True) -> None:
-    """Save a confusion-matrix heat map as PNG (rows: true, columns: predicted).
-
-    With ``normalize`` each row is shown as fractions of that class (the
-    paper's Fig. 6 style), annotated with the percentage and the raw count.
-
-    Raises:
-        MetricsError: the matrix is not square or does not match the class list.
-    """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    cm = np.asarray(cm)
-    n = len(class_names)
-    if cm.shape != (n, n):
-        raise MetricsError(f"confusion matrix shape {cm.shape} does not match {n} class names")
-    rows = cm.sum(axis=1, keepdims=True).astype(np.float64)
-    shown = np.divide(cm, np.where(rows > 0, rows, 1)) if normalize else cm.astype(np.float64)
-
-    fig = Figure(figsize=(1.0 + 0.9 * n, 0.8 + 0.8 * n), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else max(1.0, shown.max()))
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xticklabels(class_names, rotation=45, ha="right")
-    ax.set_yticklabels(class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    threshold = 0.5 * (1.0 if normalize else max(1.0, shown.max()))
-    for i in range(n):
-        for j in range(n):
-            text = f"{100 * shown[i, j]:.0f}%\n({cm[i, j]})" if normalize else f"{cm[i, j]}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if shown[i, j] > threshold else "black")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_bytes_atomic(path, buf.getvalue())

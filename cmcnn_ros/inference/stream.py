@@ -1,0 +1,164 @@
+"""The expression stream: frame after frame of one camera -> final per-face results.
+
+The paper (Ni et al., IEEE TCDS 2023) classifies each frame on its own
+(Section III: preprocessing of III-B, network of III-C to III-E, run by
+:class:`~cmcnn_ros.inference.recognizer.Recognizer`). A robot watches a
+video: it needs the same id for the same person from frame to frame, scores
+that do not flicker, cheap detection between full detections, and a way to
+start over after a pause. :class:`ExpressionStream` owns those pieces (the
+recognizer with its :class:`~cmcnn_ros.inference.recognizer.FaceFinder`, the
+:class:`~cmcnn_ros.inference.tracking.FaceTracker` and its smoothing) and
+returns what is published: per face a ``face_id``, the box clipped to the
+image, the (smoothed) scores and the expression, confidence, valence and
+arousal derived from them by :func:`cmcnn_ros.classes.describe_scores`.
+
+The ROS node converts messages, calls :meth:`ExpressionStream.process` and
+publishes the result; ``cmcnn-bag-evaluate`` scores the same results, so
+offline figures measure what the node publishes. ROS-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..classes import describe_scores
+from .recognizer import Recognizer
+from .tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING,
+                       FaceTracker)
+
+Box = Tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class StreamFace:
+    """One face of one frame as the node publishes it.
+
+    Attributes:
+        face_id: stable id of the tracked face (``face<n>``).
+        box: ``(x, y, w, h)`` clipped to the image.
+        roll: in-plane rotation removed by alignment, radians.
+        eyes_found: the roll came from detected eyes or landmarks.
+        expression: top class of ``scores`` (ROS4HRI spelling).
+        confidence: the probability of ``expression`` in ``scores``.
+        scores: class probabilities, smoothed over the track when smoothing is on.
+        valence: circumplex valence of ``scores`` in [-1, 1].
+        arousal: circumplex arousal of ``scores`` in [-1, 1].
+        depth_valid: the depth crop was usable and fed to the network.
+        depth_valid_fraction: fraction of valid depth readings on the face.
+        alignment: ``"mesh"``, ``"keypoints"``, ``"haar_eyes"`` or ``"none"``.
+        is_new: the face started a new track in this frame.
+    """
+
+    face_id: str
+    box: Box
+    roll: float
+    eyes_found: bool
+    expression: str
+    confidence: float
+    scores: np.ndarray
+    valence: float
+    arousal: float
+    depth_valid: bool
+    depth_valid_fraction: float
+    alignment: str
+    is_new: bool
+
+
+@dataclass
+class StreamResult:
+    """All faces of one frame, the ids still tracked and those retired by this frame.
+
+    Attributes:
+        faces: one :class:`StreamFace` per face found in the frame.
+        tracked_ids: ids of every live track (seen now or missing for at most
+            ``max_missed`` frames), the ROS4HRI ``/humans/faces/tracked`` list.
+        retired_ids: ids whose track ended with this frame.
+        timings: the recognizer's per-stage milliseconds.
+    """
+
+    faces: List[StreamFace]
+    tracked_ids: List[str]
+    retired_ids: List[str]
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+def clip_box(box: Sequence[float], shape: Tuple[int, int]) -> Box:
+    """``(x, y, w, h)`` cut to an image of ``shape`` ``(h, w)`` (a box outside gets size 0)."""
+    h, w = int(shape[0]), int(shape[1])
+    x, y, bw, bh = (int(v) for v in box)
+    x0, y0 = min(max(x, 0), w), min(max(y, 0), h)
+    return x0, y0, max(0, min(x + bw, w) - x0), max(0, min(y + bh, h) - y0)
+
+
+class ExpressionStream:
+    """Recognizer + tracker + smoothing over consecutive frames of one camera.
+
+    Args:
+        recognizer: the per-frame recognizer (its ``face_finder`` interval sets
+            how often the whole frame is searched).
+        tracker: the face tracker; its ``smoothing`` is the score EMA.
+    """
+
+    def __init__(self, recognizer: Recognizer, tracker: Optional[FaceTracker] = None) -> None:
+        self.recognizer = recognizer
+        self.tracker = tracker if tracker is not None else FaceTracker()
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], device: str = "auto", num_threads: Optional[int] = None,
+                        redetect_interval: int = DEFAULT_REDETECT_INTERVAL,
+                        iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_missed: int = DEFAULT_MAX_MISSED,
+                        smoothing: float = DEFAULT_SMOOTHING) -> "ExpressionStream":
+        """A stream over a checkpoint, with the node's defaults.
+
+        Raises:
+            CheckpointError, RecognizerError: as :meth:`Recognizer.from_checkpoint`.
+            TrackingError: a tracking parameter is out of range.
+        """
+        tracker = FaceTracker(iou_threshold, max_missed, smoothing)
+        recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
+                                                redetect_interval=redetect_interval)
+        return cls(recognizer, tracker)
+
+    @property
+    def class_names(self) -> List[str]:
+        return self.recognizer.class_names
+
+    def reset(self) -> None:
+        """Start over (after a pause): forget the tracks and the boxes the finder searches around.
+
+        Ids keep counting, so an id is never reused.
+        """
+        self.tracker.reset()
+        self.recognizer.face_finder.reset()
+
+    def process(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
+                depth_scale: Optional[float] = None,
+                boxes: Optional[Sequence[Sequence[float]]] = None) -> StreamResult:
+        """Recognise, track and smooth one frame.
+
+        Args:
+            colour, depth, depth_scale, boxes: as :meth:`Recognizer.recognize`.
+
+        Raises:
+            RecognizerError: the frame is malformed (nothing is tracked then).
+            NonFiniteScoresError: the network gave NaN/inf scores (nothing is tracked then).
+        """
+        result = self.recognizer.recognize(colour, depth, depth_scale=depth_scale, boxes=boxes)
+        faces = result.faces
+        tracked = self.tracker.update([f.box for f in faces], [f.scores for f in faces])
+        out: List[StreamFace] = []
+        for face, track in zip(faces, tracked):
+            scores = np.asarray(track.scores if track.scores is not None else face.scores, dtype=np.float32)
+            expression, confidence, valence, arousal = describe_scores(scores, self.class_names)
+            out.append(StreamFace(
+                face_id=track.face_id, box=clip_box(face.box, colour.shape[:2]), roll=float(face.roll),
+                eyes_found=bool(face.eyes_found), expression=expression, confidence=confidence, scores=scores,
+                valence=valence, arousal=arousal, depth_valid=bool(face.depth_valid),
+                depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment,
+                is_new=track.is_new))
+        return StreamResult(faces=out, tracked_ids=[t.face_id for t in self.tracker.tracks],
+                            retired_ids=list(self.tracker.removed), timings=dict(result.timings))
