@@ -227,3 +227,55 @@ def rclpy_param(name, value):
     from rclpy.parameter import Parameter as P
 
     return P(name, value=value)
+
+
+def test_the_node_publishes_exactly_what_the_stream_returns(fer_node_in_process, random_checkpoint):
+    """Issue 11: the node only converts and publishes; the offline stream gives the same faces."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ros_helpers.frames import photo_frame
+    from ros_helpers.rosproc import image_msg
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    import numpy as np
+
+    from cmcnn_ros.inference.stream import ExpressionStream
+    from cmcnn_ros.msg import EmotionArray
+    from cmcnn_ros.ros import conversions
+
+    node = fer_node_in_process
+    node.set_parameters([rclpy_param("model_path", str(random_checkpoint)), rclpy_param("score_smoothing", 0.5)])
+    node.trigger_configure()
+    node.trigger_activate()
+    listener = rclpy.create_node("listener", context=node.context)
+    got = []
+    listener.create_subscription(EmotionArray, "/fer_node/emotions", got.append, 10)
+    assert wait_until(lambda: node._emotions_pub.get_subscription_count() > 0, 10)
+    offline = ExpressionStream.from_checkpoint(random_checkpoint, device="cpu", smoothing=0.5)
+    expected = []
+    for step in range(3):
+        colour, depth = photo_frame(5, jitter=3 * step)
+        stamp = time.time_ns()
+        pair = image_msg(colour, "bgr8", stamp), image_msg(depth, "16UC1", stamp)
+        node._process(*pair)
+        expected.append(offline.process(*conversions.frame_pair(*pair), depth_scale=1.0))
+    executor = SingleThreadedExecutor(context=node.context)
+    executor.add_node(listener)
+    end = time.monotonic() + 5.0
+    while time.monotonic() < end and len(got) < 3:
+        executor.spin_once(timeout_sec=0.05)
+    executor.shutdown()
+    listener.destroy_node()
+    assert len(got) == 3
+    for msg, result in zip(got, expected):
+        assert list(msg.classes) == offline.class_names
+        assert len(msg.faces) == len(result.faces) >= 1
+        for e, face in zip(msg.faces, result.faces):
+            assert e.face_id == face.face_id
+            assert (e.roi.x_offset, e.roi.y_offset, e.roi.width, e.roi.height) == face.box
+            assert list(e.scores) == [float(s) for s in face.scores]
+            assert (e.expression, e.confidence) == (face.expression, face.confidence)
+            # float32 message fields
+            assert (e.valence, e.arousal) == (float(np.float32(face.valence)), float(np.float32(face.arousal)))
+            assert e.depth_valid == face.depth_valid
