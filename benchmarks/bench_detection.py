@@ -178,18 +178,19 @@ def summarise(rows: List[Dict[str, Any]], ms: List[float], false_total: int, fac
         "target_region": {"faces": len(target), "found_pct": _rate(target), **TARGET},
         "false_faces_per_100_face_free": round(100.0 * false_total / max(face_free, 1), 2),
         "face_free_frames": face_free, "false_faces": false_total, "photo_faces": photo_faces,
-        "eye_error_iod": {"n": int(len(errs)), "p50": _q(errs, 50), "p90": _q(errs, 90),
+        "eye_error_iod": {"n": int(len(errs)), "p50": _percentile(errs, 50), "p90": _percentile(errs, 90),
                           "within_5pct": round(100.0 * float(np.mean(errs <= 0.05)), 1) if len(errs) else None},
-        "eye_error_iod_target_region": {"n": int(len(errs_t)), "p50": _q(errs_t, 50), "p90": _q(errs_t, 90),
+        "eye_error_iod_target_region": {"n": int(len(errs_t)), "p50": _percentile(errs_t, 50),
+                                        "p90": _percentile(errs_t, 90),
                                         "within_5pct": round(100.0 * float(np.mean(errs_t <= 0.05)), 1)
                                         if len(errs_t) else None},
-        "iou_of_found_p50": _q(np.array([r["iou"] for r in rows if r["found"]]), 50),
-        "ms_per_frame": {"p50": _q(np.array(ms), 50), "p95": _q(np.array(ms), 95)},
+        "iou_of_found_p50": _percentile(np.array([r["iou"] for r in rows if r["found"]]), 50),
+        "ms_per_frame": {"p50": _percentile(np.array(ms), 50), "p95": _percentile(np.array(ms), 95)},
         "alignment_methods": methods, "by": bins,
     }
 
 
-def _q(a: np.ndarray, q: float) -> Optional[float]:
+def _percentile(a: np.ndarray, q: float) -> Optional[float]:
     return round(float(np.percentile(a, q)), 4) if len(a) else None
 
 

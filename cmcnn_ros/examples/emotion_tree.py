@@ -8,8 +8,8 @@ everything here imports without ROS so it can be unit tested and reused with
 another middleware.
 
 The expressions come from CM-CNN (Ni et al., IEEE TCDS 2023, Sections III-C
-to III-E: per-class sigmoid scores, eq. 4), so ``confidence`` is a per-class
-score, not a softmax probability: the thresholds below are on that scale.
+to III-E); ``confidence`` is the probability of the top class (softmax of the
+fused head, ``CMCNN.predict_proba``): the thresholds below are on that scale.
 
 Tree (``build_tree``; priorities left to right, a higher one preempts)::
 

@@ -5,7 +5,7 @@ score with respect to a feature map, averaged over space, weights that
 map's channels; the ReLU of the weighted sum, upsampled to the crop, is the
 "where did the network look" map. Here the feature map is a stage output of
 one modality's FEN (Section III-C), and the class score is the fused
-network's logit (eq. 4 before the sigmoid), so for a full G+L+D model the
+network's logit (before the softmax), so for a full G+L+D model the
 grey map shows how the grey features were used *after* cross-modality
 fusion, which is what Fig. 8 (c)/(f) compares with a grey-only model.
 
@@ -22,6 +22,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..model.cmcnn import class_probabilities
 
 #: Smallest feature-map side the default layer choice accepts.
 MIN_MAP_SIDE = 6
@@ -89,7 +91,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, modality: str, target: Opt
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
     maps = (cam / peak).detach().cpu().numpy().astype(np.float32)
-    probs = torch.softmax(logits.detach().float(), dim=1).cpu().numpy()
+    probs = class_probabilities(logits.detach()).cpu().numpy()
     return maps, probs
 
 

@@ -5,7 +5,7 @@ The paper (Ni et al., IEEE TCDS 2023) classifies each frame independently
 associates each frame's face boxes with the previous tracks by
 intersection-over-union, greedily from the best-overlapping pair down, and
 optionally smooths each track's class scores with an exponential moving
-average (EMA) to damp frame-to-frame flicker of the eq. (4) sigmoid scores.
+average (EMA) to damp frame-to-frame flicker of the class probabilities.
 ROS-free.
 """
 

@@ -159,7 +159,7 @@ class CMCNN(nn.Module):
     # ------------------------------------------------------------ predictions
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``softmax(s)`` ``(B, num_classes)``, consistent with the losses."""
-        return torch.softmax(self.forward(x), dim=1)
+        return class_probabilities(self.forward(x))
 
     def eq4_scores(self, x: torch.Tensor) -> torch.Tensor:
         """``F = sigmoid(PReLU(FC(f_v)))`` exactly as eq. (4); per-class, not normalised."""
@@ -222,6 +222,16 @@ class CMCNN(nn.Module):
         return f"modalities={list(self.modalities)}, num_classes={self.num_classes}, fusion={self.config.fusion!r}"
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, num_classes)`` -> the class probabilities every caller reports.
+
+    The one definition behind :meth:`CMCNN.predict_proba`, for callers that
+    already hold the logits (evaluation, Grad-CAM, which needs them for its
+    gradient).
+    """
+    return torch.softmax(logits.float(), dim=1)
+
+
 def _init_weights(model: nn.Module) -> None:
     # torchvision ResNet-style init: Kaiming for convs, unit BN, zero biases.
     for module in model.modules():
@@ -272,4 +282,4 @@ def cmcnn(
     return _build_cmcnn(cfg)
 
 
-__all__ = ["CMCNN", "ModelInputError", "cmcnn"]
+__all__ = ["CMCNN", "ModelInputError", "class_probabilities", "cmcnn"]

@@ -325,7 +325,7 @@ def _parse_remap(items: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmcnn-bag-replay",
         description="Publish a rosbag2 (MCAP/sqlite3) on live ROS 2 topics at the recorded timing, "
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-bag-replay``; prints a JSON summary on stdout."""
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
         options = ReplayOptions(rate=args.rate, loop=args.loop, clock=not args.no_clock, clock_hz=args.clock_hz,

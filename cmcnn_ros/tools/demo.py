@@ -364,7 +364,7 @@ def _extra_lines(report: Any) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmcnn-demo",
         description="Live demo: write a labelled synthetic RGB-D bag, run fer_node in its own process, "
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-demo``."""
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     configure_logging(args.verbose)
     opts = DemoOptions(output_dir=args.output_dir, weights=args.weights, bag=args.bag, duration_s=args.duration,
                        fps=args.fps, faces=args.faces, seed=args.seed, rate=args.rate, domain_id=args.domain_id,
