@@ -239,6 +239,35 @@ def random_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised ``tiny``-preset CM-CNN checkpoint (7 classes): the cheapest real model."""
+    import torch
+
+    from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
+    from cmcnn_ros.model.checkpoint import save_checkpoint
+    from cmcnn_ros.model.cmcnn import cmcnn
+    from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, cmcnn(preset="tiny", num_classes=7), EXPRESSIONS_WITH_NEUTRAL,
+                    PreprocessingParams().to_dict())
+    return path
+
+
+@pytest.fixture(scope="session")
+def astronaut_frame():
+    """The astronaut photograph (a real frontal face) in a 640x480 Kinect-sized BGR frame."""
+    import cv2
+    import numpy as np
+    import skimage.data
+
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:480, 64:576] = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)[:480]
+    return frame
+
+
+@pytest.fixture(scope="session")
 def overflowing_checkpoint(tmp_path_factory) -> Path:
     """A loadable checkpoint (every weight finite) whose network answers NaN scores.
 

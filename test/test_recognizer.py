@@ -15,38 +15,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
 
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_ros.inference import Recognizer, RecognizerError
-from cmcnn_ros.model import cmcnn
-from cmcnn_ros.model.checkpoint import CheckpointError, save_checkpoint
-from cmcnn_ros.preprocessing.params import PreprocessingParams
+from cmcnn_ros.model.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = cmcnn(preset="tiny", num_classes=7)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams().to_dict())
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def recognizer(checkpoint) -> Recognizer:
     return Recognizer.from_checkpoint(checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def astronaut_frame() -> np.ndarray:
-    """The astronaut photograph in a 640x480 Kinect-sized BGR frame."""
-    frame = np.full((480, 640, 3), 90, np.uint8)
-    frame[:480, 64:576] = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)[:480]
-    return frame
 
 
 def _plane_depth_mm(shape, metres: float = 1.0) -> np.ndarray:

@@ -7,33 +7,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import skimage.data
-import torch
 
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, describe_scores, valence_arousal
 from cmcnn_ros.inference.recognizer import NonFiniteScoresError, Recognizer
 from cmcnn_ros.inference.stream import ExpressionStream, clip_box
 from cmcnn_ros.inference.tracking import FaceTracker
-from cmcnn_ros.model import cmcnn
-from cmcnn_ros.model.checkpoint import save_checkpoint
-from cmcnn_ros.preprocessing.params import PreprocessingParams
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = cmcnn(preset="tiny", num_classes=7)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, model, EXPRESSIONS_WITH_NEUTRAL, PreprocessingParams().to_dict())
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def frame() -> np.ndarray:
-    """The astronaut photograph in a 640x480 Kinect-sized BGR frame."""
-    out = np.full((480, 640, 3), 90, np.uint8)
-    out[:480, 64:576] = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)[:480]
-    return out
+def frame(astronaut_frame):
+    return astronaut_frame
 
 
 def test_describe_scores_is_the_top_class_and_its_circumplex_point():

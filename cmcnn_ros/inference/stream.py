@@ -26,46 +26,33 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..classes import describe_scores
-from .recognizer import Recognizer
+from .recognizer import FaceResult, Recognizer
 from .tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING,
                        FaceTracker)
 
 Box = Tuple[int, int, int, int]
 
 
-@dataclass(frozen=True)
-class StreamFace:
-    """One face of one frame as the node publishes it.
+@dataclass
+class StreamFace(FaceResult):
+    """One face of one frame as the node publishes it: a :class:`FaceResult` with a track.
+
+    Differs from the recognizer's result in three ways: ``box`` is clipped to
+    the image, ``scores`` are smoothed over the track when smoothing is on
+    (and ``expression``, ``confidence``, ``valence`` and ``arousal`` are
+    derived from them), and the track fields below are set.
 
     Attributes:
         face_id: stable id of the tracked face (``face<n>``).
-        box: ``(x, y, w, h)`` clipped to the image.
-        roll: in-plane rotation removed by alignment, radians.
-        eyes_found: the roll came from detected eyes or landmarks.
-        expression: top class of ``scores`` (ROS4HRI spelling).
-        confidence: the probability of ``expression`` in ``scores``.
-        scores: class probabilities, smoothed over the track when smoothing is on.
-        valence: circumplex valence of ``scores`` in [-1, 1].
-        arousal: circumplex arousal of ``scores`` in [-1, 1].
-        depth_valid: the depth crop was usable and fed to the network.
-        depth_valid_fraction: fraction of valid depth readings on the face.
-        alignment: ``"mesh"``, ``"keypoints"``, ``"haar_eyes"`` or ``"none"``.
         is_new: the face started a new track in this frame.
     """
 
-    face_id: str
-    box: Box
-    roll: float
-    eyes_found: bool
-    expression: str
-    confidence: float
-    scores: np.ndarray
-    valence: float
-    arousal: float
-    depth_valid: bool
-    depth_valid_fraction: float
-    alignment: str
-    is_new: bool
+    face_id: str = ""
+    is_new: bool = False
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-friendly dict: the recognizer's fields plus ``face_id``."""
+        return {"face_id": self.face_id, **super().to_dict()}
 
 
 @dataclass
