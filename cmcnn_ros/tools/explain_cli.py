@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import sys
 from pathlib import Path
@@ -24,10 +23,7 @@ import numpy as np
 
 from .. import resources
 from ..atomic_io import write_bytes_atomic
-from ..model.checkpoint import CheckpointError
-from ..preprocessing.params import PreprocessingError
-from . import configure_logging
-from .recognize_cli import add_image_arguments, read_inputs
+from .image_cli import add_image_arguments, read_inputs, run_image_tool
 
 LOGGER = logging.getLogger("cmcnn-explain")
 
@@ -140,16 +136,7 @@ def run(args: argparse.Namespace) -> List[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    configure_logging(quiet_level=logging.INFO if args.verbose else logging.WARNING)
-    try:
-        faces = run(args)
-    except (ValueError, CheckpointError, PreprocessingError) as exc:
-        print(f"cmcnn-explain: error: {exc}", file=sys.stderr)
-        return 2
-    json.dump(faces, sys.stdout)
-    sys.stdout.write("\n")
-    return 0
+    return run_image_tool("cmcnn-explain", get_args_parser(), run, argv)
 
 
 if __name__ == "__main__":
