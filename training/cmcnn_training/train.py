@@ -107,9 +107,10 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)  # a bad --device stops here, before any process group is joined
     # Under torchrun: join the job (NCCL on GPUs, Gloo on CPU); rank 0 alone evaluates and writes outputs.
     job, job_device = distributed.init_distributed(cfg.device)
-    device = job_device or resolve_device(cfg.device)
+    device = job_device or device
     params = build_preprocessing(cfg)
 
     dataset = load_training_dataset(cfg.dataset, cfg.root, cfg.dataset_options)
