@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Union
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+#: Words every device option accepts; ``cuda:N`` (a GPU index) is accepted too.
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: The accepted spellings, for help texts and error messages.
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-#: Regular expression of :data:`DEVICE_CHOICES` (a full match is a valid name).
+DEVICE_CHOICES_TEXT = "auto, cpu, cuda or cuda:N"
+#: Regular expression of the accepted names (a full match is a valid name).
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 
@@ -32,11 +34,11 @@ def check_device_name(name: str) -> str:
     """The normalised device name (``""`` -> ``"auto"``), without importing torch.
 
     Raises:
-        DeviceError: not one of :data:`DEVICE_CHOICES`.
+        DeviceError: not one of :data:`DEVICE_CHOICES_TEXT`.
     """
     norm = str(name).strip().lower() or "auto"
     if not re.fullmatch(DEVICE_PATTERN, norm):
-        raise DeviceError(f"unknown device {name!r}: use {DEVICE_CHOICES}")
+        raise DeviceError(f"unknown device {name!r}: use {DEVICE_CHOICES_TEXT}")
     return norm
 
 
@@ -51,7 +53,7 @@ def resolve_device(device: Union[str, "torch.device"]) -> "torch.device":
 
     if isinstance(device, torch.device):
         if device.type not in ("cpu", "cuda"):
-            raise DeviceError(f"device type {device.type!r} is not supported; use {DEVICE_CHOICES}")
+            raise DeviceError(f"device type {device.type!r} is not supported; use {DEVICE_CHOICES_TEXT}")
         resolved = device
     else:
         name = check_device_name(device)

@@ -17,7 +17,7 @@ import pytest
 
 from cmcnn_ros.model.checkpoint import load_checkpoint
 from cmcnn_ros.preprocessing.params import PreprocessingParams
-from cmcnn_training import train as train_mod
+from cmcnn_training import fitting, train as train_mod
 from cmcnn_training.crops import get_crops
 from cmcnn_training.datasets import load_dataset
 from cmcnn_training.engine import AugmentConfig, CropBatches
@@ -131,7 +131,7 @@ def test_trainer_never_overwrites_and_survives_interruption(kinect_root, tmp_pat
     # interrupted with --overwrite: the earlier checkpoint stays intact, no temp files
     def boom(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train_mod, "train_one_epoch", boom)
+    monkeypatch.setattr(fitting, "train_one_epoch", boom)   # the fit loop of every fold
     assert train_mod.main(_argv(kinect_root, out, cache, "--overwrite")) == 130
     assert ckpt.read_bytes() == first
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 
 from cmcnn_ros import resources
-from cmcnn_ros.device import DEVICE_CHOICES, DEVICE_PATTERN
+from cmcnn_ros.device import DEVICE_CHOICES_TEXT, DEVICE_PATTERN
 from cmcnn_ros.inference.tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL,
                                           DEFAULT_SMOOTHING)
 from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S
@@ -81,7 +81,7 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
 # String parameters with a closed set of values (checked at start-up and on every set).
 CHOICES: Dict[str, Tuple[str, str]] = {
     "sync_policy": (r"approximate|exact", "'approximate' or 'exact'"),
-    "device": (DEVICE_PATTERN, DEVICE_CHOICES),
+    "device": (DEVICE_PATTERN, DEVICE_CHOICES_TEXT),
 }
 # Overrides rclpy itself declares on every node.
 RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")

@@ -1,16 +1,35 @@
 """Console tools: recognition CLI, rosbag writer / evaluator / replayer, and the demo."""
 
 import logging
+from typing import Optional, Union
 
 
-def configure_logging(verbose: bool = False, quiet_level: int = logging.INFO) -> None:
-    """Log format and level shared by the console tools.
+def configure_logging(verbose: bool = False, quiet_level: int = logging.INFO, *,
+                      level: Optional[Union[int, str]] = None, timestamps: bool = False) -> None:
+    """Log format and level shared by the console tools and the offline trainer.
 
     Args:
         verbose: DEBUG instead of ``quiet_level``.
         quiet_level: level without ``--verbose``.
+        level: the level itself, as a number or a name in any case
+            (``"info"``, ``"WARNING"``), for tools with a ``--log-level``
+            flag; overrides ``verbose`` and ``quiet_level``.
+        timestamps: prefix each line with the time (long training runs).
+
+    Raises:
+        ValueError: ``level`` is not a logging level name.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else quiet_level,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if level is None:
+        resolved = logging.DEBUG if verbose else quiet_level
+    elif isinstance(level, int):
+        resolved = level
+    else:
+        names = logging.getLevelNamesMapping()
+        word = str(level).strip().upper()
+        if word not in names:
+            raise ValueError(f"logging level {level!r} is not one of debug, info, warning, error, critical")
+        resolved = names[word]
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=resolved, format="%(asctime)s " + fmt if timestamps else fmt)
     # PyOpenGL (the synthetic renderer) logs platform noise at INFO.
     logging.getLogger("OpenGL").setLevel(logging.WARNING)

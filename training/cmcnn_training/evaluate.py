@@ -40,13 +40,15 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from cmcnn_ros.classes import canonical_name
+from cmcnn_ros.device import resolve_device
+from cmcnn_ros.tools import configure_logging
 
 from .config import BOX_MODES, TrainConfig, parse_kv
 from .crops import get_crops
+from .datasets.selection import select_samples
 from .engine import CropBatches, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
-from .train import git_commit, load_training_dataset, resolve_device, select_samples, \
-    setup_logging
+from .utils import git_commit, load_training_dataset
 
 LOG = logging.getLogger("cmcnn_training.evaluate")
 
@@ -277,8 +279,8 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
 def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
     """Console entry point ``cmcnn-evaluate``; prints a JSON summary, returns the exit status."""
     args = argv if isinstance(argv, argparse.Namespace) else get_args_parser().parse_args(argv)
-    setup_logging(args.log_level)
     try:
+        configure_logging(level=args.log_level, timestamps=True)
         result = run_evaluation(args.checkpoint, args.dataset, args.root, subjects=args.subjects,
                                 output_dir=args.output_dir, min_intensity=args.min_intensity,
                                 box_mode=args.box_mode, cache_dir=args.cache_dir, workers=args.workers,

@@ -235,6 +235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import logging
     import sys
 
+    from cmcnn_ros.tools import configure_logging
+
     from . import load_dataset
 
     parser = argparse.ArgumentParser(prog="python -m cmcnn_training.datasets.protocols",
@@ -248,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--n-subjects", type=int, default=60)
     parser.add_argument("--subjects-only", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging(quiet_level=logging.WARNING)
     try:
         ds = load_dataset(args.dataset, args.root)
         idx, folds = protocol_splits(ds, args.protocol, args.folds, args.run, args.seed, args.n_subjects)

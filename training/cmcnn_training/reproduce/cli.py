@@ -23,6 +23,8 @@ import time
 from dataclasses import fields, replace
 from typing import List, Optional, Sequence
 
+from cmcnn_ros.tools import configure_logging
+
 from .rows import DEFAULT_ORDER, RowError, resolve
 from .sweep import PRESETS, SweepConfig, SweepError, load_finished, run_sweep
 
@@ -83,10 +85,12 @@ def build_sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit status (2 = refused before training)."""
-    from ..train import setup_logging
-
     args = get_args_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    try:
+        configure_logging(level=args.log_level, timestamps=True)
+    except ValueError as exc:
+        LOG.error("%s", exc)
+        return 2
     command = "cmcnn-reproduce " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t0 = time.perf_counter()
     try:

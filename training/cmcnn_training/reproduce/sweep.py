@@ -3,7 +3,7 @@
 One dataset, one set of subject-independent folds shared by every row (so
 rows are compared fold by fold), one crop cache with every modality the rows
 need. Each row trains a fresh CM-CNN per fold with the trainer's own
-:func:`~cmcnn_training.train.fit` and is evaluated on the held-out subjects.
+:func:`~cmcnn_training.fitting.fit` and is evaluated on the held-out subjects.
 
 Work folder layout (``--work-dir``; checkpoints stay here, never in the report)::
 
@@ -36,11 +36,16 @@ from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.classes import BASIC_EXPRESSIONS, canonical_name
+from cmcnn_ros.device import resolve_device
 
+from ..builders import build_model_config, build_preprocessing
 from ..config import TrainConfig
 from ..crops import CropSet, get_crops
+from ..datasets.selection import make_splits, select_samples
 from ..engine import CropBatches
+from ..fitting import fit
 from ..metrics import EvaluationMetrics, compute_metrics, summarise_folds, write_json_atomic
+from ..utils import TrainingError, load_training_dataset, save_model_checkpoint, seed_everything
 from .rows import FULL, MODALITY_ORDER, Row, RowError, select_rows
 
 LOG = logging.getLogger("cmcnn_training.reproduce")
@@ -173,7 +178,6 @@ def prepare_data(sweep: SweepConfig, rows_requested: Optional[Sequence[str]], pr
             protocol the dataset cannot serve, too few subjects for the folds.
     """
     from ..datasets.common import DatasetError
-    from ..train import TrainingError, build_preprocessing, load_training_dataset, make_splits, select_samples
 
     if not sweep.root:
         raise SweepError("no dataset: give --root (and --dataset unless it is a Kinect-layout folder)")
@@ -362,7 +366,6 @@ def _metrics_dict(m: EvaluationMetrics) -> Dict[str, Any]:
 def run_fold(sweep: SweepConfig, row: Row, data: SweepData, k: int, work: WorkDir, fingerprint: str,
              device: torch.device, progress: Progress) -> Dict[str, Any]:
     """Train and evaluate one fold of one row; write ``fold_<k>.npz`` then ``fold_<k>.json``."""
-    from ..train import build_model_config, fit, save_model_checkpoint
 
     cfg = row_train_config(sweep, row)
     model_config = build_model_config(cfg, len(data.class_names), data.params.crop_size)
@@ -465,7 +468,6 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
     Raises:
         SweepError / RowError: see :func:`prepare_data` and :func:`check_work_dir`.
     """
-    from ..train import resolve_device, seed_everything
     from .rows import resolve
 
     rerun_rows = [resolve(n) for n in rerun]          # unknown names fail before any data is read
