@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "test"))
 sys.path.insert(0, str(ROOT))
 
+from cmcnn_ros.tools import configure_logging  # noqa: E402
 from ros_helpers.frames import build_frames  # noqa: E402
 from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, ros_env  # noqa: E402
 
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-threads", type=int, default=0, help="node parameter num_threads")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     from cmcnn_ros.msg import EmotionArray
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_node_"))

@@ -32,6 +32,7 @@ from skimage import data
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from cmcnn_ros.tools import configure_logging  # noqa: E402
 from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams, to_grey  # noqa: E402
 
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] = None) -> int:
                              "when run with --threads 1 (use on a shared, busy machine)")
     parser.add_argument("--json", dest="json_out", default=None, help="write results to this JSON file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     if args.runs < 1:
         parser.error("--runs must be >= 1")
     cv2.setNumThreads(args.threads)

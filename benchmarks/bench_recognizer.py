@@ -32,6 +32,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cmcnn_ros.tools import configure_logging  # noqa: E402
 from cmcnn_ros.atomic_io import write_text_atomic  # noqa: E402
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL  # noqa: E402
 from cmcnn_ros.inference import Recognizer  # noqa: E402
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
                              "local search around previous faces in between)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     cv2.setNumThreads(args.threads)
     torch.set_num_threads(args.threads)
 

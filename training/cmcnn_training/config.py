@@ -36,7 +36,8 @@ class ConfigError(ValueError):
     """A configuration file or flag is invalid; the message names the key."""
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
+def _option(default: Any, help: str, **meta: Any) -> Any:
+    """A TrainConfig field with its ``--help`` text (and flag metadata) beside the default."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **meta})
     return field(default=default, metadata={"help": help, **meta})
@@ -47,81 +48,81 @@ class TrainConfig:
     """Every setting of one training run (see ``cmcnn-train --help``)."""
 
     # data
-    dataset: str = _f("kinect", "dataset loader name (kinect, bu3dfe, bosphorus, fer2013, image_folder; "
+    dataset: str = _option("kinect", "dataset loader name (kinect, bu3dfe, bosphorus, fer2013, image_folder; "
                                 "synthetic sets use kinect)")
-    root: Optional[str] = _f(None, "dataset root folder (fer2013: the fer2013.csv[.gz] file)")
-    dataset_options: Dict[str, Any] = _f(
+    root: Optional[str] = _option(None, "dataset root folder (fer2013: the fer2013.csv[.gz] file)")
+    dataset_options: Dict[str, Any] = _option(
         {}, "loader keyword arguments, KEY=VALUE (repeatable): fer2013 usage=Training|PublicTest|all, "
             "on_error=raise|skip; image_folder crops=true, unknown_folders=skip", kv=True)
-    mix: List[Any] = _f(
+    mix: List[Any] = _option(
         [], "more datasets trained in the same run, each NAME:ROOT[:BOX_MODE[:REPEAT]] (YAML: mappings "
             "with dataset, root, box_mode, repeat, options); e.g. real 2-D faces with synthetic RGB-D. "
             "REPEAT > 1 serves that set's samples REPEAT times an epoch")
-    protocol: Optional[str] = _f(
+    protocol: Optional[str] = _option(
         None, "dataset protocol selecting samples/subjects (cmcnn_training.datasets.protocols: P1, P2, "
               "paper-P1, paper-P2, all); Section IV-A Protocol I/II")
-    protocol_run: int = _f(0, "protocol run number (P2 draws new subjects per run)")
-    protocol_subjects: int = _f(60, "subjects a protocol draws (paper: 60)")
-    classes: Optional[List[str]] = _f(
+    protocol_run: int = _option(0, "protocol run number (P2 draws new subjects per run)")
+    protocol_subjects: int = _option(60, "subjects a protocol draws (paper: 60)")
+    classes: Optional[List[str]] = _option(
         None, "class names to use, in output order (default: every class present, canonical order)")
-    min_intensity: Optional[int] = _f(None, "drop samples whose intensity is known and below this "
+    min_intensity: Optional[int] = _option(None, "drop samples whose intensity is known and below this "
                                             "(BU-3DFE protocol: 3 = two highest levels)")
-    subjects: Optional[List[str]] = _f(None, "restrict the dataset to these subject ids")
-    max_samples_per_subject_class: Optional[int] = _f(
+    subjects: Optional[List[str]] = _option(None, "restrict the dataset to these subject ids")
+    max_samples_per_subject_class: Optional[int] = _option(
         None, "keep at most this many samples per (subject, class), evenly spaced (video-like sets)")
-    modalities: List[str] = _f(["grey", "lbp", "depth"], "input modalities in channel order")
-    model_preset: str = _f("default", "ModelConfig preset (default, paper, tiny)")
-    model: Dict[str, Any] = _f({}, "ModelConfig field overrides, KEY=VALUE (repeatable)", kv=True)
-    preprocessing: Dict[str, Any] = _f({}, "PreprocessingParams overrides, KEY=VALUE (repeatable)", kv=True)
-    box_mode: str = _f("detect", "detect: Viola-Jones like the node, ground-truth box only as fallback; "
+    modalities: List[str] = _option(["grey", "lbp", "depth"], "input modalities in channel order")
+    model_preset: str = _option("default", "ModelConfig preset (default, paper, tiny)")
+    model: Dict[str, Any] = _option({}, "ModelConfig field overrides, KEY=VALUE (repeatable)", kv=True)
+    preprocessing: Dict[str, Any] = _option({}, "PreprocessingParams overrides, KEY=VALUE (repeatable)", kv=True)
+    box_mode: str = _option("detect", "detect: Viola-Jones like the node, ground-truth box only as fallback; "
                                  "gt: always use the ground-truth box when the sample has one",
                        choices=BOX_MODES)
-    cache_dir: Optional[str] = _f("cache/crops", "crop cache folder (empty string disables the cache)")
-    workers: int = _f(2, "worker processes for crop extraction (0 = in this process); training batches "
+    cache_dir: Optional[str] = _option("cache/crops", "crop cache folder (empty string disables the cache)")
+    workers: int = _option(2, "worker processes for crop extraction (0 = in this process); training batches "
                          "come from in-memory crops and need none")
 
     # protocol
-    folds: int = _f(10, "subject-independent folds (1 = a single held-out split)")
-    val_subjects: Optional[List[str]] = _f(None, "held-out subjects for --folds 1")
-    holdout_fraction: Optional[float] = _f(None, "fraction of subjects held out for --folds 1 "
+    folds: int = _option(10, "subject-independent folds (1 = a single held-out split)")
+    val_subjects: Optional[List[str]] = _option(None, "held-out subjects for --folds 1")
+    holdout_fraction: Optional[float] = _option(None, "fraction of subjects held out for --folds 1 "
                                                  "when --val-subjects is not given")
-    final: bool = _f(False, "after k-fold CV also train the final model on all subjects and save it")
-    save_fold_checkpoints: bool = _f(False, "save one checkpoint per fold (fold_XX.pt)")
+    final: bool = _option(False, "after k-fold CV also train the final model on all subjects and save it")
+    save_fold_checkpoints: bool = _option(False, "save one checkpoint per fold (fold_XX.pt)")
 
     # optimisation (Section IV-B)
-    epochs: int = _f(300, "fusion training epochs (paper: 300)")
-    pretrain_epochs: int = _f(
+    epochs: int = _option(300, "fusion training epochs (paper: 300)")
+    pretrain_epochs: int = _option(
         20, "epochs pre-training every FEN through its own head before fusion training; the paper "
             "pre-trained the texture FENs on CASIA-WebFace and the depth FEN on another 3-D set, which "
             "we cannot redistribute, so here they are pre-trained on the training split itself")
-    lr: float = _f(0.01, "SGD learning rate (paper: 0.01)")
-    pretrain_lr: Optional[float] = _f(None, "learning rate of the FEN pre-training (default: --lr)")
-    momentum: float = _f(0.9, "SGD momentum (paper: 0.9)")
-    weight_decay: float = _f(5e-4, "SGD weight decay (paper: 5e-4)")
-    lr_step: int = _f(100, "multiply the learning rate by --lr-gamma every this many epochs (paper: 100)")
-    lr_gamma: float = _f(0.5, "learning-rate decay factor (paper: 0.5)")
-    loss: str = _f("soft_focal", "loss: soft_focal (eq. 5 with Gaussian soft labels), focal, ce",
+    lr: float = _option(0.01, "SGD learning rate (paper: 0.01)")
+    pretrain_lr: Optional[float] = _option(None, "learning rate of the FEN pre-training (default: --lr)")
+    momentum: float = _option(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _option(5e-4, "SGD weight decay (paper: 5e-4)")
+    lr_step: int = _option(100, "multiply the learning rate by --lr-gamma every this many epochs (paper: 100)")
+    lr_gamma: float = _option(0.5, "learning-rate decay factor (paper: 0.5)")
+    loss: str = _option("soft_focal", "loss: soft_focal (eq. 5 with Gaussian soft labels), focal, ce",
                    choices=LOSSES)
-    focal_alpha: float = _f(1.0, "focal loss alpha (paper: 1)")
-    focal_gamma: float = _f(2.0, "focal loss gamma (paper: 2)")
-    soft_sigma: float = _f(0.1, "std of the Gaussian soft label over class indices (paper: 0.1)")
-    batch_size: int = _f(32, "mini-batch size")
-    depth_dropout: float = _f(0.0, "fraction of training samples whose depth channel is zeroed so "
+    focal_alpha: float = _option(1.0, "focal loss alpha (paper: 1)")
+    focal_gamma: float = _option(2.0, "focal loss gamma (paper: 2)")
+    soft_sigma: float = _option(0.1, "std of the Gaussian soft label over class indices (paper: 0.1)")
+    batch_size: int = _option(32, "mini-batch size")
+    depth_dropout: float = _option(0.0, "fraction of training samples whose depth channel is zeroed so "
                                    "the model also answers from grey+LBP when depth is missing")
-    augment: bool = _f(False, "augmentation: horizontal flip, small rotation/shift/scale, lower resolution "
+    augment: bool = _option(False, "augmentation: horizontal flip, small rotation/shift/scale, lower resolution "
                               "(texture modalities recomputed from the augmented grey), brightness/contrast")
-    lr_schedule: str = _f("step", "step: x lr_gamma every lr_step epochs (paper); cosine: one warm-up epoch "
+    lr_schedule: str = _option("step", "step: x lr_gamma every lr_step epochs (paper); cosine: one warm-up epoch "
                                   "then cosine decay to 0 (short CPU budgets)", choices=("step", "cosine"))
 
     # run
-    output_dir: str = _f("runs/cmcnn", "output folder (checkpoint, metrics.json, confusion PNG)")
-    checkpoint_name: str = _f("checkpoint.pt", "file name of the final checkpoint in --output-dir")
-    overwrite: bool = _f(False, "replace an existing checkpoint/metrics in --output-dir")
-    threads: Optional[int] = _f(None, "torch CPU threads (default: torch's choice)")
-    seed: int = _f(0, "random seed (splits, initialisation, augmentation)")
-    device: str = _f("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
-    progress: bool = _f(True, "show tqdm progress bars")
-    log_level: str = _f("INFO", "logging level")
+    output_dir: str = _option("runs/cmcnn", "output folder (checkpoint, metrics.json, confusion PNG)")
+    checkpoint_name: str = _option("checkpoint.pt", "file name of the final checkpoint in --output-dir")
+    overwrite: bool = _option(False, "replace an existing checkpoint/metrics in --output-dir")
+    threads: Optional[int] = _option(None, "torch CPU threads (default: torch's choice)")
+    seed: int = _option(0, "random seed (splits, initialisation, augmentation)")
+    device: str = _option("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:1 ...")
+    progress: bool = _option(True, "show tqdm progress bars")
+    log_level: str = _option("INFO", "logging level")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,15 +39,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from cmcnn_ros.atomic_io import write_json_atomic
 from cmcnn_ros.classes import canonical_name
 from cmcnn_ros.device import resolve_device
+from cmcnn_ros.plots import plot_confusion_matrix
 from cmcnn_ros.tools import configure_logging
 
 from .config import BOX_MODES, TrainConfig, parse_kv
 from .crops import get_crops
 from .datasets.selection import select_samples
 from .engine import CropBatches, evaluate as run_eval
-from .metrics import EvaluationMetrics, compute_metrics, plot_confusion_matrix, write_json_atomic
+from .metrics import EvaluationMetrics, compute_metrics
 from .utils import git_commit, load_training_dataset
 
 LOG = logging.getLogger("cmcnn_training.evaluate")

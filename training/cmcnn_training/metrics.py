@@ -21,9 +21,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from cmcnn_ros.atomic_io import write_json_atomic  # noqa: F401 - re-exported for the trainer's callers
-from cmcnn_ros.plots import plot_confusion_matrix  # noqa: F401 - re-exported for the trainer's callers
-
 
 class MetricsError(ValueError):
     """Inputs to a metric are inconsistent (shape, range, empty)."""

@@ -22,13 +22,14 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from cmcnn_ros.atomic_io import write_json_atomic
 from cmcnn_ros.model.checkpoint import save_checkpoint
+from cmcnn_ros.plots import plot_confusion_matrix
 from cmcnn_ros.preprocessing.params import PreprocessingParams
 
 from .config import TrainConfig
 from .datasets import RecordDataset, load_dataset
 from .distributed import DistInfo
-from .metrics import plot_confusion_matrix, write_json_atomic
 
 LOG = logging.getLogger("cmcnn_training.utils")
 

@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 from dataclasses import fields, replace
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from cmcnn_ros.tools import configure_logging
 

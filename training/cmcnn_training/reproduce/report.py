@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -448,7 +447,7 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
 
     ``note``: free text about the data (e.g. the command that rendered it), shown under the protocol.
     """
-    from ..metrics import plot_confusion_matrix
+    from cmcnn_ros.plots import plot_confusion_matrix
 
     out, work = Path(out), Path(work_dir)
     out.mkdir(parents=True, exist_ok=True)

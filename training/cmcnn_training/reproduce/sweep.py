@@ -26,7 +26,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cmcnn_ros.atomic_io import atomic_open
+from cmcnn_ros.atomic_io import atomic_open, write_json_atomic
 from cmcnn_ros.classes import BASIC_EXPRESSIONS, canonical_name
 from cmcnn_ros.device import resolve_device
 
@@ -44,7 +44,7 @@ from ..crops import CropSet, get_crops
 from ..datasets.selection import make_splits, select_samples
 from ..engine import CropBatches
 from ..fitting import fit
-from ..metrics import EvaluationMetrics, compute_metrics, summarise_folds, write_json_atomic
+from ..metrics import EvaluationMetrics, compute_metrics, summarise_folds
 from ..utils import TrainingError, load_training_dataset, save_model_checkpoint, seed_everything
 from .rows import FULL, MODALITY_ORDER, Row, RowError, select_rows
 
