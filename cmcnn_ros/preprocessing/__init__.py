@@ -9,7 +9,8 @@ a separate module and is not imported here.
 from .alignment import Aligner, Alignment, EyeLocator, EyePair, crop_transform, warp_crop
 from .depth import DepthCrop, depth_to_metres, face_depth_crop
 from .detection import FaceDetection, FaceDetector, suppress_overlaps
-from .params import MODALITIES, PreprocessingError, PreprocessingParams
+from ..modalities import MODALITIES
+from .params import PreprocessingError, PreprocessingParams
 from .pipeline import FaceCrops, FacePreprocessor, check_modalities, to_grey
 from .texture import GaborBank, hog_image, lbp_default_codes, lbp_image
 

@@ -18,11 +18,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..modalities import DEPTH_MODALITIES, MODALITIES
 from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
 from .detection import Box, FaceDetection, check_image, make_detector
-from .params import MODALITIES, PreprocessingError, PreprocessingParams
-from .texture import GaborBank, hog_image, lbp_image
+from .params import PreprocessingError, PreprocessingParams
+from .texture import TextureImages
 
 LOGGER = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class FacePreprocessor:
         self.detector = make_detector(self.params)
         self.aligner: Aligner | LandmarkAligner = (
             LandmarkAligner(self.params) if self.params.detector == "blazeface" else Aligner(self.params))
-        self._gabor = GaborBank(self.params) if "gabor" in self.modalities else None
+        self._texture = TextureImages(self.params, self.modalities)
         self._clock = clock
         self.last_timings: Dict[str, float] = {}
 
@@ -265,22 +266,14 @@ class FacePreprocessor:
         depth_valid, fraction = False, 0.0
         for name in self.modalities:
             t0 = self._clock()
-            if name == "grey":
-                crops[name] = grey_crop.astype(np.float32) * np.float32(1.0 / 255.0)
-            elif name == "lbp":
-                crops[name] = lbp_image(grey_crop, p)
-            elif name == "hog":
-                crops[name] = hog_image(grey_crop, p)
-            elif name == "gabor":
-                assert self._gabor is not None
-                crops[name] = self._gabor.magnitude(grey_crop)
-            elif name == "depth":
-                if depth_m is None:
-                    crops[name] = np.zeros((p.crop_size, p.crop_size), np.float32)
-                else:
-                    d = face_depth_crop(depth_m, alignment.matrix, p)
-                    crops[name] = d.image
-                    depth_valid, fraction = d.valid, d.valid_fraction
+            if name not in DEPTH_MODALITIES:
+                crops[name] = self._texture(name, grey_crop)
+            elif depth_m is None:
+                crops[name] = np.zeros((p.crop_size, p.crop_size), np.float32)
+            else:
+                d = face_depth_crop(depth_m, alignment.matrix, p)
+                crops[name] = d.image
+                depth_valid, fraction = d.valid, d.valid_fraction
             t[name] = self._ms(t0)
         for key, value in t.items():
             frame_timings[key] = frame_timings.get(key, 0.0) + value
