@@ -23,6 +23,7 @@ from cmcnn_ros.preprocessing import (
     FaceDetector, FacePreprocessor, PreprocessingError, PreprocessingParams, crop_transform,
     depth_to_metres, hog_image, lbp_default_codes, lbp_image, suppress_overlaps, warp_crop,
 )
+from cmcnn_ros.preprocessing.model_input import at_model_precision
 from cmcnn_ros.preprocessing.texture import GaborBank
 from cmcnn_ros.preprocessing.params import HAAR_PAPER
 
@@ -369,8 +370,9 @@ def test_process_outputs_and_tensor_order(astronaut: np.ndarray) -> None:
     assert pre.last_timings["total"] >= pre.last_timings["detect"]
     x = pre.to_tensor(faces)
     assert x.shape == (1, 3, S, S) and x.dtype == np.float32
-    np.testing.assert_array_equal(x[0, 0], face.crops["depth"])
-    np.testing.assert_array_equal(x[0, 2], face.crops["grey"])
+    # channels in the preprocessor's order, each crop at the precision training stores it in
+    np.testing.assert_array_equal(x[0, 0], at_model_precision("depth", face.crops["depth"]))
+    np.testing.assert_array_equal(x[0, 2], face.crops["grey"])   # grey levels are exact
     assert pre.to_tensor([]).shape == (0, 3, S, S)
     other = FacePreprocessor(HAAR_PAPER, modalities=("grey", "hog"))
     with pytest.raises(PreprocessingError, match="no 'hog' crop"):

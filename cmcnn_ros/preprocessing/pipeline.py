@@ -21,6 +21,7 @@ import numpy as np
 from ..modalities import DEPTH_MODALITIES, MODALITIES
 from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
+from .model_input import build_model_input
 from .detection import Box, FaceDetection, check_image, make_detector
 from .params import PreprocessingError, PreprocessingParams
 from .texture import TextureImages
@@ -284,22 +285,22 @@ class FacePreprocessor:
                          alignment=alignment.method)
 
     def to_tensor(self, faces: Sequence[FaceCrops]) -> np.ndarray:
-        """Stack crops into the model input.
+        """Stack crops into the model input (:func:`~.model_input.build_model_input`, as training does).
 
         Args:
             faces: output of :meth:`process`.
 
         Returns:
             ``float32`` array ``(B, M, S, S)`` with channels in ``self.modalities`` order
-            (``(0, M, S, S)`` for no faces).
+            (``(0, M, S, S)`` for no faces), every crop at the precision the
+            trainer stores it in (8-bit texture, ``float16`` depth).
 
         Raises:
             PreprocessingError: a face lacks a modality or has a crop of the wrong shape.
         """
         size = self.params.crop_size
-        out = np.zeros((len(faces), len(self.modalities), size, size), np.float32)
         for i, face in enumerate(faces):
-            for j, name in enumerate(self.modalities):
+            for name in self.modalities:
                 crop = face.crops.get(name)
                 if crop is None:
                     raise PreprocessingError(
@@ -308,5 +309,6 @@ class FacePreprocessor:
                 if crop.shape != (size, size):
                     raise PreprocessingError(
                         f"face {i} {name!r} crop has shape {crop.shape}, expected {(size, size)}")
-                out[i, j] = crop
-        return out
+        images = {name: np.stack([face.crops[name] for face in faces]) if faces
+                  else np.zeros((0, size, size), np.float32) for name in self.modalities}
+        return build_model_input(images, self.modalities, np.array([face.depth_valid for face in faces], bool))

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.boxes import iou
+from cmcnn_ros.preprocessing.model_input import build_model_input, load, store
 
 LOG = logging.getLogger(__name__)
 
@@ -67,8 +68,9 @@ class CropSet:
 
     Attributes:
         modalities: modality names, the keys of ``images``.
-        images: modality -> ``(N, S, S)`` array; ``uint8`` (value*255) for
-            texture modalities, ``float16`` for depth.
+        images: modality -> ``(N, S, S)`` array as
+            :func:`cmcnn_ros.preprocessing.model_input.store` keeps it:
+            ``uint8`` (value*255) for texture modalities, ``float16`` for depth.
         depth_valid: ``(N,)`` bool; False rows have an all-zero depth crop.
         labels: ``(N,)`` canonical class names.
         subjects: ``(N,)`` subject ids.
@@ -111,16 +113,20 @@ class CropSet:
         """Crops of one modality as ``float32`` in [0, 1]."""
         if modality not in self.images:
             raise CropError(f"crop set has no modality {modality!r}; it has {list(self.modalities)}")
-        a = self.images[modality][rows]
-        if a.dtype == np.uint8:
-            return a.astype(np.float32) * (1.0 / 255.0)
-        return a.astype(np.float32)
+        return load(self.images[modality][rows])
 
     def to_tensor(self, rows: np.ndarray | Sequence[int] | slice,
                   modalities: Optional[Sequence[str]] = None) -> np.ndarray:
-        """``(B, M, S, S)`` float32 model input for the given rows, channels in ``modalities`` order."""
+        """``(B, M, S, S)`` float32 model input for the given rows, channels in ``modalities`` order.
+
+        Built by the runtime's :func:`~cmcnn_ros.preprocessing.model_input.build_model_input`, the
+        node's own builder, so training and serving feed the network the same values.
+        """
         mods = tuple(modalities or self.modalities)
-        return np.stack([self.modality_float(m, rows) for m in mods], axis=1)
+        missing = [m for m in mods if m not in self.images]
+        if missing:
+            raise CropError(f"crop set has no modality {missing[0]!r}; it has {list(self.modalities)}")
+        return build_model_input({m: self.images[m][rows] for m in mods}, mods, self.depth_valid[rows])
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> "CropSet":
         """A new crop set holding only ``rows`` (in that order)."""
@@ -291,11 +297,7 @@ def _extract_one(index: int) -> _Extracted:
             if not faces:
                 return _Extracted(index, "error", message=f"{sample.source}: no crop from the ground-truth box")
             face = faces[0]
-        crops = {}
-        for m in _Worker.modalities:
-            c = np.asarray(face.crops[m], dtype=np.float32)
-            crops[m] = c.astype(np.float16) if m == "depth" else \
-                np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8)
+        crops = {m: store(m, face.crops[m]) for m in _Worker.modalities}
         intensity = -1 if sample.intensity is None else int(sample.intensity)
         return _Extracted(index, status, crops, bool(face.depth_valid), intensity=intensity,
                           source=str(sample.source), alignment=str(face.alignment))

@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
+from cmcnn_ros.preprocessing.model_input import at_model_precision, zero_depth
 from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
 
 from .crops import CropSet
@@ -113,9 +114,8 @@ class CropBatches:
         x = self.crops.to_tensor(rows, self.modalities)
         if self.augment.enabled:
             x = np.stack([self._augment_one(x[i], int(r)) for i, r in enumerate(rows)])
-        if self.depth_dropout > 0 and "depth" in self.modalities:
-            drop = self.rng.random(len(rows)) < self.depth_dropout
-            x[drop, self.modalities.index("depth")] = 0.0
+        if self.depth_dropout > 0 and any(m in DEPTH_MODALITIES for m in self.modalities):
+            zero_depth(x, self.modalities, self.rng.random(len(rows)) < self.depth_dropout)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.y[rows])
 
     def _augment_one(self, x: np.ndarray, row: int) -> np.ndarray:
@@ -180,12 +180,10 @@ class CropBatches:
         return out
 
     def _texture(self, name: str, grey: np.ndarray) -> np.ndarray:
-        """A texture modality of a uint8 grey crop, quantised like the crop cache (uint8 / 255)."""
+        """A texture modality of a uint8 grey crop at the crop cache's precision (augmented = plain samples)."""
         if self._textures is None:
             self._textures = TextureImages(self.params)
-        img = self._textures(name, grey)
-        # Same uint8 quantisation as the cache, so augmented and plain samples look alike.
-        return np.rint(img * 255.0) / 255.0
+        return at_model_precision(name, self._textures(name, grey))
 
     def _recompute_texture(self, x: np.ndarray, row: int) -> None:
         # Reached only for crop sets without a grey crop (those with one take
