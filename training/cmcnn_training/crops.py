@@ -43,6 +43,8 @@ from tqdm import tqdm
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.preprocessing.model_input import build_model_input, load, store
+from cmcnn_ros.preprocessing.params import PreprocessingParams
+from cmcnn_ros.preprocessing.pipeline import FacePreprocessor
 
 LOG = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ def dataset_listing(dataset: Any) -> Dict[str, Any]:
     return out
 
 
-def cache_key(dataset: Any, params: Any, modalities: Sequence[str], box_mode: str) -> str:
+def cache_key(dataset: Any, params: PreprocessingParams, modalities: Sequence[str], box_mode: str) -> str:
     """Hex SHA-256 of (listing, preprocessing params, modalities, box mode, cache version)."""
     payload = {"version": CACHE_VERSION, "listing": dataset_listing(dataset),
                "preprocessing": params.to_dict(), "modalities": list(modalities), "box_mode": box_mode}
@@ -261,24 +263,21 @@ class _Worker:
     modalities: Tuple[str, ...] = ()
 
 
-def _setup_state(dataset: Any, params_dict: Dict[str, Any], modalities: Tuple[str, ...], box_mode: str) -> None:
-    from cmcnn_ros.preprocessing.params import PreprocessingParams
-    from cmcnn_ros.preprocessing.pipeline import FacePreprocessor
-
+def _setup_state(dataset: Any, params: PreprocessingParams, modalities: Tuple[str, ...], box_mode: str) -> None:
     _Worker.dataset = dataset
-    _Worker.pre = FacePreprocessor(PreprocessingParams.from_dict(params_dict), modalities=modalities)
+    _Worker.pre = FacePreprocessor(params, modalities=modalities)
     _Worker.box_mode = box_mode
     _Worker.modalities = modalities
 
 
-def _init_worker(dataset_blob: bytes, params_dict: Dict[str, Any], modalities: Tuple[str, ...],
+def _init_worker(dataset_blob: bytes, params: PreprocessingParams, modalities: Tuple[str, ...],
                  box_mode: str) -> None:
     import cv2
 
     # Each worker is one of N parallel processes; OpenCV's own thread pool
     # would only oversubscribe the cores.
     cv2.setNumThreads(1)
-    _setup_state(pickle.loads(dataset_blob), params_dict, modalities, box_mode)
+    _setup_state(pickle.loads(dataset_blob), params, modalities, box_mode)
 
 
 def _extract_one(index: int) -> _Extracted:
@@ -305,7 +304,7 @@ def _extract_one(index: int) -> _Extracted:
         return _Extracted(index, "error", message=f"sample {index}: {exc}")
 
 
-def _run_extraction(dataset: Any, params: Any, modalities: Tuple[str, ...], box_mode: str,
+def _run_extraction(dataset: Any, params: PreprocessingParams, modalities: Tuple[str, ...], box_mode: str,
                     workers: int, progress: bool) -> List[_Extracted]:
     n = len(dataset)
     blob = None
@@ -323,12 +322,12 @@ def _run_extraction(dataset: Any, params: Any, modalities: Tuple[str, ...], box_
             # pools that are not fork-safe.
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(blob, params.to_dict(), modalities, box_mode)) as pool:
+                                     initargs=(blob, params, modalities, box_mode)) as pool:
                 for r in pool.map(_extract_one, range(n), chunksize=max(1, min(16, n // (4 * workers)))):
                     results.append(r)
                     bar.update(1)
         else:
-            _setup_state(dataset, params.to_dict(), modalities, box_mode)
+            _setup_state(dataset, params, modalities, box_mode)
             try:
                 for i in range(n):
                     results.append(_extract_one(i))
@@ -341,7 +340,7 @@ def _run_extraction(dataset: Any, params: Any, modalities: Tuple[str, ...], box_
     return results
 
 
-def extract_crops(dataset: Any, params: Any, modalities: Sequence[str], box_mode: str = "detect",
+def extract_crops(dataset: Any, params: PreprocessingParams, modalities: Sequence[str], box_mode: str = "detect",
                   workers: int = 2, progress: bool = True) -> CropSet:
     """Preprocess every sample of ``dataset`` into a :class:`CropSet` (no cache).
 
@@ -397,8 +396,8 @@ class CropCacheInfo:
     seconds: float
 
 
-def get_crops(dataset: Any, params: Any, modalities: Sequence[str], cache_dir: Optional[str | os.PathLike],
-              box_mode: str = "detect", workers: int = 2, progress: bool = True,
+def get_crops(dataset: Any, params: PreprocessingParams, modalities: Sequence[str],
+              cache_dir: Optional[str | os.PathLike], box_mode: str = "detect", workers: int = 2, progress: bool = True,
               name: str = "dataset") -> Tuple[CropSet, CropCacheInfo]:
     """Crops of ``dataset``, from the cache when the key matches, else extracted and cached.
 
