@@ -7,7 +7,7 @@ a separate module and is not imported here.
 """
 
 from .alignment import Aligner, Alignment, EyeLocator, EyePair, crop_transform, warp_crop
-from .depth import DepthCrop, depth_to_metres, face_depth_crop
+from .depth import DepthCrop, depth_array_to_metres, face_depth_crop
 from .detection import FaceDetection, FaceDetector, suppress_overlaps
 from ..modalities import MODALITIES
 from .params import PreprocessingError, PreprocessingParams
@@ -17,6 +17,6 @@ from .texture import GaborBank, hog_image, lbp_default_codes, lbp_image
 __all__ = [
     "Aligner", "Alignment", "DepthCrop", "EyeLocator", "EyePair", "FaceCrops", "FaceDetection",
     "FaceDetector", "FacePreprocessor", "GaborBank", "MODALITIES", "PreprocessingError",
-    "PreprocessingParams", "check_modalities", "crop_transform", "depth_to_metres", "face_depth_crop",
+    "PreprocessingParams", "check_modalities", "crop_transform", "depth_array_to_metres", "face_depth_crop",
     "hog_image", "lbp_default_codes", "lbp_image", "suppress_overlaps", "to_grey", "warp_crop",
 ]

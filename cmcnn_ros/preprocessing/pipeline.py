@@ -122,7 +122,7 @@ def _check_depth(depth_m: np.ndarray, frame_shape: Tuple[int, int]) -> np.ndarra
     elif depth_m.dtype != np.float32:
         raise PreprocessingError(
             f"depth_m must be float32 metres, got dtype {depth_m.dtype}; decode raw depth with "
-            "cmcnn_ros.preprocessing.depth_to_metres(depth, unit='mm')")
+            "cmcnn_ros.preprocessing.depth_array_to_metres(depth, unit='mm')")
     if depth_m.shape != frame_shape:
         raise PreprocessingError(
             f"depth {depth_m.shape[1]}x{depth_m.shape[0]} does not match colour "
