@@ -429,7 +429,7 @@ def load_recognizer(weights: Path, device: str = "auto", num_threads: Optional[i
     from cmcnn_ros.inference.recognizer import Recognizer
 
     try:
-        path = resources.resolve_model_path(weights)
+        path = resources.find_checkpoint(weights)
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from None
     return Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
