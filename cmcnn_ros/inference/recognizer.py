@@ -27,7 +27,8 @@ from ..classes import valence_arousal
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
 from ..preprocessing.depth import depth_array_to_metres
-from ..preprocessing.detection import AnyDetector, FaceDetection, suppress_overlaps
+from ..preprocessing.detection import AnyDetector
+from ..preprocessing.faces import FaceDetection, suppress_overlaps
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
 

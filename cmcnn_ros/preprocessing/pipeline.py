@@ -22,7 +22,8 @@ from ..modalities import DEPTH_MODALITIES, MODALITIES
 from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
 from .model_input import build_model_input
-from .detection import Box, FaceDetection, check_image, make_detector
+from .detection import make_detector
+from .faces import Box, FaceDetection, check_image
 from .params import PreprocessingError, PreprocessingParams
 from .texture import TextureImages
 
