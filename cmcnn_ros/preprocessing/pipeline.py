@@ -21,9 +21,9 @@ import numpy as np
 from ..modalities import DEPTH_MODALITIES, MODALITIES
 from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
-from .model_input import build_model_input
 from .detection import make_detector
 from .faces import Box, FaceDetection, check_image
+from .model_input import build_model_input
 from .params import PreprocessingError, PreprocessingParams
 from .texture import TextureImages
 
