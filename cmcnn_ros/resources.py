@@ -54,8 +54,12 @@ def find_file(value: Union[str, Path, None], default: str) -> Optional[Path]:
     return None
 
 
-def resolve_model_path(value: Union[str, Path, None] = None) -> Path:
+def find_checkpoint(value: Union[str, Path, None] = None) -> Path:
     """Find a checkpoint; empty/None means the shipped default weights.
+
+    (The node's ``model_path`` parameter goes through
+    ``cmcnn_ros.ros.parameters.model_file``, which reports a miss as a
+    parameter error.)
 
     Raises:
         FileNotFoundError: no such file (the message lists where it looked and what to do).

@@ -100,7 +100,7 @@ def test_colcon_install_layout(colcon_ws):
     where = subprocess.run([env.get("VIRTUAL_ENV", "") + "/bin/python", "-c",
                             "import cmcnn_ros, cmcnn_ros.msg, cmcnn_training, cmcnn_ros.resources as r; "
                             "print(cmcnn_ros.__file__); print(cmcnn_ros.msg.__file__); "
-                            "print(cmcnn_training.__file__); print(r.resolve_model_path(''))"],
+                            "print(cmcnn_training.__file__); print(r.find_checkpoint(''))"],
                            cwd=colcon_ws, env=env, capture_output=True, text=True, timeout=120)
     assert where.returncode == 0, where.stderr
     for line in where.stdout.split():

@@ -21,8 +21,9 @@ from skimage.feature import local_binary_pattern
 
 from cmcnn_ros.preprocessing import (
     FaceDetector, FacePreprocessor, PreprocessingError, PreprocessingParams, crop_transform,
-    depth_to_metres, hog_image, lbp_default_codes, lbp_image, suppress_overlaps, warp_crop,
+    depth_array_to_metres, hog_image, lbp_default_codes, lbp_image, suppress_overlaps, warp_crop,
 )
+from cmcnn_ros.preprocessing.model_input import at_model_precision
 from cmcnn_ros.preprocessing.texture import GaborBank
 from cmcnn_ros.preprocessing.params import HAAR_PAPER
 
@@ -332,23 +333,25 @@ def test_depth_unusable_gives_zeros_and_invalid(depth_pre: FacePreprocessor) -> 
     assert depth_pre.process(grey, nan, boxes=[box])[0].depth_valid_fraction == 0.0
 
 
-def test_depth_to_metres() -> None:
+def test_depth_array_to_metres() -> None:
     raw = np.array([[0, 800], [1600, 65535]], np.uint16)
-    m = depth_to_metres(raw, "mm")
+    m = depth_array_to_metres(raw, "mm")
     assert m.dtype == np.float32
     np.testing.assert_allclose(m, [[0.0, 0.8], [1.6, 65.535]], rtol=1e-6)
-    np.testing.assert_allclose(depth_to_metres(raw, 0.001), m)
+    np.testing.assert_allclose(depth_array_to_metres(raw, 0.001), m)
+    np.testing.assert_array_equal(depth_array_to_metres(raw), m)   # uint16 without a unit: millimetres
+    np.testing.assert_array_equal(depth_array_to_metres(np.array([[1.25]], np.float32)), [[1.25]])   # float: metres
     f = np.array([[np.nan, 1.25]], np.float64)
-    out = depth_to_metres(f, "m")
+    out = depth_array_to_metres(f, "m")
     assert out.dtype == np.float32 and np.isnan(out[0, 0]) and out[0, 1] == 1.25
     with pytest.raises(PreprocessingError, match="int32"):
-        depth_to_metres(raw.astype(np.int32), "mm")
+        depth_array_to_metres(raw.astype(np.int32), "mm")
     with pytest.raises(PreprocessingError, match="uint16 depth is millimetres"):
-        depth_to_metres(raw, "m")
+        depth_array_to_metres(raw, "m")
     with pytest.raises(PreprocessingError, match="unknown depth unit"):
-        depth_to_metres(raw, "inch")
+        depth_array_to_metres(raw, "inch")
     with pytest.raises(PreprocessingError, match="HxW"):
-        depth_to_metres(np.zeros((2, 2, 2), np.uint16))
+        depth_array_to_metres(np.zeros((2, 2, 2), np.uint16))
 
 
 # ------------------------------------------------------------ pipeline / input
@@ -369,8 +372,9 @@ def test_process_outputs_and_tensor_order(astronaut: np.ndarray) -> None:
     assert pre.last_timings["total"] >= pre.last_timings["detect"]
     x = pre.to_tensor(faces)
     assert x.shape == (1, 3, S, S) and x.dtype == np.float32
-    np.testing.assert_array_equal(x[0, 0], face.crops["depth"])
-    np.testing.assert_array_equal(x[0, 2], face.crops["grey"])
+    # channels in the preprocessor's order, each crop at the precision training stores it in
+    np.testing.assert_array_equal(x[0, 0], at_model_precision("depth", face.crops["depth"]))
+    np.testing.assert_array_equal(x[0, 2], face.crops["grey"])   # grey levels are exact
     assert pre.to_tensor([]).shape == (0, 3, S, S)
     other = FacePreprocessor(HAAR_PAPER, modalities=("grey", "hog"))
     with pytest.raises(PreprocessingError, match="no 'hog' crop"):
@@ -403,7 +407,7 @@ def test_given_boxes_skip_detection(astronaut: np.ndarray, pre: FacePreprocessor
     (np.zeros((48, 64, 2), np.uint8), None, "HxWx3 BGR"),
     (np.zeros((2, 48, 64, 3), np.uint8), None, "HxWx3 BGR"),
     ([[1, 2], [3, 4]], None, "numpy array"),
-    (np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64), np.int32), "float32 metres.*depth_to_metres"),
+    (np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64), np.int32), "float32 metres.*depth_array_to_metres"),
     (np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64), np.uint16), "float32 metres"),
     (np.zeros((48, 64, 3), np.uint8), np.zeros((24, 32), np.float32), "does not match colour"),
     (np.zeros((48, 64, 3), np.uint8), np.zeros((48, 64, 3), np.float32), "HxW"),

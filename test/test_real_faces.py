@@ -241,9 +241,9 @@ def test_flat_region_has_no_landmarks():
 
 def test_default_weights_call_the_smiling_astronaut_happy(astronaut):
     from cmcnn_ros.inference import Recognizer
-    from cmcnn_ros.resources import resolve_model_path
+    from cmcnn_ros.resources import find_checkpoint
 
-    rec = Recognizer.from_checkpoint(resolve_model_path(None), device="cpu")
+    rec = Recognizer.from_checkpoint(find_checkpoint(None), device="cpu")
     assert rec.params.detector == "blazeface" and rec.params.crop_size == 48
     faces = rec.recognize(astronaut).faces
     assert len(faces) == 1 and faces[0].alignment == "mesh"

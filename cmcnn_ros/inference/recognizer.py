@@ -27,8 +27,9 @@ from ..classes import describe_scores
 from ..device import DeviceError, resolve_device
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
-from ..preprocessing.depth import depth_to_metres
-from ..preprocessing.detection import AnyDetector, FaceDetection, suppress_overlaps
+from ..preprocessing.depth import depth_array_to_metres
+from ..preprocessing.detection import AnyDetector
+from ..preprocessing.faces import FaceDetection, suppress_overlaps
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
 
@@ -267,8 +268,7 @@ class Recognizer:
         try:
             depth_m = None
             if depth is not None:
-                unit = depth_scale if depth_scale is not None else ("mm" if depth.dtype == np.uint16 else "m")
-                depth_m = depth_to_metres(depth, unit)
+                depth_m = depth_array_to_metres(depth, depth_scale)
             detect_ms = None
             detections = None
             if boxes is None and self.face_finder.interval > 1:

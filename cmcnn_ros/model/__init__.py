@@ -10,6 +10,7 @@ Public API::
     loss = make_loss("soft_focal", sigma=0.1, gamma=2.0)(logits, labels)
 """
 
+from ..modalities import MODALITIES, TEXTURE_MODALITIES
 from .checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -21,7 +22,7 @@ from .checkpoint import (
 )
 from .cmcnn import CMCNN, ModelInputError, cmcnn
 from .cmfn import CMFN, ConcatFusion, CrossModalAttention
-from .config import MODALITIES, PRESETS, TEXTURE_MODALITIES, ModelConfig, ModelConfigError, preset_config
+from .config import PRESETS, ModelConfig, ModelConfigError, preset_config
 from .fen import DepthFEN, FENHead, TextureFEN
 from .losses import (
     LOSS_NAMES,

@@ -32,11 +32,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple
 
-#: Every modality name the preprocessing can produce.
-MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor", "depth")
-#: Modalities read by the deep texture FEN (Fig. 3(b)); ``depth`` uses the shallow one.
-TEXTURE_MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor")
-DEPTH_MODALITIES: Tuple[str, ...] = ("depth",)
+from ..modalities import DEPTH_MODALITIES, MODALITIES, TEXTURE_MODALITIES
+
 FUSIONS: Tuple[str, ...] = ("cmfn", "concat")
 ATTENTIONS: Tuple[str, ...] = ("sigmoid", "softmax")
 EMBEDDING_NORMS: Tuple[str, ...] = ("batchnorm", "none")
@@ -278,14 +275,11 @@ def preset_config(name: str = "default", **overrides: Any) -> ModelConfig:
 
 __all__ = [
     "ATTENTIONS",
-    "DEPTH_MODALITIES",
     "EMBEDDING_NORMS",
     "FUSIONS",
-    "MODALITIES",
     "ModelConfig",
     "ModelConfigError",
     "NUM_STAGES",
     "PRESETS",
-    "TEXTURE_MODALITIES",
     "preset_config",
 ]

@@ -29,7 +29,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import DEPTH_MODALITIES, NUM_STAGES, TEXTURE_MODALITIES, ModelConfig, ModelConfigError
+from ..modalities import DEPTH_MODALITIES, TEXTURE_MODALITIES
+from .config import NUM_STAGES, ModelConfig, ModelConfigError
 
 
 class ConvBNPReLU(nn.Sequential):

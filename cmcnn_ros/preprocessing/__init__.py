@@ -6,16 +6,18 @@ HOG/Gabor (ablations) and face-relative depth. ``scan_depth`` (3-D scans) is
 a separate module and is not imported here.
 """
 
+from ..modalities import MODALITIES
 from .alignment import Aligner, Alignment, EyeLocator, EyePair, crop_transform, warp_crop
-from .depth import DepthCrop, depth_to_metres, face_depth_crop
-from .detection import FaceDetection, FaceDetector, suppress_overlaps
-from .params import MODALITIES, PreprocessingError, PreprocessingParams
+from .depth import DepthCrop, depth_array_to_metres, face_depth_crop
+from .detection import FaceDetector, make_detector
+from .faces import FaceDetection, suppress_overlaps
+from .params import PreprocessingError, PreprocessingParams
 from .pipeline import FaceCrops, FacePreprocessor, check_modalities, to_grey
 from .texture import GaborBank, hog_image, lbp_default_codes, lbp_image
 
 __all__ = [
     "Aligner", "Alignment", "DepthCrop", "EyeLocator", "EyePair", "FaceCrops", "FaceDetection",
     "FaceDetector", "FacePreprocessor", "GaborBank", "MODALITIES", "PreprocessingError",
-    "PreprocessingParams", "check_modalities", "crop_transform", "depth_to_metres", "face_depth_crop",
-    "hog_image", "lbp_default_codes", "lbp_image", "suppress_overlaps", "to_grey", "warp_crop",
+    "PreprocessingParams", "check_modalities", "crop_transform", "depth_array_to_metres", "face_depth_crop",
+    "hog_image", "lbp_default_codes", "lbp_image", "make_detector", "suppress_overlaps", "to_grey", "warp_crop",
 ]

@@ -34,7 +34,8 @@ import cv2
 import numpy as np
 
 from .blazeface import detector_roll
-from .detection import Box, FaceDetection, load_cascade
+from .detection import load_cascade
+from .faces import Box, FaceDetection
 from .facemesh import FaceMeshModel, Region
 from .params import PreprocessingParams
 

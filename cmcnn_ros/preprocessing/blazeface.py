@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from ..boxes import iou
-from .detection import Box, FaceDetection, check_image, size_filter
+from .faces import Box, FaceDetection, check_image, size_filter
 from .params import PreprocessingError, PreprocessingParams
 from .tflite import TFLiteModel
 

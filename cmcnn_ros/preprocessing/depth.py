@@ -44,14 +44,18 @@ class DepthCrop:
     reference_m: float
 
 
-def depth_to_metres(depth: np.ndarray, unit: Union[str, float] = "mm") -> np.ndarray:
-    """Decode a raw depth image to ``float32`` metres (0/NaN = no reading kept as is).
+def depth_array_to_metres(depth: np.ndarray, unit: Union[str, float, None] = None) -> np.ndarray:
+    """Decode a raw depth array to ``float32`` metres (0/NaN = no reading kept as is).
+
+    (A ``sensor_msgs/Image`` is decoded by ``cmcnn_ros.ros.conversions.depth_to_metres``,
+    whose encoding names the unit.)
 
     Args:
         depth: HxW ``uint16`` (e.g. Kinect ``16UC1`` millimetres) or
             ``float32``/``float64`` (e.g. ``32FC1`` metres) depth image.
         unit: "mm" or "m" (also spelled out), or the size of one unit in
-            metres (0.001 for millimetres).
+            metres (0.001 for millimetres); None: millimetres for ``uint16``,
+            metres for float depth (the ROS conventions).
 
     Returns:
         ``float32`` HxW depth in metres.
@@ -66,6 +70,8 @@ def depth_to_metres(depth: np.ndarray, unit: Union[str, float] = "mm") -> np.nda
         depth = depth[:, :, 0]
     if depth.ndim != 2 or depth.size == 0:
         raise PreprocessingError(f"depth must be a non-empty HxW image, got shape {depth.shape}")
+    if unit is None:
+        unit = "mm" if depth.dtype == np.uint16 else "m"
     if isinstance(unit, str):
         if unit.lower() not in _UNITS:
             raise PreprocessingError(f"unknown depth unit {unit!r}; use one of {sorted(_UNITS)} or metres per unit")

@@ -18,9 +18,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Tuple
 
-#: Modality names understood by the preprocessing (ARCHITECTURE.md "Modalities").
-MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor", "depth")
-
 #: LBP mapping methods of ``skimage.feature.local_binary_pattern``.
 LBP_METHODS: Tuple[str, ...] = ("default", "ror", "uniform", "nri_uniform", "var")
 

@@ -18,11 +18,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ..modalities import DEPTH_MODALITIES, MODALITIES
 from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
-from .detection import Box, FaceDetection, check_image, make_detector
-from .params import MODALITIES, PreprocessingError, PreprocessingParams
-from .texture import GaborBank, hog_image, lbp_image
+from .detection import make_detector
+from .faces import Box, FaceDetection, check_image
+from .model_input import build_model_input
+from .params import PreprocessingError, PreprocessingParams
+from .texture import TextureImages
 
 LOGGER = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def _check_depth(depth_m: np.ndarray, frame_shape: Tuple[int, int]) -> np.ndarra
     elif depth_m.dtype != np.float32:
         raise PreprocessingError(
             f"depth_m must be float32 metres, got dtype {depth_m.dtype}; decode raw depth with "
-            "cmcnn_ros.preprocessing.depth_to_metres(depth, unit='mm')")
+            "cmcnn_ros.preprocessing.depth_array_to_metres(depth, unit='mm')")
     if depth_m.shape != frame_shape:
         raise PreprocessingError(
             f"depth {depth_m.shape[1]}x{depth_m.shape[0]} does not match colour "
@@ -179,7 +182,7 @@ class FacePreprocessor:
         self.detector = make_detector(self.params)
         self.aligner: Aligner | LandmarkAligner = (
             LandmarkAligner(self.params) if self.params.detector == "blazeface" else Aligner(self.params))
-        self._gabor = GaborBank(self.params) if "gabor" in self.modalities else None
+        self._texture = TextureImages(self.params, self.modalities)
         self._clock = clock
         self.last_timings: Dict[str, float] = {}
 
@@ -265,22 +268,14 @@ class FacePreprocessor:
         depth_valid, fraction = False, 0.0
         for name in self.modalities:
             t0 = self._clock()
-            if name == "grey":
-                crops[name] = grey_crop.astype(np.float32) * np.float32(1.0 / 255.0)
-            elif name == "lbp":
-                crops[name] = lbp_image(grey_crop, p)
-            elif name == "hog":
-                crops[name] = hog_image(grey_crop, p)
-            elif name == "gabor":
-                assert self._gabor is not None
-                crops[name] = self._gabor.magnitude(grey_crop)
-            elif name == "depth":
-                if depth_m is None:
-                    crops[name] = np.zeros((p.crop_size, p.crop_size), np.float32)
-                else:
-                    d = face_depth_crop(depth_m, alignment.matrix, p)
-                    crops[name] = d.image
-                    depth_valid, fraction = d.valid, d.valid_fraction
+            if name not in DEPTH_MODALITIES:
+                crops[name] = self._texture(name, grey_crop)
+            elif depth_m is None:
+                crops[name] = np.zeros((p.crop_size, p.crop_size), np.float32)
+            else:
+                d = face_depth_crop(depth_m, alignment.matrix, p)
+                crops[name] = d.image
+                depth_valid, fraction = d.valid, d.valid_fraction
             t[name] = self._ms(t0)
         for key, value in t.items():
             frame_timings[key] = frame_timings.get(key, 0.0) + value
@@ -291,22 +286,22 @@ class FacePreprocessor:
                          alignment=alignment.method)
 
     def to_tensor(self, faces: Sequence[FaceCrops]) -> np.ndarray:
-        """Stack crops into the model input.
+        """Stack crops into the model input (:func:`~.model_input.build_model_input`, as training does).
 
         Args:
             faces: output of :meth:`process`.
 
         Returns:
             ``float32`` array ``(B, M, S, S)`` with channels in ``self.modalities`` order
-            (``(0, M, S, S)`` for no faces).
+            (``(0, M, S, S)`` for no faces), every crop at the precision the
+            trainer stores it in (8-bit texture, ``float16`` depth).
 
         Raises:
             PreprocessingError: a face lacks a modality or has a crop of the wrong shape.
         """
         size = self.params.crop_size
-        out = np.zeros((len(faces), len(self.modalities), size, size), np.float32)
         for i, face in enumerate(faces):
-            for j, name in enumerate(self.modalities):
+            for name in self.modalities:
                 crop = face.crops.get(name)
                 if crop is None:
                     raise PreprocessingError(
@@ -315,5 +310,6 @@ class FacePreprocessor:
                 if crop.shape != (size, size):
                     raise PreprocessingError(
                         f"face {i} {name!r} crop has shape {crop.shape}, expected {(size, size)}")
-                out[i, j] = crop
-        return out
+        images = {name: np.stack([face.crops[name] for face in faces]) if faces
+                  else np.zeros((0, size, size), np.float32) for name in self.modalities}
+        return build_model_input(images, self.modalities, np.array([face.depth_valid for face in faces], bool))

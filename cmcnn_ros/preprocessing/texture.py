@@ -10,13 +10,14 @@ grey crop only (never the whole frame) and returned as ``float32`` images in
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import cv2
 import numpy as np
 from skimage.feature import hog, local_binary_pattern
 
-from .params import PreprocessingParams
+from ..modalities import TEXTURE_MODALITIES
+from .params import PreprocessingError, PreprocessingParams
 
 
 def lbp_max_code(points: int, method: str) -> float:
@@ -186,3 +187,40 @@ class GaborBank:
         if top <= 1e-3:
             return np.zeros(src.shape, np.float32)
         return np.clip(total * (1.0 / top), 0.0, 1.0).astype(np.float32)
+
+
+def grey_image(grey: np.ndarray) -> np.ndarray:
+    """The grey modality: a ``uint8`` crop as ``float32`` in [0, 1]."""
+    return grey.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+class TextureImages:
+    """Every texture modality of an aligned ``uint8`` grey crop, by name.
+
+    The one place that maps a texture modality name to its image, used by
+    the preprocessing on each face and by the trainer's augmentation, which
+    recomputes the texture from an augmented grey crop.
+    """
+
+    def __init__(self, params: PreprocessingParams, modalities: Iterable[str] = ()) -> None:
+        """Keep the settings; the Gabor bank is built now when ``modalities`` asks for Gabor, else on first use."""
+        self.params = params
+        self._gabor: Optional[GaborBank] = GaborBank(params) if "gabor" in tuple(modalities) else None
+
+    def __call__(self, name: str, grey: np.ndarray) -> np.ndarray:
+        """The ``name`` image of ``grey``: ``float32`` SxS in [0, 1].
+
+        Raises:
+            PreprocessingError: ``name`` is not a texture modality.
+        """
+        if name == "grey":
+            return grey_image(grey)
+        if name == "lbp":
+            return lbp_image(grey, self.params)
+        if name == "hog":
+            return hog_image(grey, self.params)
+        if name == "gabor":
+            if self._gabor is None:
+                self._gabor = GaborBank(self.params)
+            return self._gabor.magnitude(grey)
+        raise PreprocessingError(f"{name!r} is not a texture modality; those are {list(TEXTURE_MODALITIES)}")

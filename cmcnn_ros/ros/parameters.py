@@ -138,6 +138,6 @@ def model_file(value: str) -> Path:
         FerConfigError: no such file.
     """
     try:
-        return resources.resolve_model_path(value)
+        return resources.find_checkpoint(value)
     except FileNotFoundError as exc:
         raise FerConfigError(f"model_path {value!r}: {exc}; set the parameter model_path") from None

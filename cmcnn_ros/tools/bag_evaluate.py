@@ -221,7 +221,7 @@ def load_stream(weights: Optional[Path], device: str = "auto", num_threads: Opti
     from cmcnn_ros.inference.stream import ExpressionStream
 
     try:
-        path = resources.resolve_model_path(weights)
+        path = resources.find_checkpoint(weights)
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from None
     return ExpressionStream.from_checkpoint(path, device=device, num_threads=num_threads,

@@ -82,7 +82,7 @@ def resolve_weights(path: Optional[Path]) -> Path:
         DemoError: no checkpoint file (says how to get or train one).
     """
     try:
-        return resources.resolve_model_path(path)
+        return resources.find_checkpoint(path)
     except FileNotFoundError as exc:
         raise DemoError(f"{exc}; or pass --weights PATH to any CM-CNN checkpoint") from None
 

@@ -56,7 +56,7 @@ def explain(colour: np.ndarray, depth: Optional[np.ndarray], checkpoint: Path, d
     from ..inference.gradcam import grad_cam
     from ..inference.recognizer import resolve_device
     from ..model.checkpoint import load_checkpoint
-    from ..preprocessing.depth import depth_to_metres
+    from ..preprocessing.depth import depth_array_to_metres
     from ..preprocessing.params import PreprocessingParams
     from ..preprocessing.pipeline import FacePreprocessor
 
@@ -67,8 +67,7 @@ def explain(colour: np.ndarray, depth: Optional[np.ndarray], checkpoint: Path, d
     pre = FacePreprocessor(PreprocessingParams.from_dict(ckpt.preprocessing), modalities=modalities)
     depth_m = None
     if depth is not None:
-        unit = depth_scale if depth_scale is not None else ("mm" if depth.dtype == np.uint16 else "m")
-        depth_m = depth_to_metres(depth, unit)
+        depth_m = depth_array_to_metres(depth, depth_scale)
     faces = pre.process(colour, depth_m)
     if not faces:
         return faces, None, None, {}, list(ckpt.class_names), modalities

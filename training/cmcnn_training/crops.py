@@ -42,6 +42,9 @@ from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.boxes import iou
+from cmcnn_ros.preprocessing.model_input import build_model_input, load, store
+from cmcnn_ros.preprocessing.params import PreprocessingParams
+from cmcnn_ros.preprocessing.pipeline import FacePreprocessor
 
 LOG = logging.getLogger(__name__)
 
@@ -67,8 +70,9 @@ class CropSet:
 
     Attributes:
         modalities: modality names, the keys of ``images``.
-        images: modality -> ``(N, S, S)`` array; ``uint8`` (value*255) for
-            texture modalities, ``float16`` for depth.
+        images: modality -> ``(N, S, S)`` array as
+            :func:`cmcnn_ros.preprocessing.model_input.store` keeps it:
+            ``uint8`` (value*255) for texture modalities, ``float16`` for depth.
         depth_valid: ``(N,)`` bool; False rows have an all-zero depth crop.
         labels: ``(N,)`` canonical class names.
         subjects: ``(N,)`` subject ids.
@@ -111,16 +115,20 @@ class CropSet:
         """Crops of one modality as ``float32`` in [0, 1]."""
         if modality not in self.images:
             raise CropError(f"crop set has no modality {modality!r}; it has {list(self.modalities)}")
-        a = self.images[modality][rows]
-        if a.dtype == np.uint8:
-            return a.astype(np.float32) * (1.0 / 255.0)
-        return a.astype(np.float32)
+        return load(self.images[modality][rows])
 
     def to_tensor(self, rows: np.ndarray | Sequence[int] | slice,
                   modalities: Optional[Sequence[str]] = None) -> np.ndarray:
-        """``(B, M, S, S)`` float32 model input for the given rows, channels in ``modalities`` order."""
+        """``(B, M, S, S)`` float32 model input for the given rows, channels in ``modalities`` order.
+
+        Built by the runtime's :func:`~cmcnn_ros.preprocessing.model_input.build_model_input`, the
+        node's own builder, so training and serving feed the network the same values.
+        """
         mods = tuple(modalities or self.modalities)
-        return np.stack([self.modality_float(m, rows) for m in mods], axis=1)
+        missing = [m for m in mods if m not in self.images]
+        if missing:
+            raise CropError(f"crop set has no modality {missing[0]!r}; it has {list(self.modalities)}")
+        return build_model_input({m: self.images[m][rows] for m in mods}, mods, self.depth_valid[rows])
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> "CropSet":
         """A new crop set holding only ``rows`` (in that order)."""
@@ -204,7 +212,7 @@ def dataset_listing(dataset: Any) -> Dict[str, Any]:
     return out
 
 
-def cache_key(dataset: Any, params: Any, modalities: Sequence[str], box_mode: str) -> str:
+def cache_key(dataset: Any, params: PreprocessingParams, modalities: Sequence[str], box_mode: str) -> str:
     """Hex SHA-256 of (listing, preprocessing params, modalities, box mode, cache version)."""
     payload = {"version": CACHE_VERSION, "listing": dataset_listing(dataset),
                "preprocessing": params.to_dict(), "modalities": list(modalities), "box_mode": box_mode}
@@ -255,24 +263,21 @@ class _Worker:
     modalities: Tuple[str, ...] = ()
 
 
-def _setup_state(dataset: Any, params_dict: Dict[str, Any], modalities: Tuple[str, ...], box_mode: str) -> None:
-    from cmcnn_ros.preprocessing.params import PreprocessingParams
-    from cmcnn_ros.preprocessing.pipeline import FacePreprocessor
-
+def _setup_state(dataset: Any, params: PreprocessingParams, modalities: Tuple[str, ...], box_mode: str) -> None:
     _Worker.dataset = dataset
-    _Worker.pre = FacePreprocessor(PreprocessingParams.from_dict(params_dict), modalities=modalities)
+    _Worker.pre = FacePreprocessor(params, modalities=modalities)
     _Worker.box_mode = box_mode
     _Worker.modalities = modalities
 
 
-def _init_worker(dataset_blob: bytes, params_dict: Dict[str, Any], modalities: Tuple[str, ...],
+def _init_worker(dataset_blob: bytes, params: PreprocessingParams, modalities: Tuple[str, ...],
                  box_mode: str) -> None:
     import cv2
 
     # Each worker is one of N parallel processes; OpenCV's own thread pool
     # would only oversubscribe the cores.
     cv2.setNumThreads(1)
-    _setup_state(pickle.loads(dataset_blob), params_dict, modalities, box_mode)
+    _setup_state(pickle.loads(dataset_blob), params, modalities, box_mode)
 
 
 def _extract_one(index: int) -> _Extracted:
@@ -291,11 +296,7 @@ def _extract_one(index: int) -> _Extracted:
             if not faces:
                 return _Extracted(index, "error", message=f"{sample.source}: no crop from the ground-truth box")
             face = faces[0]
-        crops = {}
-        for m in _Worker.modalities:
-            c = np.asarray(face.crops[m], dtype=np.float32)
-            crops[m] = c.astype(np.float16) if m == "depth" else \
-                np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8)
+        crops = {m: store(m, face.crops[m]) for m in _Worker.modalities}
         intensity = -1 if sample.intensity is None else int(sample.intensity)
         return _Extracted(index, status, crops, bool(face.depth_valid), intensity=intensity,
                           source=str(sample.source), alignment=str(face.alignment))
@@ -303,7 +304,7 @@ def _extract_one(index: int) -> _Extracted:
         return _Extracted(index, "error", message=f"sample {index}: {exc}")
 
 
-def _run_extraction(dataset: Any, params: Any, modalities: Tuple[str, ...], box_mode: str,
+def _run_extraction(dataset: Any, params: PreprocessingParams, modalities: Tuple[str, ...], box_mode: str,
                     workers: int, progress: bool) -> List[_Extracted]:
     n = len(dataset)
     blob = None
@@ -321,12 +322,12 @@ def _run_extraction(dataset: Any, params: Any, modalities: Tuple[str, ...], box_
             # pools that are not fork-safe.
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(blob, params.to_dict(), modalities, box_mode)) as pool:
+                                     initargs=(blob, params, modalities, box_mode)) as pool:
                 for r in pool.map(_extract_one, range(n), chunksize=max(1, min(16, n // (4 * workers)))):
                     results.append(r)
                     bar.update(1)
         else:
-            _setup_state(dataset, params.to_dict(), modalities, box_mode)
+            _setup_state(dataset, params, modalities, box_mode)
             try:
                 for i in range(n):
                     results.append(_extract_one(i))
@@ -339,7 +340,7 @@ def _run_extraction(dataset: Any, params: Any, modalities: Tuple[str, ...], box_
     return results
 
 
-def extract_crops(dataset: Any, params: Any, modalities: Sequence[str], box_mode: str = "detect",
+def extract_crops(dataset: Any, params: PreprocessingParams, modalities: Sequence[str], box_mode: str = "detect",
                   workers: int = 2, progress: bool = True) -> CropSet:
     """Preprocess every sample of ``dataset`` into a :class:`CropSet` (no cache).
 
@@ -395,8 +396,8 @@ class CropCacheInfo:
     seconds: float
 
 
-def get_crops(dataset: Any, params: Any, modalities: Sequence[str], cache_dir: Optional[str | os.PathLike],
-              box_mode: str = "detect", workers: int = 2, progress: bool = True,
+def get_crops(dataset: Any, params: PreprocessingParams, modalities: Sequence[str],
+              cache_dir: Optional[str | os.PathLike], box_mode: str = "detect", workers: int = 2, progress: bool = True,
               name: str = "dataset") -> Tuple[CropSet, CropCacheInfo]:
     """Crops of ``dataset``, from the cache when the key matches, else extracted and cached.
 

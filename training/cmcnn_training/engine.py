@@ -37,11 +37,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
+from cmcnn_ros.preprocessing.model_input import at_model_precision, zero_depth
+from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
+
 from .crops import CropSet
 
 LOG = logging.getLogger(__name__)
-
-TEXTURE_DERIVED = ("lbp", "hog", "gabor")
 
 
 @dataclass
@@ -93,9 +95,9 @@ class CropBatches:
         self.depth_dropout = float(depth_dropout)
         self.params = preprocessing
         self.drop_last = drop_last and len(self.rows) > self.batch_size
-        if self.augment.enabled and any(m in TEXTURE_DERIVED for m in self.modalities) and self.params is None:
+        if self.augment.enabled and any(m in GREY_DERIVED for m in self.modalities) and self.params is None:
             raise ValueError("augmentation with texture modalities needs the preprocessing params")
-        self._gabor = None
+        self._textures: Optional[TextureImages] = None
 
     def __len__(self) -> int:
         n = len(self.rows)
@@ -112,9 +114,8 @@ class CropBatches:
         x = self.crops.to_tensor(rows, self.modalities)
         if self.augment.enabled:
             x = np.stack([self._augment_one(x[i], int(r)) for i, r in enumerate(rows)])
-        if self.depth_dropout > 0 and "depth" in self.modalities:
-            drop = self.rng.random(len(rows)) < self.depth_dropout
-            x[drop, self.modalities.index("depth")] = 0.0
+        if self.depth_dropout > 0 and any(m in DEPTH_MODALITIES for m in self.modalities):
+            zero_depth(x, self.modalities, self.rng.random(len(rows)) < self.depth_dropout)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(self.y[rows])
 
     def _augment_one(self, x: np.ndarray, row: int) -> np.ndarray:
@@ -167,38 +168,27 @@ class CropBatches:
         g8 = np.clip(np.rint(g), 0, 255).astype(np.uint8)
         out = np.empty_like(x)
         for i, m_name in enumerate(mods):
-            if m_name == "grey":
-                v = g8.astype(np.float32) * (1.0 / 255.0)
+            if m_name in DEPTH_MODALITIES:
+                out[i] = d
+            elif m_name == "grey":
+                v = grey_image(g8)
                 mean = float(v.mean())
                 v = (v - mean) * (1.0 + rng.uniform(-a.contrast, a.contrast)) + mean
                 out[i] = np.clip(v + rng.uniform(-a.brightness, a.brightness), 0.0, 1.0)
-            elif m_name == "depth":
-                out[i] = d
-            elif m_name in TEXTURE_DERIVED:
-                out[i] = self._texture(m_name, g8)
             else:
-                out[i] = x[i]
+                out[i] = self._texture(m_name, g8)
         return out
 
     def _texture(self, name: str, grey: np.ndarray) -> np.ndarray:
-        """A texture modality of a uint8 grey crop, quantised like the crop cache (uint8 / 255)."""
-        from cmcnn_ros.preprocessing import texture
-
-        if name == "lbp":
-            img = texture.lbp_image(grey, self.params)
-        elif name == "hog":
-            img = texture.hog_image(grey, self.params)
-        else:
-            if self._gabor is None:
-                self._gabor = texture.GaborBank(self.params)
-            img = self._gabor.magnitude(grey)
-        # Same uint8 quantisation as the cache, so augmented and plain samples look alike.
-        return np.rint(img * 255.0) / 255.0
+        """A texture modality of a uint8 grey crop at the crop cache's precision (augmented = plain samples)."""
+        if self._textures is None:
+            self._textures = TextureImages(self.params)
+        return at_model_precision(name, self._textures(name, grey))
 
     def _recompute_texture(self, x: np.ndarray, row: int) -> None:
         # Reached only for crop sets without a grey crop (those with one take
         # _augment_from_grey): a flipped texture code cannot be recomputed there.
-        if any(m in TEXTURE_DERIVED for m in self.modalities):
+        if any(m in GREY_DERIVED for m in self.modalities):
             raise ValueError("flip augmentation of texture modalities needs the grey crop in the crop set")
 
 

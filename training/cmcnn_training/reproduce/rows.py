@@ -17,9 +17,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from cmcnn_ros.modalities import MODALITIES
+
 LETTERS: Dict[str, str] = {"G": "grey", "L": "lbp", "H": "hog", "B": "gabor", "D": "depth"}
 #: Canonical channel order of a row's modalities (the model reads them in this order).
-MODALITY_ORDER: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor", "depth")
+MODALITY_ORDER: Tuple[str, ...] = MODALITIES
 
 
 class RowError(ValueError):

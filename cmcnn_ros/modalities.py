@@ -1,0 +1,25 @@
+"""Modality names: the input channels of CM-CNN (Ni et al., IEEE TCDS 2023, Sections III-B and III-C).
+
+The preprocessing produces these images and the network reads them, so the
+names live below both (``preprocessing/`` and ``model/`` import them from
+here). Section III-B makes the grey image, its LBP (eq. 2) and the facial
+depth image; Tables II/III swap LBP for HOG or Gabor images in the ablation.
+Every modality is one ``float32`` ``crop_size`` square channel in [0, 1]
+(docs/ARCHITECTURE.md "Modalities").
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+#: Every modality name, in the canonical channel order (the reproduce rows' G, L, H, B, D; a
+#: model's own order is its config's).
+MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor", "depth")
+#: Modalities computed from the aligned grey crop; the deep texture FEN reads them (Fig. 3(b)).
+TEXTURE_MODALITIES: Tuple[str, ...] = ("grey", "lbp", "hog", "gabor")
+#: Texture modalities derived from the grey crop (recomputed, never warped, when the grey crop is augmented).
+GREY_DERIVED: Tuple[str, ...] = ("lbp", "hog", "gabor")
+#: Modalities from the registered depth frame; the shallow depth FEN reads them (Fig. 3(a)).
+DEPTH_MODALITIES: Tuple[str, ...] = ("depth",)
+
+__all__ = ["DEPTH_MODALITIES", "GREY_DERIVED", "MODALITIES", "TEXTURE_MODALITIES"]
