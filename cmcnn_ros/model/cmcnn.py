@@ -159,7 +159,7 @@ class CMCNN(nn.Module):
     # ------------------------------------------------------------ predictions
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``softmax(s)`` ``(B, num_classes)``, consistent with the losses."""
-        return class_probabilities(self.forward(x))
+        return class_probabilities(self(x))  # through __call__, so module hooks run
 
     def eq4_scores(self, x: torch.Tensor) -> torch.Tensor:
         """``F = sigmoid(PReLU(FC(f_v)))`` exactly as eq. (4); per-class, not normalised."""

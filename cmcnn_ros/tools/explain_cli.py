@@ -53,8 +53,8 @@ def explain(colour: np.ndarray, depth: Optional[np.ndarray], checkpoint: Path, d
     """
     import torch
 
+    from ..device import resolve_device
     from ..inference.gradcam import grad_cam
-    from ..inference.recognizer import resolve_device
     from ..model.checkpoint import load_checkpoint
     from ..preprocessing.depth import depth_array_to_metres
     from ..preprocessing.params import PreprocessingParams
@@ -64,7 +64,7 @@ def explain(colour: np.ndarray, depth: Optional[np.ndarray], checkpoint: Path, d
     dev = resolve_device(device)
     model = ckpt.model.to(dev).eval()
     modalities = tuple(model.modalities)
-    pre = FacePreprocessor(PreprocessingParams.from_dict(ckpt.preprocessing), modalities=modalities)
+    pre = FacePreprocessor(PreprocessingParams.from_checkpoint(ckpt.preprocessing), modalities=modalities)
     depth_m = None
     if depth is not None:
         depth_m = depth_array_to_metres(depth, depth_scale)
