@@ -39,19 +39,23 @@ def _architecture_entry_points() -> Dict[str, str]:
     return dict(re.findall(r"^\|\s*`([\w-]+)`\s*\|\s*`([\w.]+:\w+)`\s*\|", text, re.M))
 
 
-def _setup_py_entry_points() -> Dict[str, str]:
+def _setup_py_entry_points(kind: str) -> Dict[str, str]:
+    """``kind`` "RUNTIME" or "OFFLINE": setup.py's ``<kind>_ENTRY_POINTS`` list."""
     tree = ast.parse((REPO_ROOT / "setup.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "ENTRY_POINTS" for t in node.targets):
+                isinstance(t, ast.Name) and t.id == f"{kind}_ENTRY_POINTS" for t in node.targets):
             items: List[str] = ast.literal_eval(node.value)
             return {k.strip(): v.strip() for k, v in (item.split("=", 1) for item in items)}
-    raise AssertionError("setup.py has no ENTRY_POINTS list")
+    raise AssertionError(f"setup.py has no {kind}_ENTRY_POINTS list")
 
 
-def _cmake_entry_points() -> Dict[str, str]:
+def _cmake_entry_points(kind: str) -> Dict[str, str]:
+    """``kind`` "runtime" or "offline": the ``set(_<kind>_entry_points ...)`` list of CMakeLists.txt."""
     text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    return dict(re.findall(r'^\s*"([\w-]+)=([\w.]+:\w+)"\s*$', text, re.M))
+    block = re.search(rf"set\(_{kind}_entry_points\n(.*?)\)", text, re.S)
+    assert block, f"CMakeLists.txt has no _{kind}_entry_points list"
+    return dict(re.findall(r'^\s*"([\w-]+)=([\w.]+:\w+)"\s*$', block.group(1), re.M))
 
 
 def test_package_xml_validates_and_lists_dependencies() -> None:
@@ -71,11 +75,20 @@ def test_package_xml_validates_and_lists_dependencies() -> None:
 
 
 def test_entry_points_agree_everywhere() -> None:
-    """docs/ARCHITECTURE.md, setup.py and CMakeLists.txt name the same commands."""
+    """docs/ARCHITECTURE.md, setup.py and CMakeLists.txt name the same commands.
+
+    Runtime commands come from cmcnn_ros, offline ones from the offline
+    packages, and each list agrees on its own.
+    """
     documented = _architecture_entry_points()
-    assert "fer_node" in documented and len(documented) >= 9
-    assert _setup_py_entry_points() == documented
-    assert _cmake_entry_points() == documented
+    runtime, offline = _setup_py_entry_points("RUNTIME"), _setup_py_entry_points("OFFLINE")
+    assert "fer_node" in runtime and len(documented) >= 9
+    assert not set(runtime) & set(offline)
+    assert {**runtime, **offline} == documented
+    assert _cmake_entry_points("runtime") == runtime
+    assert _cmake_entry_points("offline") == offline
+    assert all(target.startswith("cmcnn_ros.") for target in runtime.values()), runtime
+    assert all(target.split(".")[0] in ("cmcnn_training", "cmcnn_synthetic") for target in offline.values()), offline
 
 
 def test_venv_layout_has_no_generic_training_module() -> None:
@@ -150,7 +163,7 @@ def _copy_sources(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ("CMakeLists.txt", "package.xml"):
         shutil.copy2(REPO_ROOT / name, dest / name)
-    for name in ("msg", "cmcnn_ros", "training", "launch", "config", "models"):
+    for name in ("msg", "cmcnn_ros", "training", "synthetic", "launch", "config", "models"):
         if (REPO_ROOT / name).is_dir():
             shutil.copytree(REPO_ROOT / name, dest / name, ignore=ignore)
 
@@ -186,8 +199,8 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
     assert (site / "cmcnn_ros" / "msg" / "_emotion_array.py").is_file()
     assert (site / "cmcnn_ros" / "classes.py").is_file()
     assert not (site / "training").exists()
-    if (REPO_ROOT / "training" / "cmcnn_training").is_dir():
-        assert (site / "cmcnn_training").is_dir()
+    assert (site / "cmcnn_training").is_dir() and (site / "cmcnn_synthetic" / "data" / "LICENSE").is_file()
+    assert not (site / "cmcnn_ros" / "synthetic").exists()
     fer_node = install / "lib" / "cmcnn_ros" / "fer_node"
     assert os.access(fer_node, os.X_OK)
     assert "from cmcnn_ros.ros.fer_node import main" in fer_node.read_text()

@@ -29,8 +29,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..atomic_io import atomic_open, write_bytes_atomic
-from ..classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
+from cmcnn_ros.atomic_io import atomic_open, write_bytes_atomic
+from cmcnn_ros.classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
 from .expressions import INTENSITY_LEVELS
 from .render import CameraSpec
 from .scene import FaceSpec, PoseRange, RenderedFrame, random_face_spec, render_frame
