@@ -13,8 +13,10 @@ The offline packages import ``cmcnn_ros``, never the other way round.
 ``scripts/setup.sh`` runs ``pip install --no-deps -e .`` after installing the
 pinned requirements.txt, which holds everything.
 
-On a robot the same code is installed by colcon through CMakeLists.txt
-(ament_cmake); keep both entry point lists there in sync (a test checks it). Nothing is installed under a generic top-level name such
+On a robot the runtime is installed by colcon through CMakeLists.txt
+(ament_cmake): ``RUNTIME_ENTRY_POINTS`` only, unless the offline packages are
+asked for (``-DCMCNN_INSTALL_OFFLINE=ON``); keep both lists there in sync
+(a test checks it). Nothing is installed under a generic top-level name such
 as ``training`` or ``synthetic``.
 """
 

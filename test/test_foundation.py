@@ -77,8 +77,9 @@ def test_package_xml_validates_and_lists_dependencies() -> None:
 def test_entry_points_agree_everywhere() -> None:
     """docs/ARCHITECTURE.md, setup.py and CMakeLists.txt name the same commands.
 
-    Runtime commands come from cmcnn_ros, offline ones from the offline
-    packages, and each list agrees on its own.
+    colcon installs the runtime list by default and the offline list only with
+    CMCNN_INSTALL_OFFLINE=ON, so each list must agree on its own; runtime
+    commands come from cmcnn_ros, offline ones from the offline packages.
     """
     documented = _architecture_entry_points()
     runtime, offline = _setup_py_entry_points("RUNTIME"), _setup_py_entry_points("OFFLINE")
@@ -172,7 +173,9 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
     """CMakeLists.txt with CMCNN_INSTALL_PYTHON=ON (what colcon runs) installs a usable package.
 
     Messages and our source share one cmcnn_ros folder there; our __init__.py
-    must win over the generator's empty one, and both must import.
+    must win over the generator's empty one, and both must import. The
+    offline packages (trainer, renderer) and their commands are installed only
+    with CMCNN_INSTALL_OFFLINE=ON.
     """
     env = dict(env_file_environment())
     venv = env["VIRTUAL_ENV"]
@@ -199,8 +202,12 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
     assert (site / "cmcnn_ros" / "msg" / "_emotion_array.py").is_file()
     assert (site / "cmcnn_ros" / "classes.py").is_file()
     assert not (site / "training").exists()
-    assert (site / "cmcnn_training").is_dir() and (site / "cmcnn_synthetic" / "data" / "LICENSE").is_file()
+    for offline in ("cmcnn_training", "cmcnn_synthetic", "synthetic"):
+        assert not (site / offline).exists(), f"{offline} is in the robot install"
     assert not (site / "cmcnn_ros" / "synthetic").exists()
+    assert not (site / "cmcnn_ros" / "preprocessing" / "scan_depth.py").exists()
+    for tool in ("cmcnn-train", "cmcnn-synth", "cmcnn-bag-write", "cmcnn-demo"):
+        assert not (install / "lib" / "cmcnn_ros" / tool).exists(), f"{tool} is in the robot install"
     fer_node = install / "lib" / "cmcnn_ros" / "fer_node"
     assert os.access(fer_node, os.X_OK)
     assert "from cmcnn_ros.ros.fer_node import main" in fer_node.read_text()
@@ -224,3 +231,24 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(init), "0.5"]
+
+    # A workstation build asks for the offline packages too (same build folder, reconfigured).
+    offline_install = tmp_path / "install_offline"
+    with log.open("a") as out:
+        for cmd in (
+            ["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={offline_install}",
+             "-DCMCNN_INSTALL_OFFLINE=ON"],
+            ["cmake", "--build", str(build), "-j", str(min(2, os.cpu_count() or 1))],
+            ["cmake", "--install", str(build)],
+        ):
+            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=600, check=False).returncode
+            assert rc == 0, f"{' '.join(cmd[:2])} failed:\n{log.read_text()[-3000:]}"
+    site = next(offline_install.glob("lib/python3*/site-packages"))
+    assert (site / "cmcnn_training" / "train.py").is_file()
+    assert (site / "cmcnn_training" / "datasets" / "scan_depth.py").is_file()
+    for rel in ("generate.py", "bags.py", "demo.py", "data/ict_facekit_light.npz", "data/LICENSE"):
+        assert (site / "cmcnn_synthetic" / rel).is_file(), rel
+    demo = offline_install / "lib" / "cmcnn_ros" / "cmcnn-demo"
+    assert os.access(demo, os.X_OK) and "from cmcnn_synthetic.demo import main" in demo.read_text()
+    assert os.access(offline_install / "lib" / "cmcnn_ros" / "fer_node", os.X_OK)
