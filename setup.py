@@ -9,7 +9,8 @@ docs/ARCHITECTURE.md:
 * ``cmcnn_synthetic`` (from ``synthetic/cmcnn_synthetic/``): the offline
   ICT-FaceKit renderer, synthetic benchmark and synthetic bags.
 
-The offline packages import ``cmcnn_ros``, never the other way round.
+The offline packages import ``cmcnn_ros``, never the other way round. Their
+extra dependencies are the extras below (``pip install -e '.[synthetic,training]'``).
 ``scripts/setup.sh`` runs ``pip install --no-deps -e .`` after installing the
 pinned requirements.txt, which holds everything.
 
@@ -55,6 +56,23 @@ PACKAGES = sorted(
     | set(find_packages(where="synthetic", include=["cmcnn_synthetic.*"]))
 )
 
+# Loose bounds only; the tested pins are in requirements.txt.
+EXTRAS_REQUIRE = {
+    # rosbag2 files without a ROS install: cmcnn_ros.tools (bag_io, bag_writer,
+    # bag_replay, bag_evaluate, the demo).
+    "bags": ["rosbags>=0.11,<1"],
+    # cmcnn_synthetic. pyrender brings trimesh and PyOpenGL, but pins PyOpenGL
+    # 3.1.0, whose OSMesa binding is broken: headless rendering needs
+    # PyOpenGL>=3.1.7 installed after it with --no-deps
+    # (requirements-overrides.txt) and Debian's libosmesa6.
+    "synthetic": ["pyrender>=0.1.45,<0.2", "rosbags>=0.11,<1"],
+    # cmcnn_training (torch left out as in install_requires); scikit-learn and
+    # threadpoolctl for the cmcnn-reproduce report.
+    "training": ["scikit-learn>=1.3", "threadpoolctl>=3.1"],
+    # cmcnn_ros/examples (the behaviour tree).
+    "examples": ["py_trees>=2.2"],
+}
+
 setup(
     name="cmcnn_ros",
     version="0.1.0",
@@ -85,6 +103,7 @@ setup(
         "matplotlib>=3.7",
         "ai-edge-litert>=2.3",
     ],
+    extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": RUNTIME_ENTRY_POINTS + OFFLINE_ENTRY_POINTS},
     zip_safe=False,
 )
