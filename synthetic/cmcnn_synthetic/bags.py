@@ -131,7 +131,7 @@ def write_synthetic_bag(path: "str | Path", duration_s: float = 10.0, fps: float
                       wall_s=round(time.monotonic() - t0, 2))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmcnn-bag-write",
         description="Write a labelled synthetic Kinect-style RGB-D rosbag2 (several subjects, changing "
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``cmcnn-bag-write``; prints a JSON summary."""
-    args = build_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)
     configure_logging(args.verbose)
     duration = args.duration if args.frames is None else args.frames / args.fps if args.fps > 0 else 0.0
     try:

@@ -32,7 +32,7 @@ def write_demo_bag(path: Path, opts: demo.DemoOptions) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``cmcnn-demo``: the options of :func:`cmcnn_ros.tools.demo.build_parser`."""
+    """Entry point of ``cmcnn-demo``: the options of :mod:`cmcnn_ros.tools.demo`'s parser."""
     return demo.main(argv, write_bag=write_demo_bag)
 
 
