@@ -19,13 +19,7 @@ test: setup
 	@source $(ENV_FILE) && python -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	@source $(ENV_FILE) && \
-	if [[ -f cmcnn_ros/tools/demo.py ]]; then \
-		cmcnn-demo $(DEMO_ARGS); \
-	else \
-		echo "make demo: the demo (cmcnn_ros/tools/demo.py, command cmcnn-demo) is not there yet." >&2; \
-		exit 2; \
-	fi
+	@source $(ENV_FILE) && cmcnn-demo $(DEMO_ARGS)
 
 # Removes the venv and the message prefix; the next `make setup` rebuilds all.
 clean:

@@ -73,9 +73,9 @@ def read_sweep(root: Path) -> List[Dict[str, Any]]:
 
 def render_sweep(cache: Path, frames: int, empty: int, seed: int) -> List[Dict[str, Any]]:
     """Rendered sweep frames (cached as one .npz each): colour and the face's truth."""
-    from cmcnn_ros.synthetic.generate import RenderOptions, plan_jobs, render_job
-    from cmcnn_ros.synthetic.render import CameraSpec
-    from cmcnn_ros.synthetic.scene import PoseRange, render_frame
+    from cmcnn_synthetic.generate import RenderOptions, plan_jobs, render_job
+    from cmcnn_synthetic.render import CameraSpec
+    from cmcnn_synthetic.scene import PoseRange, render_frame
 
     cache.mkdir(parents=True, exist_ok=True)
     options = RenderOptions(camera=CameraSpec(), poses=PoseRange(yaw_deg=40.0, pitch_deg=20.0, roll_deg=30.0,

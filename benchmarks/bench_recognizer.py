@@ -39,7 +39,7 @@ from cmcnn_ros.inference import Recognizer  # noqa: E402
 from cmcnn_ros.model import cmcnn  # noqa: E402
 from cmcnn_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from cmcnn_ros.preprocessing.params import PreprocessingParams  # noqa: E402
-from cmcnn_ros.synthetic.scene import FaceSpec, render_frame  # noqa: E402
+from cmcnn_synthetic.scene import FaceSpec, render_frame  # noqa: E402
 
 LOGGER = logging.getLogger("bench_recognizer")
 DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_default.pt"

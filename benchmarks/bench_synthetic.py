@@ -29,9 +29,9 @@ import numpy as np
 
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
-from cmcnn_ros.synthetic.generate import RenderOptions, generate_dataset, plan_jobs, render_job
-from cmcnn_ros.synthetic.render import CameraSpec
-from cmcnn_ros.synthetic.scene import PoseRange
+from cmcnn_synthetic.generate import RenderOptions, generate_dataset, plan_jobs, render_job
+from cmcnn_synthetic.render import CameraSpec
+from cmcnn_synthetic.scene import PoseRange
 
 LOG = logging.getLogger("bench_synthetic")
 

@@ -157,9 +157,7 @@ PYVER="$("$VPY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[
 
 # ---------------------------------------------------------------- 3. python
 step "python packages" "read the log above; a version pin that does not exist for Python $PYVER, or no network to PyPI, are the usual causes. Fix requirements.txt and rerun"
-# The package folders' presence counts too: setup.py maps only those present.
-pkg_dirs="$(for d in cmcnn_ros training/cmcnn_training; do [[ -d "$ROOT/$d" ]] && printf '%s,' "$d"; done; true)"
-py_hash="$(hash_files "$ROOT/requirements.txt" "$ROOT/requirements-overrides.txt" "$ROOT/setup.py" "$ROOT/pyproject.toml")-py$PYVER-$(printf '%s' "$pkg_dirs" | sha256sum | cut -c1-12)"
+py_hash="$(hash_files "$ROOT/requirements.txt" "$ROOT/requirements-overrides.txt" "$ROOT/setup.py" "$ROOT/pyproject.toml")-py$PYVER"
 if [[ -f "$PY_STAMP" && "$(cat "$PY_STAMP")" == "$py_hash" ]]; then
   say "python packages: up to date"
 else
@@ -309,7 +307,8 @@ fi
 # cmcnn_ros.msg resolves there. Symlinks only: nothing of ours is copied.
 step "source overlay" ""
 mkdir -p "$PYSRC"
-for link in "cmcnn_ros:../../cmcnn_ros" "cmcnn_training:../../training/cmcnn_training"; do
+for link in "cmcnn_ros:../../cmcnn_ros" "cmcnn_training:../../training/cmcnn_training" \
+            "cmcnn_synthetic:../../synthetic/cmcnn_synthetic"; do
   name="${link%%:*}"; target="${link#*:}"
   if [[ "$(readlink "$PYSRC/$name" 2>/dev/null || true)" != "$target" ]]; then
     ln -sfn "$target" "$PYSRC/$name.tmp" && mv -Tf "$PYSRC/$name.tmp" "$PYSRC/$name"

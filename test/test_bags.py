@@ -20,8 +20,9 @@ import pytest
 from cmcnn_ros.tools.bag_io import (CAMERA_FRAME_ID, COLOUR_TOPIC, DEPTH_TOPIC, LABELS_TOPIC, BagError,
                                     FrameLabels, GroundTruthFace, decode_pair, iter_frame_pairs, open_bag,
                                     read_labels, resolve_topics, stamp_ns)
-from cmcnn_ros.tools.bag_writer import (BagWriteError, CameraIntrinsics, RgbdBagWriter, plan_sequence,
-                                        write_synthetic_bag)
+from cmcnn_ros.tools.bag_writer import BagWriteError, CameraIntrinsics, RgbdBagWriter
+from cmcnn_synthetic.bags import write_synthetic_bag
+from cmcnn_synthetic.scenarios import plan_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_default.pt"

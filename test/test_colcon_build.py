@@ -88,19 +88,26 @@ def _installed_env(ws: Path, domain_id: int) -> Dict[str, str]:
 
 
 def test_colcon_install_layout(colcon_ws):
+    """The robot install holds the node, its tools and data; the offline packages stay out (README: On a robot)."""
     install = colcon_ws / "install" / "cmcnn_ros"
-    for tool in ("fer_node", "cmcnn-recognize", "cmcnn-bag-evaluate", "cmcnn-bag-replay", "cmcnn-demo"):
+    for tool in ("fer_node", "cmcnn-recognize", "cmcnn-bag-evaluate", "cmcnn-bag-replay", "cmcnn-explain",
+                 "cmcnn-emotion-tree"):
         assert os.access(install / "lib" / "cmcnn_ros" / tool, os.X_OK), tool
+    for tool in ("cmcnn-demo", "cmcnn-bag-write", "cmcnn-synth", "cmcnn-train", "cmcnn-evaluate", "cmcnn-reproduce"):
+        assert not (install / "lib" / "cmcnn_ros" / tool).exists(), f"offline {tool} in the robot install"
+    site = next(install.glob("lib/python3*/site-packages"))
+    for package in ("cmcnn_training", "cmcnn_synthetic"):
+        assert not (site / package).exists(), f"offline {package} in the robot install"
     share = install / "share" / "cmcnn_ros"
     for rel in ("models/cmcnn_default.pt", "models/detection/face_detection_full_range.tflite",
-                "models/detection/face_landmark.tflite", "models/detection/LICENSE", "launch/fer.launch.py", "config/fer.yaml", "config/fastdds.xml",
-                "package.xml"):
+                "models/detection/face_landmark.tflite", "models/detection/LICENSE", "launch/fer.launch.py",
+                "config/fer.yaml", "config/fastdds.xml", "package.xml"):
         assert (share / rel).is_file(), rel
     env = _installed_env(colcon_ws, 0)
     where = subprocess.run([env.get("VIRTUAL_ENV", "") + "/bin/python", "-c",
-                            "import cmcnn_ros, cmcnn_ros.msg, cmcnn_training, cmcnn_ros.resources as r; "
+                            "import cmcnn_ros, cmcnn_ros.msg, cmcnn_ros.ros.fer_node, cmcnn_ros.resources as r; "
                             "print(cmcnn_ros.__file__); print(cmcnn_ros.msg.__file__); "
-                            "print(cmcnn_training.__file__); print(r.find_checkpoint(''))"],
+                            "print(cmcnn_ros.ros.fer_node.__file__); print(r.find_checkpoint(''))"],
                            cwd=colcon_ws, env=env, capture_output=True, text=True, timeout=120)
     assert where.returncode == 0, where.stderr
     for line in where.stdout.split():

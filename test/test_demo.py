@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_end_to_end(ros_env, random_checkpoint, tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "cmcnn_ros.tools.demo", "--weights", str(random_checkpoint), "--duration", "2",
+        [sys.executable, "-m", "cmcnn_synthetic.demo", "--weights", str(random_checkpoint), "--duration", "2",
          "--fps", "5", "--faces", "2", "--seed", "5", "--output-dir", str(out), "--no-progress",
          "--domain-id", ros_env["ROS_DOMAIN_ID"]],
         env=ros_env, cwd=REPO, capture_output=True, text=True, timeout=150)
@@ -51,7 +51,7 @@ def test_demo_end_to_end(ros_env, random_checkpoint, tmp_path):
 def test_demo_with_default_weights_recognises_expressions(ros_env, tmp_path):
     out = tmp_path / "demo_default"
     proc = subprocess.run(
-        [sys.executable, "-m", "cmcnn_ros.tools.demo", "--duration", "3", "--fps", "5", "--faces", "3",
+        [sys.executable, "-m", "cmcnn_synthetic.demo", "--duration", "3", "--fps", "5", "--faces", "3",
          "--seed", "3", "--output-dir", str(out), "--no-progress", "--domain-id", ros_env["ROS_DOMAIN_ID"]],
         env=ros_env, cwd=REPO, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -63,9 +63,19 @@ def test_demo_with_default_weights_recognises_expressions(ros_env, tmp_path):
 
 
 def test_demo_without_weights_says_how_to_get_them(tmp_path, caplog):
-    from cmcnn_ros.tools import demo
+    from cmcnn_synthetic import demo
 
     code = demo.main(["--weights", str(tmp_path / "none.pt"), "--output-dir", str(tmp_path / "o")])
     assert code == 2
     assert "none.pt" in caplog.text and "cmcnn-train" in caplog.text
     assert not (tmp_path / "o").exists()   # failed before doing any work
+
+
+def test_runtime_demo_without_a_bag_says_how_to_get_one(tmp_path, caplog):
+    """cmcnn_ros's half of the demo takes a bag; it does not render one (that needs cmcnn_synthetic)."""
+    from cmcnn_ros.tools import demo
+
+    code = demo.main(["--output-dir", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    assert "no --bag given" in caplog.text and "cmcnn-demo" in caplog.text
+    assert not (tmp_path / "o" / "demo_bag").exists()

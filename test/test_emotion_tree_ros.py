@@ -48,7 +48,7 @@ LABELS = ("happy", "neutral", "sad")   # left to right
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Dict[str, Any]:
     """Four renders of the three-face scene (different light and sensor noise) and an empty room."""
-    from cmcnn_ros.synthetic.scene import FaceSpec, render_frame
+    from cmcnn_synthetic.scene import FaceSpec, render_frame
 
     z, f, cx = 1.1, 525.0, 319.5
     specs = [FaceSpec(subject_id=subject, label=label, intensity=4 if label != "neutral" else 0,

@@ -39,19 +39,23 @@ def _architecture_entry_points() -> Dict[str, str]:
     return dict(re.findall(r"^\|\s*`([\w-]+)`\s*\|\s*`([\w.]+:\w+)`\s*\|", text, re.M))
 
 
-def _setup_py_entry_points() -> Dict[str, str]:
+def _setup_py_entry_points(kind: str) -> Dict[str, str]:
+    """``kind`` "RUNTIME" or "OFFLINE": setup.py's ``<kind>_ENTRY_POINTS`` list."""
     tree = ast.parse((REPO_ROOT / "setup.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "ENTRY_POINTS" for t in node.targets):
+                isinstance(t, ast.Name) and t.id == f"{kind}_ENTRY_POINTS" for t in node.targets):
             items: List[str] = ast.literal_eval(node.value)
             return {k.strip(): v.strip() for k, v in (item.split("=", 1) for item in items)}
-    raise AssertionError("setup.py has no ENTRY_POINTS list")
+    raise AssertionError(f"setup.py has no {kind}_ENTRY_POINTS list")
 
 
-def _cmake_entry_points() -> Dict[str, str]:
+def _cmake_entry_points(kind: str) -> Dict[str, str]:
+    """``kind`` "runtime" or "offline": the ``set(_<kind>_entry_points ...)`` list of CMakeLists.txt."""
     text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    return dict(re.findall(r'^\s*"([\w-]+)=([\w.]+:\w+)"\s*$', text, re.M))
+    block = re.search(rf"set\(_{kind}_entry_points\n(.*?)\)", text, re.S)
+    assert block, f"CMakeLists.txt has no _{kind}_entry_points list"
+    return dict(re.findall(r'^\s*"([\w-]+)=([\w.]+:\w+)"\s*$', block.group(1), re.M))
 
 
 def test_package_xml_validates_and_lists_dependencies() -> None:
@@ -71,11 +75,21 @@ def test_package_xml_validates_and_lists_dependencies() -> None:
 
 
 def test_entry_points_agree_everywhere() -> None:
-    """docs/ARCHITECTURE.md, setup.py and CMakeLists.txt name the same commands."""
+    """docs/ARCHITECTURE.md, setup.py and CMakeLists.txt name the same commands.
+
+    colcon installs the runtime list by default and the offline list only with
+    CMCNN_INSTALL_OFFLINE=ON, so each list must agree on its own; runtime
+    commands come from cmcnn_ros, offline ones from the offline packages.
+    """
     documented = _architecture_entry_points()
-    assert "fer_node" in documented and len(documented) >= 9
-    assert _setup_py_entry_points() == documented
-    assert _cmake_entry_points() == documented
+    runtime, offline = _setup_py_entry_points("RUNTIME"), _setup_py_entry_points("OFFLINE")
+    assert "fer_node" in runtime and len(documented) >= 9
+    assert not set(runtime) & set(offline)
+    assert {**runtime, **offline} == documented
+    assert _cmake_entry_points("runtime") == runtime
+    assert _cmake_entry_points("offline") == offline
+    assert all(target.startswith("cmcnn_ros.") for target in runtime.values()), runtime
+    assert all(target.split(".")[0] in ("cmcnn_training", "cmcnn_synthetic") for target in offline.values()), offline
 
 
 def test_venv_layout_has_no_generic_training_module() -> None:
@@ -150,7 +164,7 @@ def _copy_sources(dest: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for name in ("CMakeLists.txt", "package.xml"):
         shutil.copy2(REPO_ROOT / name, dest / name)
-    for name in ("msg", "cmcnn_ros", "training", "launch", "config", "models"):
+    for name in ("msg", "cmcnn_ros", "training", "synthetic", "launch", "config", "models"):
         if (REPO_ROOT / name).is_dir():
             shutil.copytree(REPO_ROOT / name, dest / name, ignore=ignore)
 
@@ -159,7 +173,9 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
     """CMakeLists.txt with CMCNN_INSTALL_PYTHON=ON (what colcon runs) installs a usable package.
 
     Messages and our source share one cmcnn_ros folder there; our __init__.py
-    must win over the generator's empty one, and both must import.
+    must win over the generator's empty one, and both must import. The
+    offline packages (trainer, renderer) and their commands are installed only
+    with CMCNN_INSTALL_OFFLINE=ON.
     """
     env = dict(env_file_environment())
     venv = env["VIRTUAL_ENV"]
@@ -186,8 +202,12 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
     assert (site / "cmcnn_ros" / "msg" / "_emotion_array.py").is_file()
     assert (site / "cmcnn_ros" / "classes.py").is_file()
     assert not (site / "training").exists()
-    if (REPO_ROOT / "training" / "cmcnn_training").is_dir():
-        assert (site / "cmcnn_training").is_dir()
+    for offline in ("cmcnn_training", "cmcnn_synthetic", "synthetic"):
+        assert not (site / offline).exists(), f"{offline} is in the robot install"
+    assert not (site / "cmcnn_ros" / "synthetic").exists()
+    assert not (site / "cmcnn_ros" / "preprocessing" / "scan_depth.py").exists()
+    for tool in ("cmcnn-train", "cmcnn-synth", "cmcnn-bag-write", "cmcnn-demo"):
+        assert not (install / "lib" / "cmcnn_ros" / tool).exists(), f"{tool} is in the robot install"
     fer_node = install / "lib" / "cmcnn_ros" / "fer_node"
     assert os.access(fer_node, os.X_OK)
     assert "from cmcnn_ros.ros.fer_node import main" in fer_node.read_text()
@@ -211,3 +231,24 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(init), "0.5"]
+
+    # A workstation build asks for the offline packages too (same build folder, reconfigured).
+    offline_install = tmp_path / "install_offline"
+    with log.open("a") as out:
+        for cmd in (
+            ["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={offline_install}",
+             "-DCMCNN_INSTALL_OFFLINE=ON"],
+            ["cmake", "--build", str(build), "-j", str(min(2, os.cpu_count() or 1))],
+            ["cmake", "--install", str(build)],
+        ):
+            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=600, check=False).returncode
+            assert rc == 0, f"{' '.join(cmd[:2])} failed:\n{log.read_text()[-3000:]}"
+    site = next(offline_install.glob("lib/python3*/site-packages"))
+    assert (site / "cmcnn_training" / "train.py").is_file()
+    assert (site / "cmcnn_training" / "datasets" / "scan_depth.py").is_file()
+    for rel in ("generate.py", "bags.py", "demo.py", "data/ict_facekit_light.npz", "data/LICENSE"):
+        assert (site / "cmcnn_synthetic" / rel).is_file(), rel
+    demo = offline_install / "lib" / "cmcnn_ros" / "cmcnn-demo"
+    assert os.access(demo, os.X_OK) and "from cmcnn_synthetic.demo import main" in demo.read_text()
+    assert os.access(offline_install / "lib" / "cmcnn_ros" / "fer_node", os.X_OK)

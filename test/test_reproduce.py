@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmcnn_ros.synthetic import generate
+from cmcnn_synthetic import generate
 from cmcnn_training.reproduce import cli
 from cmcnn_training.reproduce.report import compare
 from cmcnn_training.reproduce.rows import ABLATION_ROWS, CATALOGUE, FULL, RowError, resolve, select_rows

@@ -1,4 +1,4 @@
-"""gridfit-like surface fit and scan -> registered colour/depth (cmcnn_ros.preprocessing.scan_depth)."""
+"""gridfit-like surface fit and scan -> registered colour/depth (cmcnn_training.datasets.scan_depth)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from cmcnn_ros.preprocessing.scan_depth import (ScanDepthError, fit_depth_surface, fit_surfaces, render_scan,
+from cmcnn_training.datasets.scan_depth import (ScanDepthError, fit_depth_surface, fit_surfaces, render_scan,
                                                  scan_to_depth_image)
 
 RNG = np.random.default_rng(0)

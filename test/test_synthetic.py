@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cmcnn_ros.synthetic import (CameraSpec, FaceSpec, LightSpec, SceneError, SensorSpec, identity_coefficients,
+from cmcnn_synthetic import (CameraSpec, FaceSpec, LightSpec, SceneError, SensorSpec, identity_coefficients,
                                  identity_mesh, render_frame)
-from cmcnn_ros.synthetic.expressions import ExpressionError, expression_weights
-from cmcnn_ros.synthetic.generate import LABELS_HEADER, main as synth_main, plan_jobs
-from cmcnn_ros.synthetic.scene import pose_face
+from cmcnn_synthetic.expressions import ExpressionError, expression_weights
+from cmcnn_synthetic.generate import LABELS_HEADER, main as synth_main, plan_jobs
+from cmcnn_synthetic.scene import pose_face
 
 SMALL = CameraSpec().scaled(0.5)          # 320x240, f=262.5: fast renders
 LIGHT = LightSpec()

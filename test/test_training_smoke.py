@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cmcnn_ros.model.checkpoint import load_checkpoint
-from cmcnn_ros.synthetic import generate
+from cmcnn_synthetic import generate
 from cmcnn_training import evaluate as evaluate_mod
 from cmcnn_training import train as train_mod
 

@@ -2,8 +2,8 @@
 
 One colour frame (+ registered depth) -> per-face 148x148 crops: Viola-Jones
 detection, rotation rectification from the eyes (eq. 1), grey, LBP (eq. 2),
-HOG/Gabor (ablations) and face-relative depth. ``scan_depth`` (3-D scans) is
-a separate module and is not imported here.
+HOG/Gabor (ablations) and face-relative depth. Depth from 3-D scans (gridfit)
+is offline work and lives with the trainer (``cmcnn_training.datasets.scan_depth``).
 """
 
 from ..modalities import MODALITIES

@@ -1,10 +1,10 @@
 """Facial depth images from registered RGB-D frames (Section III-B 4).
 
 Ni et al. (IEEE TCDS 2023) use the facial depth image in the detected region
-for Kinect 2.0 data (3-D scans go through ``scan_depth``'s surface fit
-instead). The crop is the *same* aligned region as the grey crop (same
-affine map; bilinear over the valid readings only, so holes are not smeared
-into the surface).
+for Kinect 2.0 data (3-D scans go through the trainer's gridfit surface,
+``cmcnn_training.datasets.scan_depth``, instead). The crop is the *same*
+aligned region as the grey crop (same affine map; bilinear over the valid
+readings only, so holes are not smeared into the surface).
 Depth is made relative to the face so the distance to the camera does not
 change the input: a low percentile of the valid depths in the central face
 region (about the nose tip) is the reference, and ``depth_range_m`` behind it

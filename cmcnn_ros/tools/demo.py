@@ -1,10 +1,13 @@
-"""``cmcnn-demo`` (``make demo``): the live CM-CNN node on a replayed, labelled RGB-D bag.
+"""The ROS side of ``cmcnn-demo`` (``make demo``): the live CM-CNN node on a replayed, labelled RGB-D bag.
 
 End to end, with real ROS 2 (rclpy over Fast DDS on loopback):
 
-1. write a labelled synthetic Kinect-style bag (``cmcnn-bag-write``: several
-   subjects, changing expressions, faces entering and leaving), or use
-   ``--bag``;
+1. take the bag given with ``--bag``, or have ``write_bag`` write one:
+   ``cmcnn-demo`` (:mod:`cmcnn_synthetic.demo`, offline package) passes the
+   synthetic bag writer of ``cmcnn-bag-write`` (several subjects, changing
+   expressions, faces entering and leaving); this module needs only a bag
+   path, so the runtime package never imports the renderer
+   (``python -m cmcnn_ros.tools.demo --bag BAG`` runs without it);
 2. start ``fer_node`` (the CM-CNN node of Ni et al., IEEE TCDS 2023:
    Section III-B preprocessing, III-C/D two-branch network with
    cross-modality attention fusion) in a **separate process** with
@@ -34,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
@@ -189,23 +192,30 @@ class DemoOptions:
     progress: bool = True
 
 
-def _bag_for_demo(opts: DemoOptions) -> Path:
+#: Writes the demo's bag into the given folder when no ``--bag`` is given, from the
+#: options' duration/fps/faces/seed (``cmcnn_synthetic.demo.write_demo_bag`` renders one).
+BagSource = Callable[[Path, DemoOptions], None]
+
+
+def _bag_for_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> Path:
     if opts.bag is not None:
         if not opts.bag.exists():
             raise DemoError(f"--bag {opts.bag} does not exist")
         return opts.bag
-    from cmcnn_ros.tools.bag_writer import write_synthetic_bag
-
+    if write_bag is None:
+        raise DemoError("no --bag given: pass a recorded bag, or run `cmcnn-demo` (the synthetic renderer, "
+                        "pip install -e '.[synthetic]'), which writes a labelled synthetic one first")
     path = opts.output_dir / "demo_bag"
     t0 = time.monotonic()
-    summary = write_synthetic_bag(path, duration_s=opts.duration_s, fps=opts.fps, num_faces=opts.faces,
-                                  seed=opts.seed, overwrite=True, progress=opts.progress)
-    LOGGER.info("wrote %s: %d frames in %.1f s", path, summary.frames, time.monotonic() - t0)
+    write_bag(path, opts)
+    LOGGER.info("wrote %s in %.1f s", path, time.monotonic() - t0)
     return path
 
 
-def run_demo(opts: DemoOptions) -> Dict[str, Any]:
+def run_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> Dict[str, Any]:
     """Run the whole demo; returns the report dict (also written to ``report.json``).
+
+    ``write_bag`` writes the bag when ``opts.bag`` is None (see :data:`BagSource`).
 
     Raises:
         DemoError: weights/messages missing, the node failed to start or produced nothing.
@@ -215,7 +225,7 @@ def run_demo(opts: DemoOptions) -> Dict[str, Any]:
     weights = resolve_weights(opts.weights)
     check_runtime()
     opts.output_dir.mkdir(parents=True, exist_ok=True)
-    bag = _bag_for_demo(opts)
+    bag = _bag_for_demo(opts, write_bag)
     t_bag = time.monotonic() - t_start
     with open_bag(bag) as reader:
         topics = resolve_topics(reader)
@@ -387,8 +397,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``cmcnn-demo``."""
+def main(argv: Optional[Sequence[str]] = None, write_bag: Optional[BagSource] = None) -> int:
+    """Run the demo from the command line; ``cmcnn-demo`` (:mod:`cmcnn_synthetic.demo`) passes ``write_bag``."""
     args = get_args_parser().parse_args(argv)
     configure_logging(args.verbose)
     opts = DemoOptions(output_dir=args.output_dir, weights=args.weights, bag=args.bag, duration_s=args.duration,
@@ -396,7 +406,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        node_threads=args.node_threads, startup_timeout_s=args.startup_timeout,
                        progress=not args.no_progress)
     try:
-        run_demo(opts)
+        run_demo(opts, write_bag)
     except (DemoError, ValueError) as exc:
         LOGGER.error("%s", exc)
         return 2

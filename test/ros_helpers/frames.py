@@ -1,6 +1,6 @@
 """Test/benchmark RGB-D frames for the node, rendered once and stored as .npz.
 
-Faces come from the synthetic ICT-FaceKit renderer (``cmcnn_ros.synthetic``)
+Faces come from the synthetic ICT-FaceKit renderer (``cmcnn_synthetic``)
 when it is importable and renders, with known expression labels; otherwise
 from scikit-image's astronaut photograph (a real frontal face the Haar cascade
 finds), with label ``""`` (unknown). Depth is Kinect-like uint16 millimetres
@@ -73,7 +73,7 @@ def synthetic_frames(count: int, seed: int = 0) -> Optional[Tuple[np.ndarray, np
     renderer is not available."""
     try:
         from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
-        from cmcnn_ros.synthetic.scene import PoseRange, random_face_spec, render_frame
+        from cmcnn_synthetic.scene import PoseRange, random_face_spec, render_frame
     except Exception:  # noqa: BLE001 - renderer not importable
         return None
     try:

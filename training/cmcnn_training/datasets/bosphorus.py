@@ -25,7 +25,7 @@ whose z equals ``zmin`` is background (no data).
 
 The v axis direction of (u, v) is not stated by the reader, so the loader
 resolves it per scan from the sign of corr(y, v) (``texture_v_origin="auto"``
-in :func:`~cmcnn_ros.preprocessing.scan_depth.render_scan`), assuming the
+in :func:`~cmcnn_training.datasets.scan_depth.render_scan`), assuming the
 scan's y axis points up.
 """
 

@@ -17,7 +17,7 @@ Coordinates are millimetres, y up, z toward the viewer; texture coordinates
 follow VRML (v = 0 is the bottom image row).
 
 Each scan becomes colour + depth on one orthographic grid (the paper's
-gridfit depth, :mod:`cmcnn_ros.preprocessing.scan_depth`): texture
+gridfit depth, :mod:`cmcnn_training.datasets.scan_depth`): texture
 coordinates are attached to vertices through ``texCoordIndex`` and fitted on
 the same grid as z, then the texture is sampled there.
 """

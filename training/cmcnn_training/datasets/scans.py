@@ -2,7 +2,7 @@
 
 Section III-B 4 of Ni et al. (IEEE TCDS 2023): the facial depth image of a
 3-D scan is a gridfit surface z(x, y). A scan loader reads the points and
-the texture, and :func:`cmcnn_ros.preprocessing.scan_depth.render_scan` puts
+the texture, and :func:`~cmcnn_training.datasets.scan_depth.render_scan` puts
 colour and depth on one orthographic grid (registered by construction),
 giving a Kinect-like :class:`Sample` whose ``box`` is the scan's extent.
 
@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from cmcnn_ros.preprocessing.scan_depth import ScanDepthError, ScanRender, render_scan
+from .scan_depth import ScanDepthError, ScanRender, render_scan
 
 from .common import DatasetError, Record, RecordDataset, Sample, save_npz_atomic
 

@@ -30,7 +30,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
+from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
 from .facekit import FaceKitError, load_facekit, subject_rng
 
 # Weights at the highest intensity. A name without side applies to both

@@ -5,9 +5,17 @@ Bosphorus, VT-KFER, CCZU-FER): Kinect-like colour + registered depth frames
 of seeded subjects posing neutral and the six basic expressions at four
 intensities. See ``docs/SYNTHETIC.md``.
 
+An offline package beside the runtime ``cmcnn_ros`` (which it uses and which
+never imports it): the renderer (``render``, ``scene``: pyrender on OSMesa)
+and the ICT-FaceKit model (``facekit``, ``data/``), the benchmark writer
+``generate`` (``cmcnn-synth``), scripted multi-face sequences (``scenarios``)
+rendered into labelled rosbag2 files (``bags``, ``cmcnn-bag-write``), and the
+demo's bag writer (``demo``, ``cmcnn-demo``). Install with
+``pip install -e '.[synthetic]'``.
+
 Typical use::
 
-    from cmcnn_ros.synthetic import FaceSpec, render_frame
+    from cmcnn_synthetic import FaceSpec, render_frame
     frame = render_frame([FaceSpec(subject_id=3, label="happy", intensity=4,
                                    position_m=(0.0, 0.0, 1.0))], seed=7)
     frame.colour, frame.depth_mm, frame.faces[0].box

@@ -29,8 +29,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..atomic_io import atomic_open, write_bytes_atomic
-from ..classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
+from cmcnn_ros.atomic_io import atomic_open, write_bytes_atomic
+from cmcnn_ros.classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
 from .expressions import INTENSITY_LEVELS
 from .render import CameraSpec
 from .scene import FaceSpec, PoseRange, RenderedFrame, random_face_spec, render_frame
@@ -312,7 +312,7 @@ def _parse_size(text: str) -> Tuple[int, int]:
     return w, h
 
 
-def build_parser() -> argparse.ArgumentParser:
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cmcnn-synth", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, help="output folder (generic Kinect layout)")
@@ -354,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Exit status (0 ok, 2 bad arguments).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
+    parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
         if args.out is None and args.contact_sheet is None:
