@@ -46,7 +46,7 @@ from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams
 from cmcnn_ros.preprocessing.params import HAAR_PAPER
 
-LOG = logging.getLogger("bench_detection")
+logger = logging.getLogger("bench_detection")
 
 TARGET = {"yaw": 30.0, "roll": 25.0, "distance": 2.5}
 MATCH_IOU = 0.4

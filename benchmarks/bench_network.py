@@ -51,7 +51,7 @@ from cmcnn_ros.tools import configure_logging  # noqa: E402
 from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
 from cmcnn_ros.model import CMCNN, cmcnn, preset_config  # noqa: E402
 
-LOGGER = logging.getLogger("bench_network")
+logger = logging.getLogger("bench_network")
 VARIANTS = ("eager", "fused", "fused_cl", "jit")
 MODALITIES = ("grey", "lbp", "depth")
 
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                     "p50_ms": float(np.percentile(arr, 50)), "p95_ms": float(np.percentile(arr, 95)),
                     "widths": list(cfg.texture_widths),
                 })
-                LOGGER.info("%s b%d %s p50 %.2f ms", name, batch, variant, rows[-1]["p50_ms"])
+                logger.info("%s b%d %s p50 %.2f ms", name, batch, variant, rows[-1]["p50_ms"])
     return {
         "threads": args.threads, "device": args.device, "rounds": args.rounds, "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),

@@ -37,7 +37,7 @@ from cmcnn_ros.tools import configure_logging  # noqa: E402
 from ros_helpers.frames import build_frames  # noqa: E402
 from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, ros_env  # noqa: E402
 
-LOG = logging.getLogger("bench_node")
+logger = logging.getLogger("bench_node")
 COLOUR, DEPTH = "/camera/color/image_raw", "/camera/depth_registered/image_raw"
 
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     model = args.model or ROOT / "models" / "cmcnn_default.pt"
     weights = "default"
     if args.model is None and not model.exists():
-        LOG.info("default weights missing: using a randomly initialised checkpoint (same cost)")
+        logger.info("default weights missing: using a randomly initialised checkpoint (same cost)")
         model, weights = random_checkpoint(workdir / "random.pt"), "random"
     lease = claim_domain_id()
     node = NodeProcess(lease.domain_id, workdir / "node.log",

@@ -36,7 +36,7 @@ from cmcnn_ros.tools import configure_logging  # noqa: E402
 from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams, to_grey  # noqa: E402
 
-LOGGER = logging.getLogger("bench_preprocessing")
+logger = logging.getLogger("bench_preprocessing")
 
 # Astronaut head (with hair and some margin) in skimage.data.astronaut() pixels.
 _HEAD = (150, 20, 150, 190)  # x, y, w, h

@@ -41,7 +41,7 @@ from cmcnn_ros.model.checkpoint import load_checkpoint  # noqa: E402
 from cmcnn_ros.preprocessing.params import PreprocessingParams  # noqa: E402
 from cmcnn_synthetic.scene import FaceSpec, render_frame  # noqa: E402
 
-LOGGER = logging.getLogger("bench_recognizer")
+logger = logging.getLogger("bench_recognizer")
 DEFAULT_WEIGHTS = REPO / "models" / "cmcnn_default.pt"
 STAGES = ("detect", "align", "grey", "lbp", "depth", "preprocess", "network", "total")
 LABELS = ("happy", "surprised", "angry", "sad", "neutral")
@@ -88,7 +88,7 @@ def build_recognizers(presets: Sequence[str], device: str, threads: int,
     for preset in presets:
         if preset in ("weights", "weights-haar"):
             if not DEFAULT_WEIGHTS.is_file():
-                LOGGER.warning("no %s; skipping the trained weights", DEFAULT_WEIGHTS)
+                logger.warning("no %s; skipping the trained weights", DEFAULT_WEIGHTS)
                 continue
             rec = Recognizer.from_checkpoint(DEFAULT_WEIGHTS, device=device, num_threads=threads,
                                              redetect_interval=redetect_interval)

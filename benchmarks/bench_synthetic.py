@@ -33,7 +33,7 @@ from cmcnn_synthetic.generate import RenderOptions, generate_dataset, plan_jobs,
 from cmcnn_synthetic.render import CameraSpec
 from cmcnn_synthetic.scene import PoseRange
 
-LOG = logging.getLogger("bench_synthetic")
+logger = logging.getLogger("bench_synthetic")
 
 
 def haar_rate(frames: int, poses: PoseRange, seed: int = 0) -> Dict[str, float]:

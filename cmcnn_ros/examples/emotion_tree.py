@@ -43,7 +43,7 @@ from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 import py_trees
 from py_trees.common import Access, Status
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Blackboard keys (py_trees' global blackboard; absolute names).
 FACES = "/faces"                    # Dict[str, FaceState]
@@ -554,7 +554,7 @@ class StayQuiet(_TreeBehaviour):
 
 
 def build_tree(inbox: Inbox, io: TreeIO, settings: TreeSettings = TreeSettings(),
-               log: Any = LOG) -> py_trees.trees.BehaviourTree:
+               log: Any = logger) -> py_trees.trees.BehaviourTree:
     """The tree of the module docstring, with a freshly initialised blackboard.
 
     Raises:

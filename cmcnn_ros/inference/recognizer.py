@@ -33,7 +33,7 @@ from ..preprocessing.faces import FaceDetection, suppress_overlaps
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Box = Tuple[int, int, int, int]
 

@@ -39,7 +39,7 @@ from .faces import Box, FaceDetection
 from .facemesh import FaceMeshModel, Region
 from .params import PreprocessingParams
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Point = Tuple[float, float]
 
@@ -311,7 +311,7 @@ class Aligner:
         """
         pair = self.eyes.locate(grey, box) if self.eyes is not None else None
         if pair is None and self.eyes is not None:
-            LOGGER.debug("no plausible eye pair in face box %s: roll 0", box)
+            logger.debug("no plausible eye pair in face box %s: roll 0", box)
         roll = pair.roll if pair is not None else 0.0
         matrix = crop_transform(box, roll, self.params.crop_size, self.params.crop_margin)
         return Alignment(roll=roll, eyes_found=pair is not None, eyes=pair, matrix=matrix,
@@ -367,7 +367,7 @@ class LandmarkAligner:
             sq = mesh.face_square()
             mesh = self.mesh.run(rgb, Region(sq.cx, sq.cy, p.landmark_roi_scale * sq.side, sq.roll))
         if not mesh.plausible:
-            LOGGER.debug("implausible face mesh for box %s", box)
+            logger.debug("implausible face mesh for box %s", box)
             if key_roll is not None:
                 kp = detection.keypoints  # type: ignore[union-attr]
                 pair = EyePair(left=(float(kp[0][0]), float(kp[0][1])), right=(float(kp[1][0]), float(kp[1][1])))

@@ -25,7 +25,7 @@ from .blazeface import BlazeFaceDetector
 from .faces import Box, FaceDetection, suppress_overlaps
 from .params import PreprocessingError, PreprocessingParams
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def load_cascade(name: str) -> cv2.CascadeClassifier:
@@ -133,7 +133,7 @@ class FaceDetector:
         # The scale comes from the whole frame so a ROI is not searched at a
         # finer (costlier) resolution than the frame would be.
         scale = self.detection_scale(grey.shape, min_face)
-        LOGGER.debug("detecting faces of %d..%s px at scale %.3f", min_face, max_face or "any", scale)
+        logger.debug("detecting faces of %d..%s px at scale %.3f", min_face, max_face or "any", scale)
         ox, oy = 0, 0
         if roi is not None:
             try:

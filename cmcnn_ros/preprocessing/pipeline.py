@@ -27,7 +27,7 @@ from .model_input import build_model_input
 from .params import PreprocessingError, PreprocessingParams
 from .texture import TextureImages
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 from ..resources import find_file
 from .params import PreprocessingError
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Folder of the model files, relative to the share directory / checkout.
 MODEL_DIR = "models/detection"

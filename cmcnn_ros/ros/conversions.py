@@ -34,7 +34,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class ImageConversionError(ValueError):
@@ -89,7 +89,7 @@ def _bridge() -> Optional[Any]:
     if not _BRIDGE_CHECKED:
         _BRIDGE = _ros2_cv_bridge()
         _BRIDGE_CHECKED = True
-        LOG.debug("image decoding backend: %s", "cv_bridge" if _BRIDGE else "numpy")
+        logger.debug("image decoding backend: %s", "cv_bridge" if _BRIDGE else "numpy")
     return _BRIDGE
 
 
@@ -195,7 +195,7 @@ def _decode(msg: Any, enc: _Encoding) -> np.ndarray:
         # cv_bridge calls ndarray.newbyteorder() on big-endian images, which numpy 2 removed.
         n = BRIDGE_FALLBACKS.add(f"{type(exc).__name__}: {exc}")
         if n == 1:
-            LOG.warning("cv_bridge could not decode a %s image (%s: %s); decoding with NumPy instead "
+            logger.warning("cv_bridge could not decode a %s image (%s: %s); decoding with NumPy instead "
                         "(counted in the diagnostics as 'cv_bridge fallbacks')", msg.encoding,
                         type(exc).__name__, exc)
         return _decode_numpy(msg, enc)

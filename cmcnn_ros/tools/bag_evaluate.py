@@ -39,7 +39,7 @@ from cmcnn_ros.tools.bag_io import (FrameLabels, closest_stamp_gap_s, count_mess
 from cmcnn_ros.tools.scoring import (DEFAULT_IOU, EvaluationReport, PredictedFace, Scoreboard, ScoringError,
                                      format_report)
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
@@ -96,7 +96,7 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
             raise EvaluationError("--gt-boxes needs a labels topic, and this bag has none")
         n_colour = count_messages(reader, topics.colour)
         total = n_colour if options.max_frames is None else min(n_colour, options.max_frames * options.every)
-        LOGGER.info("bag %s: colour %s, depth %s, labels %s (%d colour frames, %d labelled)", bag, topics.colour,
+        logger.info("bag %s: colour %s, depth %s, labels %s (%d colour frames, %d labelled)", bag, topics.colour,
                     topics.depth or "none", topics.labels or "none", n_colour, len(labels))
         paired = unpaired = 0
         bar = tqdm(total=total // options.every, desc="evaluating", unit="frame", disable=not options.progress)
@@ -128,7 +128,7 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
         if board.frames == 0:
             raise EvaluationError(_nothing_evaluated(reader, topics, options, n_colour, len(labels)))
     if topics.depth is not None and options.every == 1 and options.max_frames is None and paired < n_colour:
-        LOGGER.warning("%d of %d colour frames found no depth partner on %s within --slop %.3f s and were "
+        logger.warning("%d of %d colour frames found no depth partner on %s within --slop %.3f s and were "
                        "skipped", n_colour - paired, n_colour, topics.depth, options.slop_s)
     extra = {"bag": str(bag), "topics": asdict(topics), "frames_with_depth": paired,
              "frames_without_depth": unpaired, "colour_frames_in_bag": n_colour,
@@ -240,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                every=args.every, progress=not args.no_progress)
         report, board = evaluate_bag(args.bag, stream, opts)
     except ValueError as exc:  # BagError, EvaluationError, CheckpointError, ImageConversionError, TrackingError...
-        LOGGER.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     title = f"cmcnn-bag-evaluate {args.bag.name}"
     paths = write_outputs(report, board, args.output_dir, title)

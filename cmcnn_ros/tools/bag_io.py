@@ -35,7 +35,7 @@ import numpy as np
 
 from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S, stamp_ns
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 COLOUR_TOPIC = "/camera/color/image_raw"
 DEPTH_TOPIC = "/camera/depth_registered/image_raw"
@@ -193,7 +193,7 @@ def rosbag2_folder(path: "str | Path") -> Iterator[Path]:
         for f in files:
             (folder / f.name).symlink_to(f.resolve())
         (folder / "metadata.yaml").write_text(_mcap_metadata(folder, [f.name for f in files]))
-        LOGGER.info("%s has no metadata.yaml; reading its MCAP file(s) %s by their own index",
+        logger.info("%s has no metadata.yaml; reading its MCAP file(s) %s by their own index",
                     p, [f.name for f in files])
         yield folder
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.tools.bag_io import BagError, rosbag2_folder
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CLOCK_TOPIC = "/clock"
 QOS_CHOICES = ("reliable", "sensor")
@@ -356,7 +356,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 remap=_parse_remap(args.remap))
         options.validate()
     except ReplayError as exc:
-        LOGGER.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     import rclpy
 
@@ -367,9 +367,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         replayer = BagReplayer(node, args.bag, options)
         if args.wait_for_subscriber and not replayer.wait_for_subscribers(args.wait_for_subscriber,
                                                                            args.wait_timeout):
-            LOGGER.error("no subscriber on %s after %.0f s", args.wait_for_subscriber, args.wait_timeout)
+            logger.error("no subscriber on %s after %.0f s", args.wait_for_subscriber, args.wait_timeout)
             return 3
-        LOGGER.info("replaying %s (%s) at rate %.2f%s", args.bag, ", ".join(replayer.topics), options.rate,
+        logger.info("replaying %s (%s) at rate %.2f%s", args.bag, ", ".join(replayer.topics), options.rate,
                     " in a loop" if options.loop else "")
         try:
             stats = replayer.play()
@@ -379,7 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(stats.summary()))
         return 0
     except (BagError, ReplayError) as exc:
-        LOGGER.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     finally:
         if replayer is not None:

@@ -47,7 +47,7 @@ from cmcnn_ros.tools.scoring import PredictedFace, Scoreboard, format_report
 from cmcnn_ros.tools.bag_io import (COLOUR_TOPIC, DEPTH_TOPIC, FrameLabels, open_bag, read_labels,
                                     resolve_topics)
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_WEIGHTS = Path(resources.DEFAULT_MODEL)
@@ -143,7 +143,7 @@ def start_node(weights: Path, log_path: Path, env: Dict[str, str], num_threads: 
            "-p", "publish_hri:=false"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_node
-    LOGGER.info("starting %s (log: %s)", " ".join(cmd[:3]), log_path)
+    logger.info("starting %s (log: %s)", " ".join(cmd[:3]), log_path)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
                             start_new_session=True)
     proc._cmcnn_log = log  # type: ignore[attr-defined]
@@ -157,7 +157,7 @@ def stop_node(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            LOGGER.warning("fer_node did not exit on SIGINT within %.0f s; killing it", timeout_s)
+            logger.warning("fer_node did not exit on SIGINT within %.0f s; killing it", timeout_s)
             proc.kill()
             proc.wait(timeout=5)
     log = getattr(proc, "_cmcnn_log", None)
@@ -208,7 +208,7 @@ def _bag_for_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> P
     path = opts.output_dir / "demo_bag"
     t0 = time.monotonic()
     write_bag(path, opts)
-    LOGGER.info("wrote %s in %.1f s", path, time.monotonic() - t0)
+    logger.info("wrote %s in %.1f s", path, time.monotonic() - t0)
     return path
 
 
@@ -242,7 +242,7 @@ def run_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> Dict[s
     finally:
         code = stop_node(proc)
     if code not in (0, -signal.SIGINT, 130):
-        LOGGER.warning("fer_node exited with %s; log tail:\n%s", code, log_tail(log_path))
+        logger.warning("fer_node exited with %s; log tail:\n%s", code, log_tail(log_path))
     report, board = _score(collected, stats, labels, topics.colour, opts)
     report.extra.update({
         "bag": str(bag), "weights": str(weights), "ros_domain_id": domain, "rate": opts.rate,
@@ -294,7 +294,7 @@ def _replay_and_collect(bag: Path, proc: subprocess.Popen, log_path: Path,
                 raise DemoError(f"fer_node was not ready after {opts.startup_timeout_s:.0f} s (no subscription "
                                 f"on {wanted}); log {log_path}:\n{log_tail(log_path)}")
         t_ready = time.monotonic() - t0
-        LOGGER.info("fer_node ready after %.1f s; replaying %s at rate %.2f", t_ready, bag, opts.rate)
+        logger.info("fer_node ready after %.1f s; replaying %s at rate %.2f", t_ready, bag, opts.rate)
         bar = None
         if opts.progress:
             from tqdm import tqdm
@@ -408,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None, write_bag: Optional[BagSource] = 
     try:
         run_demo(opts, write_bag)
     except (DemoError, ValueError) as exc:
-        LOGGER.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     return 0
 

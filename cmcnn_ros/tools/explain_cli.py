@@ -25,7 +25,7 @@ from .. import resources
 from ..atomic_io import write_bytes_atomic
 from .image_cli import add_image_arguments, read_inputs, run_image_tool
 
-LOGGER = logging.getLogger("cmcnn-explain")
+logger = logging.getLogger("cmcnn-explain")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

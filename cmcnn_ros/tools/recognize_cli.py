@@ -26,7 +26,7 @@ from ..preprocessing.params import PreprocessingParams
 from ..preprocessing.pipeline import FacePreprocessor
 from .image_cli import add_image_arguments, read_inputs, run_image_tool, write_png_atomic
 
-LOGGER = logging.getLogger("cmcnn-recognize")
+logger = logging.getLogger("cmcnn-recognize")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> List[dict]:
 
         recognizer = Recognizer.from_checkpoint(checkpoint, device=args.device)
         result = recognizer.recognize(colour, depth, depth_scale=args.depth_scale)
-        LOGGER.info("timings (ms): %s", {k: round(v, 1) for k, v in result.timings.items()})
+        logger.info("timings (ms): %s", {k: round(v, 1) for k, v in result.timings.items()})
         faces = [dict(f.to_dict(), classes=recognizer.class_names) for f in result.faces]
     else:
-        LOGGER.info("no checkpoint: running detection and alignment only")
+        logger.info("no checkpoint: running detection and alignment only")
         preprocessor = FacePreprocessor(PreprocessingParams(), modalities=("grey",))
         crops = preprocessor.process(colour, None)
         faces = [{"box": list(c.box), "roll_deg": round(float(np.degrees(c.roll)), 2),

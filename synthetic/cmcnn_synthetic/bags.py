@@ -28,7 +28,7 @@ from cmcnn_ros.tools.bag_writer import STORAGES, CameraIntrinsics, RgbdBagWriter
 from .scene import FaceSpec, random_background, random_light, render_frame
 from .scenarios import SequencePlan, plan_sequence
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ONSET_S = 0.25  # expressions build up over this long after a change (scale 0.5 -> 1)
 
@@ -160,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       seed=args.seed, storage=args.storage, overwrite=args.overwrite,
                                       progress=not args.no_progress, with_camera_info=not args.no_camera_info)
     except ValueError as exc:  # BagWriteError, SceneError, ...
-        LOGGER.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     print(json.dumps(summary.to_dict(), indent=2))
     return 0

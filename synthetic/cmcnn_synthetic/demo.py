@@ -21,14 +21,14 @@ from cmcnn_ros.tools import demo
 
 from .bags import write_synthetic_bag
 
-LOGGER = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def write_demo_bag(path: Path, opts: demo.DemoOptions) -> None:
     """Render the demo's synthetic bag into ``path`` (replaced) from the demo options."""
     summary = write_synthetic_bag(path, duration_s=opts.duration_s, fps=opts.fps, num_faces=opts.faces,
                                   seed=opts.seed, overwrite=True, progress=opts.progress)
-    LOGGER.info("rendered %d frames, %.1f faces a frame", summary.frames, summary.faces_per_frame)
+    logger.info("rendered %d frames, %.1f faces a frame", summary.frames, summary.faces_per_frame)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

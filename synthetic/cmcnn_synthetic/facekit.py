@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "data" / "ict_facekit_light.npz"
 
@@ -160,7 +160,7 @@ def load_facekit(path: Optional[Union[str, Path]] = None) -> FaceKitModel:
         material_names=tuple(str(s) for s in arrays["material_names"]),
         landmarks68=np.ascontiguousarray(arrays["landmarks68"], dtype=np.int32),
     )
-    LOG.debug("loaded ICT-FaceKit model %s: %d vertices, %d triangles", file, v, len(model.triangles))
+    logger.debug("loaded ICT-FaceKit model %s: %d vertices, %d triangles", file, v, len(model.triangles))
     return model
 
 

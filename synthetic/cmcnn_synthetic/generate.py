@@ -35,7 +35,7 @@ from .expressions import INTENSITY_LEVELS
 from .render import CameraSpec
 from .scene import FaceSpec, PoseRange, RenderedFrame, random_face_spec, render_frame
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LABELS_HEADER = ("colour", "depth", "label", "subject", "intensity", "box_x", "box_y", "box_w", "box_h")
 TRUTH_HEADER = ("colour", "subject", "label", "intensity", "yaw_deg", "pitch_deg", "roll_deg", "nose_x_m",

@@ -30,7 +30,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 

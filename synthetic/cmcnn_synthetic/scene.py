@@ -31,7 +31,7 @@ from .facekit import blend_expression, identity_mesh, load_facekit
 from .render import (BackgroundSpec, CameraSpec, LightSpec, MeshInstance, SensorSpec,
                      composite, rasterise, render_background, sensor_pair)
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _SEED_SALT = 0x5CE7E
 _NOSE_TIP = 30

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 H, W = 480, 640
 
 
@@ -90,7 +90,7 @@ def synthetic_frames(count: int, seed: int = 0) -> Optional[Tuple[np.ndarray, np
             labels.append(label)
         return np.stack(colours), np.stack(depths), labels
     except Exception as exc:  # noqa: BLE001 - e.g. no OSMesa
-        LOG.warning("synthetic renderer unusable (%s)", exc)
+        logger.warning("synthetic renderer unusable (%s)", exc)
         return None
 
 

@@ -46,7 +46,7 @@ from cmcnn_ros.preprocessing.model_input import build_model_input, load, store
 from cmcnn_ros.preprocessing.params import PreprocessingParams
 from cmcnn_ros.preprocessing.pipeline import FacePreprocessor
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Bump when the cache layout or the face-selection logic changes.
 CACHE_VERSION = 2
@@ -312,7 +312,7 @@ def _run_extraction(dataset: Any, params: PreprocessingParams, modalities: Tuple
         try:
             blob = pickle.dumps(dataset)
         except Exception as exc:  # noqa: BLE001 - any pickling failure means "not shareable"
-            LOG.warning("dataset %s cannot be sent to worker processes (%s); extracting in-process",
+            logger.warning("dataset %s cannot be sent to worker processes (%s); extracting in-process",
                         type(dataset).__name__, exc)
     bar = tqdm(total=n, desc="crops", unit="img", disable=not progress, leave=False)
     results: List[_Extracted] = []
@@ -363,7 +363,7 @@ def extract_crops(dataset: Any, params: PreprocessingParams, modalities: Sequenc
     counts = Counter(r.status for r in results)
     errors = [r.message for r in results if r.status in ("error", "no_face")]
     for msg in errors[:5]:
-        LOG.warning("sample dropped: %s", msg)
+        logger.warning("sample dropped: %s", msg)
     kept = [r for r in results if r.crops is not None]
     if not kept:
         raise CropError(f"no face crops from {len(dataset)} samples ({dict(counts)}); "
@@ -424,25 +424,25 @@ def get_crops(dataset: Any, params: PreprocessingParams, modalities: Sequence[st
         try:
             crops = CropSet.load(path)
         except CropError as exc:
-            LOG.warning("%s; rebuilding", exc)
+            logger.warning("%s; rebuilding", exc)
         else:
             if crops.key == key:
-                LOG.info("crop cache hit: %s (%d crops)", path, len(crops))
+                logger.info("crop cache hit: %s (%d crops)", path, len(crops))
                 return crops, CropCacheInfo(True, str(path), key, time.perf_counter() - t0)
-            LOG.warning("crop cache %s has a different key; rebuilding", path)
-    LOG.info("extracting crops of %d samples (%s, box_mode=%s, %d workers)", len(dataset), ",".join(mods),
+            logger.warning("crop cache %s has a different key; rebuilding", path)
+    logger.info("extracting crops of %d samples (%s, box_mode=%s, %d workers)", len(dataset), ",".join(mods),
              box_mode, workers)
     crops = extract_crops(dataset, params, mods, box_mode, workers, progress)
     crops.key = key
     s = crops.stats
-    LOG.info("crops: %d kept of %d; detector %d, ground-truth box %d, fallback to ground truth: "
+    logger.info("crops: %d kept of %d; detector %d, ground-truth box %d, fallback to ground truth: "
              "%d no face + %d wrong face; dropped: %d without face, %d errors; alignment %s",
              s.get("kept", 0), s.get("total", 0), s.get("detector", 0), s.get("gt", 0),
              s.get("gt_no_face", 0), s.get("gt_wrong_face", 0), s.get("no_face", 0), s.get("error", 0),
              s.get("alignment", {}))
     if path is not None:
         crops.save(path)
-        LOG.info("crop cache written: %s", path)
+        logger.info("crop cache written: %s", path)
     return crops, CropCacheInfo(False, str(path) if path else None, key, time.perf_counter() - t0)
 
 

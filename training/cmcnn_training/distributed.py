@@ -37,7 +37,7 @@ from torch import nn
 
 from .engine import CropBatches
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Tuple[D
         # One voice in the log: the other ranks report only problems.
         logging.getLogger("cmcnn_training").setLevel(logging.WARNING)
         logging.getLogger("cmcnn_ros").setLevel(logging.WARNING)
-    LOG.info("distributed training: %d processes, backend %s", world, backend)
+    logger.info("distributed training: %d processes, backend %s", world, backend)
     return _STATE, _device_for(_STATE, device)
 
 

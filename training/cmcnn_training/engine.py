@@ -43,7 +43,7 @@ from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
 
 from .crops import CropSet
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -52,7 +52,7 @@ from .engine import CropBatches, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics
 from .utils import git_commit, load_training_dataset
 
-LOG = logging.getLogger("cmcnn_training.evaluate")
+logger = logging.getLogger("cmcnn_training.evaluate")
 
 #: Columns of the generic Kinect folder layout (docs/ARCHITECTURE.md); anything else is an extra.
 STANDARD_COLUMNS = ("colour", "depth", "label", "subject", "intensity", "box_x", "box_y", "box_w", "box_h")
@@ -122,10 +122,10 @@ def _csv_columns(path: Path, root: str | os.PathLike, sources: Sequence[str],
         for c in columns:
             out[c].append(None if row is None else row.get(c))
     if matched == 0:
-        LOG.warning("%s has columns %s but no sample matched a row; skipping them", path, columns)
+        logger.warning("%s has columns %s but no sample matched a row; skipping them", path, columns)
         return {}
     if matched < len(sources):
-        LOG.warning("%s: only %d of %d samples matched a row", path, matched, len(sources))
+        logger.warning("%s: only %d of %d samples matched a row", path, matched, len(sources))
     return out
 
 
@@ -146,7 +146,7 @@ def read_extra_columns(root: str | os.PathLike, sources: Sequence[str]) -> Dict[
                 for col, values in _csv_columns(path, root, sources, wanted).items():
                     out.setdefault(col, values)
             except (OSError, csv.Error, UnicodeDecodeError) as exc:
-                LOG.warning("cannot read %s for the breakdown: %s", path, exc)
+                logger.warning("cannot read %s for the breakdown: %s", path, exc)
     return out
 
 
@@ -197,7 +197,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     present = {canonical_name(l) for l in ds.labels}
     unknown = sorted(present - set(class_names))
     if unknown:
-        LOG.warning("dataset classes %s are not among the checkpoint's %s; those samples are skipped",
+        logger.warning("dataset classes %s are not among the checkpoint's %s; those samples are skipped",
                     unknown, class_names)
     sel = TrainConfig(root=root, classes=class_names, subjects=list(subjects) if subjects else None,
                       min_intensity=min_intensity)
@@ -228,7 +228,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
             "box_sources": {k: int(v) for k, v in zip(*np.unique(det_crops.box_sources, return_counts=True))},
             "alignment": {k: int(v) for k, v in zip(*np.unique(det_crops.alignments[found], return_counts=True))},
         }
-        LOG.info("detector found %d of %d faces (%.1f %%); accuracy through the detector (missed = wrong) "
+        logger.info("detector found %d of %d faces (%.1f %%); accuracy through the detector (missed = wrong) "
                  "%.4f, of the detected faces %.4f", detection["detected"], len(view),
                  100 * detection["detection_rate"], detection["accuracy_through_detector"],
                  detection["accuracy_of_detected"])
@@ -239,9 +239,9 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     extras = read_extra_columns(root, crops.sources.tolist())
     metrics = compute_metrics(pred.y_true, pred.y_pred, class_names, intensities=crops.intensities,
                               extra_columns=extras)
-    LOG.info("accuracy %.4f on %d samples (%d classes)", metrics.accuracy, metrics.count, len(class_names))
+    logger.info("accuracy %.4f on %d samples (%d classes)", metrics.accuracy, metrics.count, len(class_names))
     for column, bands in metrics.per_group.items():
-        LOG.info("  %s: %s", column, ", ".join(f"{k} {v.accuracy:.3f} (n={v.count})" for k, v in bands.items()))
+        logger.info("  %s: %s", column, ", ".join(f"{k} {v.accuracy:.3f} (n={v.count})" for k, v in bands.items()))
 
     summary = {
         "checkpoint": str(Path(checkpoint).resolve()),
@@ -274,7 +274,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     write_json_atomic(out / "metrics.json", doc)
     plot_confusion_matrix(metrics.confusion, class_names, out / "confusion_matrix.png",
                           title=f"{Path(checkpoint).name} on {dataset}: {metrics.accuracy * 100:.1f}%")
-    LOG.info("metrics written: %s", out / "metrics.json")
+    logger.info("metrics written: %s", out / "metrics.json")
     return EvaluationResult(metrics=metrics, output_dir=out, metrics_path=out / "metrics.json", summary=summary)
 
 
@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
                                 progress=args.progress,
                                 dataset_options=dict(parse_kv(kv) for kv in args.dataset_options))
     except (ValueError, OSError) as exc:  # CheckpointError, TrainingError, CropError, ConfigError ...
-        LOG.error("%s: %s", type(exc).__name__, exc)
+        logger.error("%s: %s", type(exc).__name__, exc)
         return 2
     print(json.dumps(result.summary))
     return 0

@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .crops import CropSet
 from .engine import AugmentConfig, CropBatches, EpochStats, Predictions, evaluate, train_one_epoch
 
-LOG = logging.getLogger("cmcnn_training.fitting")
+logger = logging.getLogger("cmcnn_training.fitting")
 
 
 @dataclass
@@ -98,7 +98,7 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
                 on_epoch("pretrain" if mode == "fens" else "train", epoch, epochs)
             bar.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.accuracy:.3f}")
             if epoch % log_every == 0 or epoch == epochs:
-                LOG.info("%s %s epoch %d/%d: loss %.4f, train acc %.3f%s, lr %.2g, %.1fs", desc, name, epoch,
+                logger.info("%s %s epoch %d/%d: loss %.4f, train acc %.3f%s, lr %.2g, %.1fs", desc, name, epoch,
                          epochs, stats.loss, stats.accuracy,
                          "" if mode == "fusion" else " (" + ", ".join(
                              f"{k} {v:.3f}" for k, v in stats.per_head_accuracy.items()) + ")",

@@ -27,7 +27,7 @@ from cmcnn_ros.classes import canonical_name
 from .config import BOX_MODES, ConfigError
 from .crops import CropCacheInfo, CropSet, get_crops
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +120,6 @@ def load_mix_crops(entries: Sequence[MixEntry], class_names: Sequence[str], para
         view = ds if len(keep) == len(ds) else ds.subset(keep)
         crops, info = get_crops(view, params, modalities, cache_dir, box_mode=entry.box_mode, workers=workers,
                                 progress=progress, name=f"mix{k}-{entry.dataset}")
-        LOG.info("mixed set %s (%s): %d crops, repeat %d", entry.dataset, entry.root, len(crops), entry.repeat)
+        logger.info("mixed set %s (%s): %d crops, repeat %d", entry.dataset, entry.root, len(crops), entry.repeat)
         out.append((f"mix{k}-{entry.dataset}", crops, info, entry.repeat))
     return out

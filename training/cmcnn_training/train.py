@@ -64,7 +64,7 @@ from .mixing import concat_crops, load_mix_crops, parse_mix
 from .utils import METRICS_NAME, TrainingError, check_outputs, checkpoint_metadata, git_commit, \
     load_training_dataset, run_environment, save_model_checkpoint, seed_everything, write_training_report
 
-LOG = logging.getLogger("cmcnn_training.train")
+logger = logging.getLogger("cmcnn_training.train")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -116,7 +116,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     dataset = load_training_dataset(cfg.dataset, cfg.root, cfg.dataset_options)
     keep, class_names = select_samples(dataset, cfg)
     model_config = build_model_config(cfg, len(class_names), params.crop_size)
-    LOG.info("dataset %s at %s: %d of %d samples, classes %s, device %s", cfg.dataset, cfg.root, len(keep),
+    logger.info("dataset %s at %s: %d of %d samples, classes %s, device %s", cfg.dataset, cfg.root, len(keep),
              len(dataset), class_names, device)
     view = dataset if len(keep) == len(dataset) else dataset.subset(keep)
     if job.enabled and not job.is_main:
@@ -143,7 +143,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
     final_record: Optional[Dict[str, Any]] = None
     for k, (train_rows, test_rows) in enumerate(splits):
         name = f"fold {k + 1}/{len(splits)}" if len(splits) > 1 else "holdout"
-        LOG.info("%s: %d train samples (%d subjects), %d test samples (%d subjects)", name, len(train_rows),
+        logger.info("%s: %d train samples (%d subjects), %d test samples (%d subjects)", name, len(train_rows),
                  len(set(crops.subjects[train_rows])), len(test_rows), len(set(crops.subjects[test_rows])))
         result = fit(crops, train_rows, label_index, model_config, params, cfg, device, cfg.seed + 1000 * k,
                      desc=name)
@@ -164,7 +164,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
             fold_metrics.append(m)
             record["metrics"] = m.to_dict()
             record["eval_seconds"] = pred.seconds
-            LOG.info("%s: test accuracy %.4f on %d samples", name, m.accuracy, m.count)
+            logger.info("%s: test accuracy %.4f on %d samples", name, m.accuracy, m.count)
         if cfg.save_fold_checkpoints and len(splits) > 1 and job.is_main:
             save_model_checkpoint(out / f"fold_{k:02d}.pt", result.model, class_names, params,
                                   checkpoint_metadata(cfg, record, class_names), overwrite=cfg.overwrite)
@@ -174,7 +174,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
             final_model, final_record = result.model, record
 
     if cfg.final and len(splits) > 1:
-        LOG.info("final model: training on all %d samples", len(crops))
+        logger.info("final model: training on all %d samples", len(crops))
         all_rows = np.repeat(np.arange(len(crops)), repeat)
         result = fit(crops, all_rows, label_index, model_config, params, cfg, device, cfg.seed + 999_999,
                      desc="final")
@@ -185,7 +185,7 @@ def run_training(cfg: TrainConfig) -> TrainingResult:
 
     summary = summarise_folds(fold_metrics) if fold_metrics else None
     if summary:
-        LOG.info("accuracy over %d fold(s): %.4f ± %.4f (pooled %.4f)", summary["folds"],
+        logger.info("accuracy over %d fold(s): %.4f ± %.4f (pooled %.4f)", summary["folds"],
                  summary["accuracy_mean"], summary["accuracy_std"], summary["accuracy_pooled"])
     metrics: Dict[str, Any] = {
         "summary": summary,
@@ -235,13 +235,13 @@ def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
         run_training(cfg)
     except (ConfigError, TrainingError) as exc:
         configure_logging(timestamps=True)
-        LOG.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     except ValueError as exc:  # other modules' documented errors (PreprocessingError, CheckpointError, ...)
-        LOG.error("%s: %s", type(exc).__name__, exc)
+        logger.error("%s: %s", type(exc).__name__, exc)
         return 2
     except KeyboardInterrupt:
-        LOG.error("interrupted; earlier outputs were left as they were")
+        logger.error("interrupted; earlier outputs were left as they were")
         return 130
     finally:
         distributed.shutdown()

@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .datasets import RecordDataset, load_dataset
 from .distributed import DistInfo
 
-LOG = logging.getLogger("cmcnn_training.utils")
+logger = logging.getLogger("cmcnn_training.utils")
 
 METRICS_NAME = "metrics.json"
 CONFUSION_NAME = "confusion_matrix.png"
@@ -112,7 +112,7 @@ def save_model_checkpoint(path: Path, model: torch.nn.Module, class_names: Seque
     """Write the checkpoint with the model module's ``save_checkpoint`` (atomic)."""
     model = model.to("cpu").eval()
     save_checkpoint(path, model, list(class_names), params.to_dict(), metadata=metadata, overwrite=overwrite)
-    LOG.info("checkpoint written: %s", path)
+    logger.info("checkpoint written: %s", path)
 
 
 def write_training_report(out: Path, metrics: Dict[str, Any], dataset: str, t_start: float) -> Path:
@@ -130,5 +130,5 @@ def write_training_report(out: Path, metrics: Dict[str, Any], dataset: str, t_st
         metrics["confusion_png"] = str(out / CONFUSION_NAME)
     metrics["timings"]["total_seconds"] = time.perf_counter() - t_start
     write_json_atomic(out / METRICS_NAME, metrics)
-    LOG.info("metrics written: %s (%.1fs total)", out / METRICS_NAME, metrics["timings"]["total_seconds"])
+    logger.info("metrics written: %s (%.1fs total)", out / METRICS_NAME, metrics["timings"]["total_seconds"])
     return out / METRICS_NAME

@@ -43,7 +43,7 @@ import numpy as np
 from .common import DatasetError, Record, canonical_label, read_colour_image, resolve_classes
 from .scans import RenderSettings, ScanData, ScanDataset, list_scans
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FILE_RE = re.compile(r"^(bs\d{3})_([A-Z]+)_([A-Z0-9]+)_(\d+)\.bnt$", re.IGNORECASE)
 EMOTION_CODES = {"ANGER": "angry", "DISGUST": "disgusted", "FEAR": "scared", "HAPPY": "happy",
@@ -161,7 +161,7 @@ class BosphorusDataset(ScanDataset):
         def record_for(path: Path) -> Optional[Record]:
             info = parse_bosphorus_name(path.name)
             if info is None:
-                LOG.debug("skipping %s: not a Bosphorus scan name", path)
+                logger.debug("skipping %s: not a Bosphorus scan name", path)
                 return None
             if info["kind"] == "E":
                 if info["code"] not in EMOTION_CODES:
@@ -179,7 +179,7 @@ class BosphorusDataset(ScanDataset):
 
         records = list_scans(root, ".bnt", "*.bnt", "Bosphorus", class_names, record_for)
         super().__init__(root, records, class_names, render=render, cache_dir=cache_dir)
-        LOG.info("Bosphorus %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
+        logger.info("Bosphorus %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
 
     def read_scan(self, record: Record) -> ScanData:
         src = Path(record.source)

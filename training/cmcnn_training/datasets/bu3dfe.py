@@ -36,7 +36,7 @@ import numpy as np
 from .common import DatasetError, Record, canonical_label, read_colour_image, resolve_classes
 from .scans import RenderSettings, ScanData, ScanDataset, list_scans
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FILE_RE = re.compile(r"^([FM]\d{4})_([A-Z]{2})(\d{2})([A-Z]{2})_F3D\.wrl$", re.IGNORECASE)
 EXPRESSION_CODES = {"AN": "angry", "DI": "disgusted", "FE": "scared", "HA": "happy", "SA": "sad",
@@ -138,7 +138,7 @@ def read_vrml_mesh(path: Union[str, Path]) -> VrmlMesh:
         raise DatasetError(f"{path}: coordIndex refers to point {coord_index.max()} of {len(points)}")
     um = _URL_RE.search(body)
     if len(_COORD_RE.findall(body)) > 1:
-        LOG.debug("%s: several Coordinate nodes; using the first", path)
+        logger.debug("%s: several Coordinate nodes; using the first", path)
     return VrmlMesh(points=points, tex_coords=tex, coord_index=coord_index, tex_coord_index=tex_index,
                     texture_url=um.group(1) if um else None)
 
@@ -178,7 +178,7 @@ class BU3DFEDataset(ScanDataset):
         def record_for(path: Path) -> Optional[Record]:
             info = parse_bu3dfe_name(path.name)
             if info is None:
-                LOG.debug("skipping %s: not a BU-3DFE scan name", path)
+                logger.debug("skipping %s: not a BU-3DFE scan name", path)
                 return None
             code = info["code"]
             if code not in EXPRESSION_CODES:
@@ -195,7 +195,7 @@ class BU3DFEDataset(ScanDataset):
 
         records = list_scans(root, "_f3d.wrl", "*_F3D.wrl", "BU-3DFE", class_names, record_for)
         super().__init__(root, records, class_names, render=render, cache_dir=cache_dir)
-        LOG.info("BU-3DFE %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
+        logger.info("BU-3DFE %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
 
     @property
     def races(self) -> List[str]:

@@ -28,7 +28,7 @@ import numpy as np
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BoxT = Tuple[int, int, int, int]
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from .common import DatasetError, Record, RecordDataset, Sample, face_crop_frame, resolve_classes
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: FER2013's label order.
 FER2013_LABELS = ("angry", "disgusted", "scared", "happy", "sad", "surprised", "neutral")
@@ -82,12 +82,12 @@ class Fer2013Dataset(RecordDataset):
                                   extra={"line": line, "usage": use, "index": len(pixels)}))
             pixels.append(values.astype(np.uint8).reshape(SIDE, SIDE))
         if self.skipped:
-            LOG.warning("%s: skipped %d bad rows (first: %s)", path, len(self.skipped), self.skipped[0])
+            logger.warning("%s: skipped %d bad rows (first: %s)", path, len(self.skipped), self.skipped[0])
         if not records:
             raise DatasetError(f"{path}: no rows with Usage in {list(usages)} and classes {list(class_names)}")
         self._pixels = np.stack(pixels)
         super().__init__(path.parent, records, class_names)
-        LOG.info("%s: %d faces (%s)", path, len(records), ", ".join(usages))
+        logger.info("%s: %d faces (%s)", path, len(records), ", ".join(usages))
 
     def listing(self) -> List[object]:
         return [[r.source, r.label, r.extra["usage"]] for r in self.records] + [["fer2013", str(self.path)]]

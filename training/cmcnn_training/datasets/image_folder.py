@@ -25,7 +25,7 @@ from cmcnn_ros.classes import canonical_name
 
 from .common import DatasetError, Record, RecordDataset, Sample, face_crop_frame, read_colour_image, resolve_classes
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 SUBJECTS_FILE = "subjects.csv"
@@ -69,7 +69,7 @@ class ImageFolderDataset(RecordDataset):
             except ValueError:
                 if unknown_folders == "skip":
                     self.skipped_folders.append(str(folder))
-                    LOG.warning("%s: folder name is not an expression; skipped", folder)
+                    logger.warning("%s: folder name is not an expression; skipped", folder)
                     continue
                 raise DatasetError(f"{folder}: folder name {folder.name!r} is not an expression name (use e.g. "
                                    "happy, sad, angry, surprised, scared, disgusted, neutral, or pass "
@@ -88,7 +88,7 @@ class ImageFolderDataset(RecordDataset):
             raise DatasetError(f"{root}: no images in class folders ({', '.join(IMAGE_SUFFIXES)}) for classes "
                                f"{list(class_names)}")
         super().__init__(root, records, class_names)
-        LOG.info("%s: %d images in %d classes", root, len(records), len({r.label for r in records}))
+        logger.info("%s: %d images in %d classes", root, len(records), len({r.label for r in records}))
 
     def listing(self) -> List[object]:
         return [[r.source, r.label, r.subject] for r in self.records] + [["crops", self.crops]]

@@ -29,7 +29,7 @@ import yaml
 from .common import (DatasetError, Record, RecordDataset, Sample, canonical_label, check_registered,
                      read_colour_image, read_depth_png, resolve_classes)
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.csv"
 INTRINSICS_FILE = "intrinsics.yaml"
@@ -120,7 +120,7 @@ class KinectFolderDataset(RecordDataset):
         self.depth_unit_m = self.intrinsics["depth_unit_m"] if self.intrinsics else 0.001
         records = self._read_labels(root, class_names, skip_other_labels, check_files)
         super().__init__(root, records, class_names)
-        LOG.info("%s: %d samples, %d subjects", root, len(records), len(set(r.subject for r in records)))
+        logger.info("%s: %d samples, %d subjects", root, len(records), len(set(r.subject for r in records)))
 
     @staticmethod
     def _read_labels(root: Path, classes: tuple, skip_other: bool, check_files: bool) -> List[Record]:

@@ -50,7 +50,7 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Bounds = Tuple[float, float, float, float]
 SizeT = Union[int, Tuple[int, int]]

@@ -28,7 +28,7 @@ from .scan_depth import ScanDepthError, ScanRender, render_scan
 
 from .common import DatasetError, Record, RecordDataset, Sample, save_npz_atomic
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class ScanDataset(RecordDataset):
                 with np.load(cache) as z:
                     colour, depth, box = z["colour"], z["depth_m"], tuple(int(v) for v in z["box"])
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-                LOG.warning("ignoring unreadable cache file %s: %s", cache, exc)
+                logger.warning("ignoring unreadable cache file %s: %s", cache, exc)
                 colour = None
         if colour is None:
             out = self.render_record(record)

@@ -28,7 +28,7 @@ from cmcnn_ros.tools import configure_logging
 from .rows import DEFAULT_ORDER, RowError, resolve
 from .sweep import PRESETS, SweepConfig, SweepError, load_finished, run_sweep
 
-LOG = logging.getLogger("cmcnn_training.reproduce")
+logger = logging.getLogger("cmcnn_training.reproduce")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         configure_logging(level=args.log_level, timestamps=True)
     except ValueError as exc:
-        LOG.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     command = "cmcnn-reproduce " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t0 = time.perf_counter()
@@ -109,16 +109,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = write_report(args.out, args.work_dir, meta, docs, command=command,
                                 sweep_seconds=time.perf_counter() - t0)
     except (SweepError, RowError) as exc:
-        LOG.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     except ValueError as exc:  # ConfigError, DatasetError, CropError ... all name what to fix
-        LOG.error("%s: %s", type(exc).__name__, exc)
+        logger.error("%s: %s", type(exc).__name__, exc)
         return 2
     except KeyboardInterrupt:
-        LOG.error("interrupted; finished folds and rows are kept in %s, run the same command to resume",
+        logger.error("interrupted; finished folds and rows are kept in %s, run the same command to resume",
                   args.work_dir)
         return 130
-    LOG.info("report written: %s", path)
+    logger.info("report written: %s", path)
     return 0
 
 

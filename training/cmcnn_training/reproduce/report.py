@@ -29,7 +29,7 @@ from cmcnn_ros.atomic_io import write_bytes_atomic, write_text_atomic
 from .rows import (ABLATION_ROWS, ALIASES, FULL, LOSS_ROWS, PAPER_TABLE_I, PAPER_TABLE_II, PAPER_TABLE_III,
                    SOFT_SIGMA_OWN, TSNE_ROWS, resolve)
 
-LOG = logging.getLogger("cmcnn_training.reproduce")
+logger = logging.getLogger("cmcnn_training.reproduce")
 
 Docs = Mapping[str, Dict[str, Any]]
 NOT_RUN = "not run"
@@ -262,7 +262,7 @@ def gradcam_figure(meta: Dict[str, Any], work: Path, class_names: Sequence[str],
         grey_model, full_model = load_checkpoint(g_path).model, load_checkpoint(f_path).model
         crops = CropSet.load(cache)
     except (CheckpointError, CropError) as exc:
-        LOG.warning("Fig. 8 skipped: %s", exc)
+        logger.warning("Fig. 8 skipped: %s", exc)
         return None
     arr = _fold_arrays(work, FULL, int(meta["sweep"]["folds"]) - 1)
     if arr is None:

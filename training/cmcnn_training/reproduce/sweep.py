@@ -48,7 +48,7 @@ from ..metrics import EvaluationMetrics, compute_metrics, summarise_folds
 from ..utils import TrainingError, load_training_dataset, save_model_checkpoint, seed_everything
 from .rows import FULL, MODALITY_ORDER, Row, RowError, select_rows
 
-LOG = logging.getLogger("cmcnn_training.reproduce")
+logger = logging.getLogger("cmcnn_training.reproduce")
 
 #: Rows whose last-fold model is kept for Fig. 8 (Grad-CAM, grey-only vs full model).
 GRADCAM_ROWS = ("G", FULL)
@@ -254,7 +254,7 @@ class WorkDir:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            LOG.warning("%s is unreadable; it will be redone", path)
+            logger.warning("%s is unreadable; it will be redone", path)
             return None
 
     def forget(self, row: Row) -> None:
@@ -403,7 +403,7 @@ def run_fold(sweep: SweepConfig, row: Row, data: SweepData, k: int, work: WorkDi
                               overwrite=True)
     write_json_atomic(work.fold_json(row, k), record)
     acc = record["test"]["accuracy"]
-    LOG.info("%s fold %d/%d: accuracy %.3f on %d faces (%.0fs); sweep %s", row.name, k + 1, len(data.splits),
+    logger.info("%s fold %d/%d: accuracy %.3f on %d faces (%.0fs); sweep %s", row.name, k + 1, len(data.splits),
              acc, record["test"]["count"], result.seconds, progress.eta_text())
     return record
 
@@ -435,7 +435,7 @@ def finish_row(row: Row, records: List[Dict[str, Any]], work: WorkDir, fingerpri
            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json_atomic(work.row_json(row), doc)
     s = doc["summary"]
-    LOG.info("row %s finished: %.2f ± %.2f %% over %d folds", row.name, 100 * s["accuracy_mean"],
+    logger.info("row %s finished: %.2f ± %.2f %% over %d folds", row.name, 100 * s["accuracy_mean"],
              100 * s["accuracy_std"], s["folds"])
     return doc
 
@@ -478,7 +478,7 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
     work = WorkDir(work_dir)
     check_work_dir(work, sweep, data, rows, rerun_rows)
     for row in rerun_rows:
-        LOG.info("--rerun %s: forgetting its earlier results", row.name)
+        logger.info("--rerun %s: forgetting its earlier results", row.name)
         work.forget(row)
     work.root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work.root / "sweep.json", {
@@ -498,7 +498,7 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
             fp = row_fingerprint(sweep, row, data)
             doc = work.read(work.row_json(row))
             if doc is not None and doc.get("fingerprint") == fp:
-                LOG.info("row %s: finished earlier, kept (--rerun %s to redo it)", row.name, row.name)
+                logger.info("row %s: finished earlier, kept (--rerun %s to redo it)", row.name, row.name)
                 bar.skip(sum(_units(sweep, row, data, k) for k in range(len(data.splits))))
                 docs[row.name] = doc
                 continue
@@ -506,7 +506,7 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
             for k in range(len(data.splits)):
                 rec = work.read(work.fold_json(row, k))
                 if rec is not None and rec.get("fingerprint") == fp and work.fold_npz(row, k).is_file():
-                    LOG.info("%s fold %d/%d: finished earlier, kept", row.name, k + 1, len(data.splits))
+                    logger.info("%s fold %d/%d: finished earlier, kept", row.name, k + 1, len(data.splits))
                     bar.skip(_units(sweep, row, data, k))
                 else:
                     rec = run_fold(sweep, row, data, k, work, fp, device, bar)
