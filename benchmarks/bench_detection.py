@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cmcnn_ros.tools import configure_logging  # noqa: E402
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
@@ -231,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--figure", type=Path, default=None, help="detection rate by pose/distance (PNG)")
     p.add_argument("--detectors", nargs="+", default=["blazeface", "haar"], choices=["blazeface", "haar"])
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     cv2.setNumThreads(1)
     if args.root is not None:
         frames = read_sweep(args.root) + render_sweep(args.cache, 0, args.empty, args.seed)

@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence
 import cv2
 import numpy as np
 
+from cmcnn_ros.tools import configure_logging  # noqa: E402
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_synthetic.generate import RenderOptions, generate_dataset, plan_jobs, render_job
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging(quiet_level=logging.WARNING)
     result: Dict[str, object] = {}
     if args.haar_frames > 0:
         result["haar_near_frontal_0.6-1.5m"] = haar_rate(

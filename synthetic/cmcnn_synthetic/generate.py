@@ -31,6 +31,8 @@ import numpy as np
 
 from cmcnn_ros.atomic_io import atomic_open, write_bytes_atomic
 from cmcnn_ros.classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
+from cmcnn_ros.tools import configure_logging
+
 from .expressions import INTENSITY_LEVELS
 from .render import CameraSpec
 from .scene import FaceSpec, PoseRange, RenderedFrame, random_face_spec, render_frame
@@ -353,7 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns:
         Exit status (0 ok, 2 bad arguments).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     parser = get_args_parser()
     args = parser.parse_args(argv)
     try:
