@@ -2,8 +2,10 @@
 
 CM-CNN is the cross-modality attention network of Ni et al., "Facial
 Expression Recognition Through Cross-Modality Attention Fusion", IEEE TCDS
-2023. Everything below ``cmcnn_ros.ros`` is ROS-free and importable without
-rclpy.
+2023. Everything outside ``cmcnn_ros.ros`` (and the example's node) is
+ROS-free and importable without rclpy; docs/ARCHITECTURE.md draws the layers.
+The offline trainer (``cmcnn_training``) and renderer (``cmcnn_synthetic``)
+import this package; it never imports them.
 """
 
 __version__ = "0.1.0"

@@ -1,9 +1,12 @@
 """ROS-free preprocessing of Section III-B (Ni et al., IEEE TCDS 2023).
 
-One colour frame (+ registered depth) -> per-face 148x148 crops: Viola-Jones
-detection, rotation rectification from the eyes (eq. 1), grey, LBP (eq. 2),
-HOG/Gabor (ablations) and face-relative depth. Depth from 3-D scans (gridfit)
-is offline work and lives with the trainer (``cmcnn_training.datasets.scan_depth``).
+One colour frame (+ registered depth) -> per-face crops of ``crop_size``:
+face detection (BlazeFace, or the paper's Viola-Jones), rotation
+rectification from the eyes (eq. 1, FaceMesh or Haar eyes), grey, LBP
+(eq. 2), HOG/Gabor (ablations) and face-relative depth; then the network
+input (``model_input``), built the same way for the node and the trainer.
+Depth from 3-D scans (gridfit) is offline work and lives with the trainer
+(``cmcnn_training.datasets.scan_depth``).
 """
 
 from ..modalities import MODALITIES

@@ -1,4 +1,5 @@
-"""Console tools: recognition CLI, rosbag writer / evaluator / replayer, and the demo."""
+"""Console tools over the core and the node: single-image tools (cmcnn-recognize, cmcnn-explain),
+rosbag I/O, the offline bag evaluator and its scoring, the bag replayer and the demo's ROS half."""
 
 import logging
 from typing import Optional, Union
