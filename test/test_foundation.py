@@ -159,6 +159,17 @@ def test_setup_stops_clearly_when_a_tool_is_missing(tmp_path: Path, missing: str
     assert (stamp.stat().st_mtime_ns if stamp.exists() else None) == before
 
 
+def _cmake_install(src: Path, build: Path, log: Path, env: dict, mode: str, *configure: str) -> None:
+    """Configure (with ``configure`` options), build and install, logging to ``log``; assert each step."""
+    with log.open(mode) as out:
+        for cmd in (["cmake", "-S", str(src), "-B", str(build), *configure],
+                    ["cmake", "--build", str(build), "-j", str(min(2, os.cpu_count() or 1))],
+                    ["cmake", "--install", str(build)]):
+            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=600, check=False).returncode
+            assert rc == 0, f"{' '.join(cmd[:2])} failed:\n{log.read_text()[-3000:]}"
+
+
 def _copy_sources(dest: Path) -> None:
     """What colcon sees of the package: the tracked inputs, without the venv."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
@@ -184,17 +195,8 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
     src.mkdir()
     _copy_sources(src)
     log = tmp_path / "cmake.log"
-    with log.open("w") as out:
-        for cmd in (
-            ["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={install}",
-             f"-DCMAKE_PREFIX_PATH={venv}", f"-DPython3_EXECUTABLE={venv}/bin/python",
-             "-DBUILD_TESTING=OFF"],
-            ["cmake", "--build", str(build), "-j", str(min(2, os.cpu_count() or 1))],
-            ["cmake", "--install", str(build)],
-        ):
-            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                timeout=600, check=False).returncode
-            assert rc == 0, f"{' '.join(cmd[:2])} failed:\n{log.read_text()[-3000:]}"
+    _cmake_install(src, build, log, env, "w", f"-DCMAKE_INSTALL_PREFIX={install}",
+                   f"-DCMAKE_PREFIX_PATH={venv}", f"-DPython3_EXECUTABLE={venv}/bin/python", "-DBUILD_TESTING=OFF")
 
     site = next(install.glob("lib/python3*/site-packages"))
     init = site / "cmcnn_ros" / "__init__.py"
@@ -234,16 +236,8 @@ def test_colcon_style_install_layout(tmp_path: Path) -> None:
 
     # A workstation build asks for the offline packages too (same build folder, reconfigured).
     offline_install = tmp_path / "install_offline"
-    with log.open("a") as out:
-        for cmd in (
-            ["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={offline_install}",
-             "-DCMCNN_INSTALL_OFFLINE=ON"],
-            ["cmake", "--build", str(build), "-j", str(min(2, os.cpu_count() or 1))],
-            ["cmake", "--install", str(build)],
-        ):
-            rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                timeout=600, check=False).returncode
-            assert rc == 0, f"{' '.join(cmd[:2])} failed:\n{log.read_text()[-3000:]}"
+    _cmake_install(src, build, log, env, "a", f"-DCMAKE_INSTALL_PREFIX={offline_install}",
+                   "-DCMCNN_INSTALL_OFFLINE=ON")
     site = next(offline_install.glob("lib/python3*/site-packages"))
     assert (site / "cmcnn_training" / "train.py").is_file()
     assert (site / "cmcnn_training" / "datasets" / "scan_depth.py").is_file()
