@@ -10,7 +10,7 @@ Every modality is one ``float32`` ``crop_size`` square channel in [0, 1]
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Iterable, Optional, Tuple
 
 #: Every modality name, in the canonical channel order (the reproduce rows' G, L, H, B, D; a
 #: model's own order is its config's).
@@ -22,4 +22,26 @@ GREY_DERIVED: Tuple[str, ...] = ("lbp", "hog", "gabor")
 #: Modalities from the registered depth frame; the shallow depth FEN reads them (Fig. 3(a)).
 DEPTH_MODALITIES: Tuple[str, ...] = ("depth",)
 
-__all__ = ["DEPTH_MODALITIES", "GREY_DERIVED", "MODALITIES", "TEXTURE_MODALITIES"]
+
+
+def modality_problem(modalities: Iterable[str]) -> Optional[str]:
+    """What is wrong with a modality list, as one line, or None.
+
+    The one check behind :class:`~cmcnn_ros.model.config.ModelConfig` and
+    :func:`~cmcnn_ros.preprocessing.pipeline.check_modalities`, so a network
+    and its preprocessing accept and refuse the same lists.
+    """
+    if isinstance(modalities, str):
+        return f"modalities must be a sequence of names, got the string {modalities!r}"
+    mods = tuple(modalities)
+    if not mods:
+        return f"at least one modality is needed; choose from {list(MODALITIES)}"
+    unknown = [m for m in mods if m not in MODALITIES]
+    if unknown:
+        return f"unknown modality name(s) {unknown}; choose from {list(MODALITIES)}"
+    if len(set(mods)) != len(mods):
+        return f"duplicate modality names in {list(mods)}"
+    return None
+
+
+__all__ = ["DEPTH_MODALITIES", "GREY_DERIVED", "MODALITIES", "TEXTURE_MODALITIES", "modality_problem"]

@@ -166,7 +166,7 @@ def test_config_round_trip_and_errors():
     assert ModelConfig.from_dict(d) == cfg
     with pytest.raises(ModelConfigError, match="unknown ModelConfig keys"):
         ModelConfig.from_dict({**d, "widht": 3})
-    with pytest.raises(ModelConfigError, match="unknown modalities"):
+    with pytest.raises(ModelConfigError, match="unknown modality"):
         ModelConfig(modalities=("rgb",))
     with pytest.raises(ModelConfigError, match="same channel count"):
         ModelConfig(depth_widths=(8, 16, 32, 48))

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple
 
-from ..modalities import DEPTH_MODALITIES, MODALITIES, TEXTURE_MODALITIES
+from ..modalities import DEPTH_MODALITIES, TEXTURE_MODALITIES, modality_problem
 
 FUSIONS: Tuple[str, ...] = ("cmfn", "concat")
 ATTENTIONS: Tuple[str, ...] = ("sigmoid", "softmax")
@@ -129,13 +129,9 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ checks
     def _validate(self) -> None:
-        if not self.modalities:
-            raise ModelConfigError("ModelConfig.modalities is empty: name at least one of " f"{MODALITIES}")
-        unknown = [m for m in self.modalities if m not in MODALITIES]
-        if unknown:
-            raise ModelConfigError(f"unknown modalities {unknown}; choose from {MODALITIES}")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ModelConfigError(f"ModelConfig.modalities has repeats: {self.modalities}")
+        problem = modality_problem(self.modalities)
+        if problem:
+            raise ModelConfigError(f"ModelConfig.modalities: {problem}")
         _check_int("num_classes", self.num_classes, 2)
         if self.fusion not in FUSIONS:
             raise ModelConfigError(f"ModelConfig.fusion={self.fusion!r}; choose from {FUSIONS}")

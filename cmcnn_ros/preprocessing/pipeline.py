@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..modalities import DEPTH_MODALITIES, MODALITIES
+from ..modalities import DEPTH_MODALITIES, modality_problem
 from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
 from .depth import face_depth_crop
 from .detection import make_detector
@@ -70,17 +70,10 @@ def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
     Raises:
         PreprocessingError: empty, duplicated or unknown names.
     """
-    if isinstance(modalities, str):
-        raise PreprocessingError(f"modalities must be a sequence of names, got the string {modalities!r}")
-    mods = tuple(modalities)
-    if not mods:
-        raise PreprocessingError("at least one modality is needed")
-    unknown = [m for m in mods if m not in MODALITIES]
-    if unknown:
-        raise PreprocessingError(f"unknown modality name(s) {unknown}; known: {list(MODALITIES)}")
-    if len(set(mods)) != len(mods):
-        raise PreprocessingError(f"duplicate modality names in {list(mods)}")
-    return mods
+    problem = modality_problem(modalities)
+    if problem:
+        raise PreprocessingError(problem)
+    return tuple(modalities)
 
 
 def to_grey(colour: np.ndarray) -> np.ndarray:

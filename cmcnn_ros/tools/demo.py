@@ -180,10 +180,6 @@ class DemoOptions:
     output_dir: Path = Path("outputs/demo")
     weights: Optional[Path] = None
     bag: Optional[Path] = None
-    duration_s: float = 10.0
-    fps: float = 8.0
-    faces: int = 3
-    seed: int = 0
     rate: float = 1.0
     domain_id: Optional[int] = None
     node_threads: int = 0
@@ -192,9 +188,9 @@ class DemoOptions:
     progress: bool = True
 
 
-#: Writes the demo's bag into the given folder when no ``--bag`` is given, from the
-#: options' duration/fps/faces/seed (``cmcnn_synthetic.demo.write_demo_bag`` renders one).
-BagSource = Callable[[Path, DemoOptions], None]
+#: Writes the demo's bag into the given folder when no ``--bag`` is given
+#: (``cmcnn-demo``, :mod:`cmcnn_synthetic.demo`, renders a synthetic one).
+BagSource = Callable[[Path], None]
 
 
 def _bag_for_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> Path:
@@ -207,7 +203,7 @@ def _bag_for_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> P
                         "pip install -e '.[synthetic]'), which writes a labelled synthetic one first")
     path = opts.output_dir / "demo_bag"
     t0 = time.monotonic()
-    write_bag(path, opts)
+    write_bag(path)
     logger.info("wrote %s in %.1f s", path, time.monotonic() - t0)
     return path
 
@@ -375,19 +371,15 @@ def _extra_lines(report: Any) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """The options of the demo's ROS half (``cmcnn-demo`` adds those of the synthetic bag)."""
     p = argparse.ArgumentParser(
-        prog="cmcnn-demo",
-        description="Live demo: write a labelled synthetic RGB-D bag, run fer_node in its own process, "
-                    "replay the bag into it over real ROS 2, and report per-expression accuracy, latency "
-                    "and a timeline PNG.")
+        prog="python -m cmcnn_ros.tools.demo",
+        description="Live demo on a labelled RGB-D bag: run fer_node in its own process, replay the bag into "
+                    "it over real ROS 2, and report per-expression accuracy, latency and a timeline PNG.")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/demo"),
                    help="report.json, timeline.png, confusion.png, fer_node.log, demo_bag/ (default outputs/demo)")
     p.add_argument("--weights", type=Path, default=None, help=f"checkpoint (default {DEFAULT_WEIGHTS})")
-    p.add_argument("--bag", type=Path, default=None, help="replay this bag instead of writing a synthetic one")
-    p.add_argument("--duration", type=float, default=10.0, help="synthetic bag length in s (default 10)")
-    p.add_argument("--fps", type=float, default=8.0, help="synthetic bag frame rate (default 8)")
-    p.add_argument("--faces", type=int, default=3, help="faces at once in the synthetic bag, 1-4 (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic bag seed (default 0)")
+    p.add_argument("--bag", type=Path, default=None, help="the labelled bag to replay")
     p.add_argument("--rate", type=float, default=1.0, help="replay speed multiplier (default 1.0)")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: derived from the PID)")
     p.add_argument("--node-threads", type=int, default=0, help="torch threads in the node (0 = default)")
@@ -397,16 +389,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None, write_bag: Optional[BagSource] = None) -> int:
-    """Run the demo from the command line; ``cmcnn-demo`` (:mod:`cmcnn_synthetic.demo`) passes ``write_bag``."""
-    args = get_args_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The demo's ROS half from the command line (needs ``--bag``)."""
+    return run_cli(get_args_parser(), argv)
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
+            bag_writer: Optional[Callable[[argparse.Namespace], BagSource]] = None) -> int:
+    """Parse ``argv`` with ``parser`` (this module's options, maybe more) and run the demo.
+
+    Args:
+        bag_writer: builds the :data:`BagSource` from the parsed arguments
+            (``cmcnn-demo`` passes its synthetic-bag writer).
+    """
+    args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    opts = DemoOptions(output_dir=args.output_dir, weights=args.weights, bag=args.bag, duration_s=args.duration,
-                       fps=args.fps, faces=args.faces, seed=args.seed, rate=args.rate, domain_id=args.domain_id,
-                       node_threads=args.node_threads, startup_timeout_s=args.startup_timeout,
-                       progress=not args.no_progress)
+    opts = DemoOptions(output_dir=args.output_dir, weights=args.weights, bag=args.bag, rate=args.rate,
+                       domain_id=args.domain_id, node_threads=args.node_threads,
+                       startup_timeout_s=args.startup_timeout, progress=not args.no_progress)
     try:
-        run_demo(opts, write_bag)
+        run_demo(opts, bag_writer(args) if bag_writer is not None else None)
     except (DemoError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
