@@ -241,12 +241,10 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     Raises:
         ImageConversionError: unknown encoding, bad step, truncated data.
     """
+    from cmcnn_ros.preprocessing.depth import depth_array_to_metres
+
     enc = _validate(msg, DEPTH_ENCODINGS, "depth")
-    arr = _decode(msg, enc)
-    scale = DEPTH_SCALE[str(msg.encoding)]
-    if scale == 1.0:
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    return arr.astype(np.float32) * np.float32(scale)
+    return depth_array_to_metres(_decode(msg, enc), DEPTH_SCALE[str(msg.encoding)])
 
 
 def frame_pair(colour_msg: Any, depth_msg: Optional[Any]) -> Tuple[np.ndarray, Optional[np.ndarray]]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, canonical_name
+from cmcnn_ros.preprocessing.depth import depth_array_to_metres
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def read_depth_png(path: Union[str, Path], unit_m: float = 0.001) -> np.ndarray:
     if raw.dtype != np.uint16 or raw.ndim != 2:
         raise DatasetError(f"depth image {path} must be single-channel 16-bit (millimetres), got "
                            f"{raw.dtype} with shape {raw.shape}")
-    return raw.astype(np.float32) * np.float32(unit_m)
+    return depth_array_to_metres(raw, unit_m)
 
 
 def check_registered(colour: np.ndarray, depth_m: Optional[np.ndarray], colour_path: str,
