@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from cmcnn_ros.classes import canonical_name
+from cmcnn_ros.preprocessing.params import PreprocessingParams
 
 from .config import BOX_MODES, ConfigError
 from .crops import CropCacheInfo, CropSet, get_crops
@@ -101,7 +102,7 @@ def concat_crops(sets: Sequence[Tuple[str, CropSet]]) -> Tuple[CropSet, np.ndarr
     return crops, source_index
 
 
-def load_mix_crops(entries: Sequence[MixEntry], class_names: Sequence[str], params: Any,
+def load_mix_crops(entries: Sequence[MixEntry], class_names: Sequence[str], params: PreprocessingParams,
                    modalities: Sequence[str], cache_dir: Optional[str], workers: int,
                    progress: bool) -> List[Tuple[str, CropSet, CropCacheInfo, int]]:
     """Crops of every extra set, restricted to ``class_names``: ``[(name, crops, cache info, repeat)]``.
