@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
+from cmcnn_ros.model.cmcnn import class_probabilities
 from cmcnn_ros.preprocessing.model_input import at_model_precision, zero_depth
 from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
 
@@ -292,7 +293,7 @@ def evaluate(model: nn.Module, loader: CropBatches, device: torch.device, progre
     probs: List[np.ndarray] = []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         logits = model(x.to(device, non_blocking=True))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        probs.append(class_probabilities(logits).cpu().numpy())
         ys.append(y.numpy())
     p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
     y_true = np.concatenate(ys) if ys else np.zeros(0, np.int64)

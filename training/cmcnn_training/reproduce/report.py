@@ -270,7 +270,7 @@ def gradcam_figure(meta: Dict[str, Any], work: Path, class_names: Sequence[str],
     rows, y = arr["test_rows"], arr["test_true"].astype(int)
     x_full = torch.from_numpy(crops.to_tensor(rows, full_model.modalities))
     with torch.no_grad():
-        p_full = torch.softmax(full_model.eval()(x_full), 1).numpy()
+        p_full = full_model.eval().predict_proba(x_full).numpy()
     inten = crops.intensities[rows]
     picks = []
     for c in range(len(class_names)):
