@@ -92,3 +92,15 @@ def test_stream_defaults_are_the_nodes():
     assert sig["iou_threshold"].default == PARAMETERS["tracking_iou_threshold"][0]
     assert sig["max_missed"].default == PARAMETERS["tracking_max_missed"][0]
     assert sig["smoothing"].default == PARAMETERS["score_smoothing"][0]
+
+
+def test_annotations_draw_on_a_copy_of_the_frame(frame):
+    """The debug image and --annotate draw on a copy: the frame the stream read stays as it was."""
+    from cmcnn_ros.inference.annotate import Annotation, draw_annotations
+
+    before = frame.copy()
+    out = draw_annotations(frame, [Annotation((100, 50, 200, 200), "face1 happy 0.90", ["happy 0.90"])])
+    np.testing.assert_array_equal(frame, before)
+    assert out.shape == frame.shape and np.any(out != before)
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    assert draw_annotations(grey, []).shape == frame.shape

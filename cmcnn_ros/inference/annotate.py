@@ -33,9 +33,8 @@ class Annotation:
 
 def draw_annotations(image: np.ndarray, annotations: Sequence[Annotation]) -> np.ndarray:
     """A BGR copy of ``image`` (grey, BGR or BGRA) with every annotation drawn."""
-    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else np.ascontiguousarray(image[:, :, :3])
-    if out is image:
-        out = out.copy()
+    # np.array copies: a view of the caller's frame must never be drawn on.
+    out = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else np.array(image[:, :, :3], order="C")
     for a in annotations:
         x, y, w, h = (int(v) for v in a.box)
         cv2.rectangle(out, (x, y), (x + w, y + h), _BOX_COLOUR, 2)
