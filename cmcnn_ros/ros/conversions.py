@@ -241,10 +241,13 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     Raises:
         ImageConversionError: unknown encoding, bad step, truncated data.
     """
-    from cmcnn_ros.preprocessing.depth import depth_array_to_metres
-
     enc = _validate(msg, DEPTH_ENCODINGS, "depth")
-    return depth_array_to_metres(_decode(msg, enc), DEPTH_SCALE[str(msg.encoding)])
+    arr = _decode(msg, enc)
+    scale = DEPTH_SCALE[str(msg.encoding)]
+    # 32FC1 is already metres: no copy here (the recognizer copies once, before filling holes).
+    if scale == 1.0:
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    return arr.astype(np.float32) * np.float32(scale)
 
 
 def frame_pair(colour_msg: Any, depth_msg: Optional[Any]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
