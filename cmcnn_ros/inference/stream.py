@@ -139,7 +139,7 @@ class ExpressionStream:
         tracked = self.tracker.update([f.box for f in faces], [f.scores for f in faces])
         out: List[StreamFace] = []
         for face, track in zip(faces, tracked):
-            scores = np.asarray(track.scores if track.scores is not None else face.scores, dtype=np.float32)
+            scores = track.scores   # float32; smoothed when smoothing is on (the tracker always gets scores)
             expression, confidence, valence, arousal = describe_scores(scores, self.class_names)
             out.append(StreamFace(
                 face_id=track.face_id, box=clip_box(face.box, colour.shape[:2]), roll=float(face.roll),

@@ -30,6 +30,7 @@ import re
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import rclpy
@@ -43,7 +44,10 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from cmcnn_ros.device import DeviceError, resolve_device
-from cmcnn_ros.inference.tracking import FaceTracker, TrackingError
+from cmcnn_ros.inference.recognizer import NonFiniteScoresError
+from cmcnn_ros.inference.stream import ExpressionStream
+from cmcnn_ros.inference.tracking import TrackingError
+from cmcnn_ros.preprocessing.params import PreprocessingError
 from cmcnn_ros.ros import conversions, messages
 from cmcnn_ros.ros.diagnostics import LogThrottle, PipelineStats
 from cmcnn_ros.ros.hri import HriPublisher
@@ -84,7 +88,7 @@ class FerNode(LifecycleNode):
         self._stats = PipelineStats()
         self._throttle = LogThrottle()
         self._slot: LatestSlot[Tuple[Image, Optional[Image]]] = LatestSlot()
-        self._stream: Any = None   # cmcnn_ros.inference.stream.ExpressionStream once configured
+        self._stream: Optional[ExpressionStream] = None   # once configured
         self._model_path = ""
         self._device = ""
         self._emotions_pub: Any = None
@@ -167,8 +171,7 @@ class FerNode(LifecycleNode):
                 resolve_device(cfg["device"])
             except DeviceError as exc:
                 raise FerConfigError(f"parameter device: {exc}") from exc
-            tracker = FaceTracker(cfg["tracking_iou_threshold"], cfg["tracking_max_missed"], cfg["score_smoothing"])
-            stream = self._load_stream(path, cfg, tracker)
+            stream = self._load_stream(path, cfg)
         except (FerConfigError, TrackingError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -186,19 +189,20 @@ class FerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     @staticmethod
-    def _load_stream(path: Any, cfg: Dict[str, Any], tracker: FaceTracker) -> Any:
-        """The checkpoint's recognizer in a stream, each failure worded as the parameter to fix.
+    def _load_stream(path: Path, cfg: Dict[str, Any]) -> ExpressionStream:
+        """The checkpoint's stream with the tracking parameters, each failure worded as the parameter to fix.
 
         Raises:
+            TrackingError: a tracking parameter is out of range.
             FerConfigError: the face detector, the checkpoint or the device cannot be used.
         """
-        from cmcnn_ros.inference.recognizer import Recognizer  # torch: import only when needed
-        from cmcnn_ros.inference.stream import ExpressionStream
-        from cmcnn_ros.preprocessing.params import PreprocessingError
-
         try:
-            rec = Recognizer.from_checkpoint(str(path), device=cfg["device"], num_threads=cfg["num_threads"] or None,
-                                             redetect_interval=cfg["redetect_interval"])
+            return ExpressionStream.from_checkpoint(
+                str(path), device=cfg["device"], num_threads=cfg["num_threads"] or None,
+                redetect_interval=cfg["redetect_interval"], iou_threshold=cfg["tracking_iou_threshold"],
+                max_missed=cfg["tracking_max_missed"], smoothing=cfg["score_smoothing"])
+        except TrackingError:
+            raise
         except PreprocessingError as exc:  # e.g. a missing or corrupt face-detector model file
             raise FerConfigError(f"cannot start the face detector for {str(path)!r}: {exc}") from exc
         except ValueError as exc:  # CheckpointError and friends
@@ -206,7 +210,6 @@ class FerNode(LifecycleNode):
         except RuntimeError as exc:  # e.g. a CUDA device that fails to initialise
             raise FerConfigError(f"cannot use device {cfg['device']!r} for {str(path)!r}: {exc}; "
                                  "set device to cpu or auto") from exc
-        return ExpressionStream(rec, tracker)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -331,8 +334,6 @@ class FerNode(LifecycleNode):
                 self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
 
     def _process(self, colour_msg: Image, depth_msg: Optional[Image]) -> None:
-        from cmcnn_ros.inference.recognizer import NonFiniteScoresError
-
         t0 = time.monotonic()
         stamp = ros_stamp_ns(colour_msg)
         if stamp == 0:

@@ -96,8 +96,6 @@ class HriPublisher:
 
     def pause(self, header: Any, can_publish: bool) -> None:
         """No face is tracked any more: drop the per-face topics and say so on the tracked list."""
-        if not self.active:
-            return
         self.retire(list(self._faces))
         if self._tracked is not None and can_publish:
             self.publish_tracked(header, [])
