@@ -10,6 +10,7 @@ learning-rate schedule (Section IV-B: SGD, rate halved every 100 epochs).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -50,12 +51,18 @@ def build_preprocessing(cfg: TrainConfig) -> PreprocessingParams:
         raise ConfigError(f"preprocessing: {exc}") from exc
 
 
-def build_loss(cfg: TrainConfig) -> torch.nn.Module:
-    """The run's loss: soft-label focal (eq. 5), focal, or cross-entropy."""
+def build_loss(cfg: TrainConfig, alpha: Optional[torch.Tensor] = None) -> torch.nn.Module:
+    """The run's loss: soft-label focal (eq. 5), focal, or cross-entropy.
+
+    Args:
+        cfg: the run's settings.
+        alpha: per-class weights of eq. (5) (``--class-weights``); default the scalar ``focal_alpha``.
+    """
+    a = alpha if alpha is not None else cfg.focal_alpha
     if cfg.loss == "soft_focal":
-        return make_loss("soft_focal", sigma=cfg.soft_sigma, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+        return make_loss("soft_focal", sigma=cfg.soft_sigma, alpha=a, gamma=cfg.focal_gamma)
     if cfg.loss == "focal":
-        return make_loss("focal", alpha=cfg.focal_alpha, gamma=cfg.focal_gamma)
+        return make_loss("focal", alpha=a, gamma=cfg.focal_gamma)
     return make_loss("ce")
 
 

@@ -29,6 +29,7 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 LOSSES = ("soft_focal", "focal", "ce")
+CLASS_WEIGHTS = ("none", "sqrt_inverse")
 BOX_MODES = ("detect", "gt")
 
 
@@ -113,6 +114,26 @@ class TrainConfig:
                               "(texture modalities recomputed from the augmented grey), brightness/contrast")
     lr_schedule: str = _option("step", "step: x lr_gamma every lr_step epochs (paper); cosine: one warm-up epoch "
                                   "then cosine decay to 0 (short CPU budgets)", choices=("step", "cosine"))
+    augment_photometric: bool = _option(False, "with --augment: also gamma, blur, sensor noise and JPEG on the grey "
+                                               "crop before the texture modalities are recomputed")
+    label_smoothing: float = _option(0.0, "uniform label smoothing of eq. (5)'s soft label (0 = off)")
+    mixup_alpha: float = _option(0.0, "mixup: Beta(alpha, alpha) mixing weight of two faces and their labels "
+                                      "(0 = off)")
+    mixup_p: float = _option(0.5, "fraction of batches mixed up when --mixup-alpha > 0")
+    class_weights: str = _option("none", "per-class alpha of eq. (5): none, or sqrt_inverse (1/sqrt(class "
+                                         "frequency), mean weight 1; lifts rare classes such as disgusted)",
+                                 choices=CLASS_WEIGHTS)
+    ema_decay: float = _option(0.0, "exponential moving average of the weights per step (e.g. 0.999; 0 = off); "
+                                    "the EMA weights are validated and saved")
+    compile: bool = _option(False, "torch.compile the network for training (faster steps on CPU and GPU; the "
+                                   "first epoch pays the compilation); the saved weights are the same module's")
+    val: Optional[Any] = _option(
+        None, "validation set scored after every --val-every epochs for the learning curve, "
+              "NAME[:ROOT[:BOX_MODE]] or a YAML mapping (dataset, root, box_mode, options); ROOT defaults "
+              "to --root. Never a test set: e.g. FER2013 PublicTest")
+    val_every: int = _option(1, "epochs between validation passes")
+    tta_flip: bool = _option(False, "also report validation accuracy with the scores of each face and its "
+                                    "mirror image averaged")
 
     # run
     output_dir: str = _option("runs/cmcnn", "output folder (checkpoint, metrics.json, confusion PNG)")
@@ -161,6 +182,14 @@ class TrainConfig:
         need(self.holdout_fraction is None or 0 < self.holdout_fraction < 1, "holdout_fraction",
              "must be in (0, 1)")
         need(self.min_intensity is None or self.min_intensity >= 0, "min_intensity", "must be >= 0")
+        need(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be in [0, 1)")
+        need(self.mixup_alpha >= 0, "mixup_alpha", "must be >= 0")
+        need(0.0 <= self.mixup_p <= 1.0, "mixup_p", "must be in [0, 1]")
+        need(self.class_weights in CLASS_WEIGHTS, "class_weights", f"choose from {CLASS_WEIGHTS}")
+        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1)")
+        need(self.val_every >= 1, "val_every", "must be >= 1")
+        need(self.loss != "focal" or (self.label_smoothing == 0 and self.mixup_alpha == 0), "loss",
+             "label smoothing and mixup need a loss that takes label distributions: soft_focal or ce")
         need(self.max_samples_per_subject_class is None or self.max_samples_per_subject_class >= 1,
              "max_samples_per_subject_class", "must be >= 1")
         if self.folds > 1 and (self.val_subjects or self.holdout_fraction):
@@ -310,7 +339,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         elif origin in (list, List):
             kwargs.update(nargs="+", metavar=name.upper())
         else:
-            kwargs.update(type=base)
+            kwargs.update(type=str if base is Any else base)
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
         group.add_argument(flag, **kwargs)

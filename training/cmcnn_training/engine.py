@@ -25,6 +25,7 @@ flips and nearest-neighbour shifts are applied.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -39,7 +40,8 @@ from tqdm import tqdm
 
 from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
 from cmcnn_ros.model.cmcnn import class_probabilities
-from cmcnn_ros.preprocessing.model_input import at_model_precision, zero_depth
+from cmcnn_ros.model.losses import soft_labels
+from cmcnn_ros.preprocessing.model_input import at_model_precision, store, zero_depth
 from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
 
 from .crops import CropSet
@@ -60,6 +62,11 @@ class AugmentConfig:
     lowres_min: float = 0.35     # smallest relative resolution (64 px -> 22 px)
     brightness: float = 0.1      # +- added to grey in [0, 1]
     contrast: float = 0.2        # +- relative contrast of grey
+    photometric: bool = False    # gamma / blur / noise / JPEG on the grey crop (below)
+    gamma: float = 0.35          # gamma drawn in [1/(1+g), 1+g]
+    blur_p: float = 0.2          # Gaussian blur, sigma in [0.4, 1.1] px
+    noise_p: float = 0.2         # Gaussian sensor noise, std in [2, 8] grey levels
+    jpeg_p: float = 0.25         # JPEG round trip, quality in [30, 90]
 
 
 class CropBatches:
@@ -167,6 +174,8 @@ class CropBatches:
             g = cv2.resize(cv2.resize(g, (side, side), interpolation=cv2.INTER_AREA), (s, s),
                            interpolation=cv2.INTER_LINEAR)
         g8 = np.clip(np.rint(g), 0, 255).astype(np.uint8)
+        if a.photometric:
+            g8 = photometric(g8, a, rng)
         out = np.empty_like(x)
         for i, m_name in enumerate(mods):
             if m_name in DEPTH_MODALITIES:
@@ -191,6 +200,97 @@ class CropBatches:
         # _augment_from_grey): a flipped texture code cannot be recomputed there.
         if any(m in GREY_DERIVED for m in self.modalities):
             raise ValueError("flip augmentation of texture modalities needs the grey crop in the crop set")
+
+
+def photometric(g8: np.ndarray, a: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Camera-like degradations of a ``uint8`` grey crop: gamma, blur, sensor noise, JPEG.
+
+    Every draw comes from ``rng`` (the batches' generator) whether or not the
+    effect is applied, so a resumed run draws the same numbers.
+    """
+    u = rng.random(4)
+    gamma = float(np.exp(rng.uniform(-np.log1p(a.gamma), np.log1p(a.gamma))))
+    sigma, noise_std, quality = rng.uniform(0.4, 1.1), rng.uniform(2.0, 8.0), int(rng.integers(30, 91))
+    out = g8
+    if u[0] < 0.5:
+        lut = np.clip(np.rint(255.0 * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
+        out = lut[out]
+    if u[1] < a.blur_p:
+        out = cv2.GaussianBlur(out, (0, 0), sigma)
+    if u[2] < a.noise_p:
+        noise = rng.normal(0.0, noise_std, out.shape)
+        out = np.clip(np.rint(out + noise), 0, 255).astype(np.uint8)
+    if u[3] < a.jpeg_p:
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(out), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return np.ascontiguousarray(out)
+
+
+def flipped_crops(crops: CropSet, params: object) -> CropSet:
+    """The mirror image of every crop, texture modalities recomputed from the mirrored grey.
+
+    For horizontal-flip test-time averaging: an LBP code is not mirror
+    symmetric, so the flipped LBP crop is computed, not mirrored.
+
+    Raises:
+        ValueError: the crop set has a texture modality but no grey crop.
+    """
+    if "grey" not in crops.images and any(m in GREY_DERIVED for m in crops.modalities):
+        raise ValueError("flip test-time averaging of texture modalities needs the grey crop in the crop set")
+    textures = TextureImages(params)
+    images: Dict[str, np.ndarray] = {}
+    for name, arr in crops.images.items():
+        if name in GREY_DERIVED:
+            grey = crops.images["grey"][:, :, ::-1]
+            images[name] = np.stack([store(name, textures(name, np.ascontiguousarray(g))) for g in grey]) \
+                if len(grey) else arr.copy()
+        else:
+            images[name] = np.ascontiguousarray(arr[:, :, ::-1])
+    return dataclasses.replace(crops, images=images)
+
+
+class TrainTargets:
+    """Label distributions for eq. (5): soft label, label smoothing and mixup.
+
+    Args:
+        num_classes: K.
+        sigma: the soft label's Gaussian width (eq. 5); ``None`` = one-hot.
+        label_smoothing: mass spread uniformly over the K classes.
+        mixup_alpha: Beta(alpha, alpha) of the mixing weight; 0 disables mixup.
+        mixup_p: fraction of batches that are mixed.
+    """
+
+    def __init__(self, num_classes: int, sigma: Optional[float] = None, label_smoothing: float = 0.0,
+                 mixup_alpha: float = 0.0, mixup_p: float = 1.0) -> None:
+        self.num_classes = int(num_classes)
+        self.sigma = sigma
+        self.label_smoothing = float(label_smoothing)
+        self.mixup_alpha = float(mixup_alpha)
+        self.mixup_p = float(mixup_p)
+
+    @property
+    def active(self) -> bool:
+        """Whether targets differ from the loss's own hard-label handling."""
+        return self.label_smoothing > 0 or self.mixup_alpha > 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(x, target)``: a mixed batch and its ``(B, K)`` label distribution."""
+        if self.sigma is None:
+            t = torch.nn.functional.one_hot(y, self.num_classes).to(torch.float32)
+        else:
+            t = soft_labels(y, self.num_classes, self.sigma)
+        if self.label_smoothing > 0:
+            t = t * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        if self.mixup_alpha > 0:
+            # Both draws always happen, so the generator advances the same way for every batch.
+            use, lam = rng.random() < self.mixup_p, float(rng.beta(self.mixup_alpha, self.mixup_alpha))
+            perm = torch.from_numpy(rng.permutation(len(y)))
+            if use:
+                x = lam * x + (1.0 - lam) * x[perm]
+                t = lam * t + (1.0 - lam) * t[perm]
+        return x, t
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +325,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, mode: str = "fusion", progress: bool = True,
-                    desc: str = "train") -> EpochStats:
+                    desc: str = "train", targets: Optional[TrainTargets] = None,
+                    after_step: Optional[Callable[[], None]] = None) -> EpochStats:
     """Train ``model`` for one pass over ``loader``.
 
     Args:
@@ -241,6 +342,9 @@ def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, opti
             pre-training each on its own).
         progress: show a tqdm bar.
         desc: progress-bar label.
+        targets: label distributions (smoothing, mixup) instead of the
+            hard labels; accuracy is still counted against the hard labels.
+        after_step: called after every optimiser step (the weight EMA).
 
     Raises:
         ValueError: unknown mode, or the loss became NaN/inf.
@@ -253,18 +357,26 @@ def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, opti
     correct: Dict[str, int] = {}
     bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=not progress, unit="batch")
     for x, y in bar:
+        target = y
+        if targets is not None and targets.active:
+            x, target = targets(x, y, loader.rng)
+            target = target.to(device, non_blocking=True)
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        if targets is None or not targets.active:
+            target = y
         if mode == "fusion":
             outputs = {"fused": model(x)}
         else:
             outputs = model.fen_logits(x)
-        loss = sum(loss_fn(logits, y) for logits in outputs.values())
+        loss = sum(loss_fn(logits, target) for logits in outputs.values())
         if not torch.isfinite(loss):
             raise ValueError(f"training loss became {loss.item()} at epoch {epoch}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         n = int(y.shape[0])
         total_loss += float(loss.detach()) * n
         total_n += n

@@ -73,6 +73,25 @@ def parse_mix(entries: Sequence[Union[str, Mapping[str, Any]]]) -> List[MixEntry
     return out
 
 
+def parse_val(raw: Union[str, Mapping[str, Any]], default_root: Optional[str]) -> MixEntry:
+    """The validation set of ``--val``: ``NAME[:ROOT[:BOX_MODE]]`` or a mapping; ROOT defaults to ``--root``.
+
+    E.g. ``fer2013::gt`` with ``options: {usage: PublicTest}`` in YAML.
+
+    Raises:
+        ConfigError: a malformed entry, naming it.
+    """
+    if isinstance(raw, Mapping):
+        entry = {**dict(raw), "root": raw.get("root") or default_root}
+    else:
+        parts = str(raw).split(":")
+        entry = {"dataset": parts[0], "root": (parts[1] if len(parts) > 1 else "") or default_root,
+                 "box_mode": parts[2] if len(parts) > 2 and parts[2] else "detect"}
+    if not entry.get("root"):
+        raise ConfigError(f"val entry {raw!r}: no root, and --root is not set")
+    return parse_mix([entry])[0]
+
+
 def concat_crops(sets: Sequence[Tuple[str, CropSet]]) -> Tuple[CropSet, np.ndarray]:
     """One crop set of several (same modalities), subjects prefixed by each set's name.
 
@@ -104,8 +123,10 @@ def concat_crops(sets: Sequence[Tuple[str, CropSet]]) -> Tuple[CropSet, np.ndarr
 
 def load_mix_crops(entries: Sequence[MixEntry], class_names: Sequence[str], params: PreprocessingParams,
                    modalities: Sequence[str], cache_dir: Optional[str], workers: int,
-                   progress: bool) -> List[Tuple[str, CropSet, CropCacheInfo, int]]:
+                   progress: bool, prefix: str = "mix") -> List[Tuple[str, CropSet, CropCacheInfo, int]]:
     """Crops of every extra set, restricted to ``class_names``: ``[(name, crops, cache info, repeat)]``.
+
+    ``prefix`` names the sets (``mix0-fer2013``, ``val0-fer2013``) in logs and cache files.
 
     Raises:
         ConfigError / DatasetError / CropError: a set cannot be loaded or yields no crop.
@@ -120,7 +141,8 @@ def load_mix_crops(entries: Sequence[MixEntry], class_names: Sequence[str], para
             raise ConfigError(f"mix entry {entry.dataset}:{entry.root} has no samples of {list(class_names)}")
         view = ds if len(keep) == len(ds) else ds.subset(keep)
         crops, info = get_crops(view, params, modalities, cache_dir, box_mode=entry.box_mode, workers=workers,
-                                progress=progress, name=f"mix{k}-{entry.dataset}")
-        logger.info("mixed set %s (%s): %d crops, repeat %d", entry.dataset, entry.root, len(crops), entry.repeat)
-        out.append((f"mix{k}-{entry.dataset}", crops, info, entry.repeat))
+                                progress=progress, name=f"{prefix}{k}-{entry.dataset}")
+        logger.info("%s set %s (%s): %d crops, repeat %d", prefix, entry.dataset, entry.root, len(crops),
+                    entry.repeat)
+        out.append((f"{prefix}{k}-{entry.dataset}", crops, info, entry.repeat))
     return out
