@@ -69,7 +69,8 @@ def test_torchrun_two_cpu_processes_train_and_write_one_checkpoint(tiny_root, tm
                       "--pretrain-epochs", "1", "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "confusion_matrix.png", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "confusion_matrix.png", "metrics.json",
+                                                     "run_config.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["environment"]["world_size"] == 2 and metrics["environment"]["backend"] == "gloo"
     fold = metrics["folds"][0]

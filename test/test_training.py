@@ -134,7 +134,7 @@ def test_trainer_never_overwrites_and_survives_interruption(kinect_root, tmp_pat
     monkeypatch.setattr(fitting, "train_one_epoch", boom)   # the fit loop of every fold
     assert train_mod.main(_argv(kinect_root, out, cache, "--overwrite")) == 130
     assert ckpt.read_bytes() == first
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "run_config.json"]
     monkeypatch.undo()
 
     assert train_mod.main(_argv(kinect_root, out, cache, "--overwrite", "--seed", "3")) == 0

@@ -64,7 +64,7 @@ from .engine import flipped_crops
 from .fitting import FitResult, Validate, fit, predict_rows
 from .metrics import EvaluationMetrics, compute_metrics, summarise_folds
 from .mixing import concat_crops, load_mix_crops, parse_mix, parse_val
-from .run_state import ResumeError, RunState, resume_config
+from .run_state import STATE_NAME, ResumeError, RunState, resume_config
 from .utils import METRICS_NAME, TrainingError, check_outputs, checkpoint_metadata, git_commit, \
     load_training_dataset, run_environment, save_model_checkpoint, seed_everything, write_training_report
 
@@ -263,7 +263,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> TrainingResult:
         result = fit(data.crops, train_rows, data.label_index, model_config, params, cfg, device,
                      cfg.seed + 1000 * k, desc=name, state=state.fit_state(k),
                      save_state=(lambda st, k=k: save(k, st)) if save else None,
-                     validate=validate if len(splits) == 1 or cfg.val else None)
+                     validate=validate)
         outcome = fold_outcome(k, result, data, train_rows, test_rows, cfg, model_config.modalities, device, job)
         m = outcome_metrics(outcome, data.class_names)
         if m is not None:
@@ -342,6 +342,8 @@ def write_outputs(cfg: TrainConfig, data: TrainingData, params: PreprocessingPar
     if curve:
         metrics["learning_curve_png"] = str(plot_learning_curve(curve, out / CURVE_NAME, cfg))
     metrics_path = write_training_report(out, metrics, cfg.dataset, t_start)
+    # Finished: metrics.json marks it, and the resumable state (weights, optimiser) is dead weight.
+    (out / STATE_NAME).unlink(missing_ok=True)
     distributed.barrier()
     return TrainingResult(output_dir=out, checkpoint=ckpt_path, metrics_path=metrics_path,
                           metrics=metrics, fold_metrics=fold_metrics)
