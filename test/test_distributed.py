@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from cmcnn_synthetic import generate
@@ -137,3 +138,33 @@ def test_ddp_keeps_the_ranks_weights_identical(tmp_path):
     r = json.loads(result.read_text())
     assert r["max_diff"] < 1e-5, f"ranks diverged by {r['max_diff']}: gradients were not averaged"
     assert r["rows"][0] != r["rows"][1]          # the ranks did see different rows
+
+
+def test_sharded_batches_resume_every_rank_from_the_saved_epoch():
+    """Under torchrun only rank 0 saves the sampler; its state (the epoch) must restore every rank exactly."""
+    from cmcnn_training.crops import CropSet
+    from cmcnn_training.distributed import ShardedCropBatches
+    from cmcnn_training.engine import AugmentConfig
+    from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+    n = 12
+    rng = np.random.default_rng(0)
+    crops = CropSet(modalities=("grey",), images={"grey": rng.integers(0, 255, (n, 16, 16), dtype=np.uint8)},
+                    depth_valid=np.zeros(n, bool), labels=np.array(["happy"] * n), subjects=np.array(["s"] * n),
+                    intensities=np.full(n, -1), sources=np.array([""] * n), box_sources=np.array([""] * n),
+                    dataset_index=np.arange(n))
+
+    def sampler(rank):
+        return ShardedCropBatches(crops, np.arange(n), np.zeros(n, np.int64), ("grey",), 3, shuffle=True, seed=4,
+                                  rank=rank, world_size=2, drop_last=True, augment=AugmentConfig(enabled=True),
+                                  preprocessing=PreprocessingParams())
+
+    for rank in range(2):
+        whole = sampler(rank)
+        list(whole)                                   # epoch 0
+        saved = sampler(0)
+        list(saved)
+        resumed = sampler(rank)
+        resumed.load_state_dict(saved.state_dict())   # rank 0's state, given to this rank
+        for (xa, ya), (xb, yb) in zip(whole, resumed):  # epoch 1, augmented
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

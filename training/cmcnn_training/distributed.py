@@ -145,7 +145,9 @@ class ShardedCropBatches(CropBatches):
     to a multiple of the world size by repeating its head, and keeps every
     ``world_size``-th row from its rank on, so all ranks run the same number
     of batches (DDP needs that) and the shards cover the rows once per epoch.
-    Augmentation and depth dropout draw from a per-rank generator.
+    Augmentation and depth dropout draw from a per-rank generator, seeded
+    afresh each epoch from (seed, rank, epoch), so the epoch number alone is
+    the sampler's state: every rank resumes exactly from rank 0's saved state.
     """
 
     def __init__(self, *args: Any, rank: int, world_size: int, seed: int = 0, **kwargs: Any) -> None:
@@ -167,8 +169,15 @@ class ShardedCropBatches(CropBatches):
             order = np.concatenate([order, order[:total - len(order)]])
         return order[self.rank:total:self.world_size]
 
+    def state_dict(self) -> Dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         mine = self.shard(self.epoch)
+        self.rng = np.random.default_rng([self.base_seed, self.rank, self.epoch, 1])
         self.epoch += 1
         for b in range(len(self)):
             yield self._batch(mine[b * self.batch_size:(b + 1) * self.batch_size])

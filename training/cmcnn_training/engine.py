@@ -111,6 +111,13 @@ class CropBatches:
         n = len(self.rows)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def state_dict(self) -> Dict[str, object]:
+        """Where the sampler stands between epochs (its generator), for a resumable run."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order = self.rng.permutation(self.rows) if self.shuffle else self.rows
         for b in range(len(self)):

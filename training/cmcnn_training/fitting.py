@@ -144,7 +144,7 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
     curve: List[Dict[str, Any]] = []
     if state is not None:
         model.load_state_dict(state.model)
-        batches.rng.bit_generator.state = state.sampler
+        batches.load_state_dict(state.sampler)
         torch.set_rng_state(state.torch_rng)
         histories = {"pretrain": FitState.stats(state.pretrain_history), "train": FitState.stats(state.history)}
         curve, elapsed = list(state.curve), state.seconds
@@ -155,7 +155,7 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
                         ema=ema.averaged.state_dict() if ema is not None else None,
                         optimizer=optimizer.state_dict() if optimizer is not None else None,
                         scheduler=scheduler.state_dict() if scheduler is not None else None,
-                        sampler=batches.rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                        sampler=batches.state_dict(), torch_rng=torch.get_rng_state(),
                         pretrain_history=[dataclasses.asdict(h) for h in histories["pretrain"]],
                         history=[dataclasses.asdict(h) for h in histories["train"]], curve=list(curve),
                         seconds=elapsed + time.perf_counter() - t0)

@@ -59,7 +59,7 @@ class FitState:
         ema: the weight EMA's ``state_dict`` (None without EMA).
         optimizer: the stage's optimiser ``state_dict``.
         scheduler: the stage's learning-rate schedule ``state_dict``.
-        sampler: the batch sampler's numpy ``bit_generator.state``.
+        sampler: the batch sampler's ``state_dict()`` (its generator, or its epoch under torchrun).
         torch_rng: ``torch.get_rng_state()``.
         pretrain_history / history: per-epoch :class:`EpochStats` as dicts.
         curve: per-epoch validation records.
