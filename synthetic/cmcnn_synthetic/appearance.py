@@ -161,7 +161,7 @@ def _wide_appearance(subject_id: int) -> SubjectAppearance:
         skin=tuple(np.clip(skin, 0, 1)), hair=tuple(np.clip(hair, 0, 1)),
         lips=tuple(np.clip(lips, 0, 1)), iris=tuple(np.clip(iris, 0, 1)),
         brow_strength=float(rng.uniform(0.5, 1.0)), brow_width_cm=float(rng.uniform(0.35, 0.8)),
-        hairline_cm=float(rng.uniform(7.5, 13.5)), beard=beard, redness=float(rng.uniform(0.0, 0.9)),
+        hairline_cm=float(rng.uniform(7.5, 13.5)), beard=beard, redness=float(rng.uniform(0.0, 0.75)),
         roughness=float(rng.uniform(0.45, 0.85)))
 
 
