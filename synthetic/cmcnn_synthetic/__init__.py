@@ -21,15 +21,17 @@ Typical use::
     frame.colour, frame.depth_mm, frame.faces[0].box
 """
 
-from .expressions import INTENSITY_LEVELS, INTENSITY_SCALES, RECIPES, ExpressionError, expression_weights
+from .expressions import (INTENSITY_LEVELS, INTENSITY_SCALES, RECIPES, VARIATIONS, ExpressionError,
+                          expression_weights)
 from .facekit import FaceKitError, FaceKitModel, identity_coefficients, identity_mesh, load_facekit
-from .render import BackgroundSpec, CameraSpec, LightSpec, RenderError, SensorSpec
-from .scene import (FaceSpec, FaceTruth, PoseRange, RenderedFrame, SceneError, face_box, random_background,
-                    random_face_spec, random_light, render_frame)
+from .render import DEPTH_NOISE_MODELS, BackgroundSpec, CameraSpec, LightSpec, RenderError, SensorSpec
+from .scene import (FaceSpec, FaceTruth, PoseRange, RenderedFrame, SceneError, face_box, kinect_depth,
+                    random_background, random_face_spec, random_light, random_sensor, render_frame)
 
 __all__ = [
-    "BackgroundSpec", "CameraSpec", "ExpressionError", "FaceKitError", "FaceKitModel", "FaceSpec", "FaceTruth",
-    "INTENSITY_LEVELS", "INTENSITY_SCALES", "LightSpec", "PoseRange", "RECIPES", "RenderError", "RenderedFrame",
-    "SceneError", "SensorSpec", "expression_weights", "face_box", "identity_coefficients", "identity_mesh",
-    "load_facekit", "random_background", "random_face_spec", "random_light", "render_frame",
+    "BackgroundSpec", "CameraSpec", "DEPTH_NOISE_MODELS", "ExpressionError", "FaceKitError", "FaceKitModel",
+    "FaceSpec", "FaceTruth", "INTENSITY_LEVELS", "INTENSITY_SCALES", "LightSpec", "PoseRange", "RECIPES",
+    "RenderError", "RenderedFrame", "SceneError", "SensorSpec", "VARIATIONS", "expression_weights", "face_box",
+    "identity_coefficients", "identity_mesh", "kinect_depth", "load_facekit", "random_background",
+    "random_face_spec", "random_light", "random_sensor", "render_frame",
 ]

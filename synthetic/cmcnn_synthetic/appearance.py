@@ -12,6 +12,15 @@ across identities and follow the blendshapes, so a painted brow moves with
 
 Colours are linear RGB in [0, 1] (pyrender multiplies vertex colour after
 lighting and applies the display gamma itself).
+
+Under the ``wide`` variation (``cmcnn-synth --variation wide``) a subject
+is drawn from wider ranges (:func:`subject_appearance`): a skin ramp
+extended at both ends with an olive/pink undertone, hair brightness
+x0.7-1.3, lipstick on some subjects, fainter or heavier brows, receding
+hairlines, more beards, a stronger or weaker orbital shadow and cavity
+darkening, and a per-subject skin roughness (matte to oily). A model that
+only ever saw ``classic`` skins can key on their narrow palette; these
+ranges make the face's colour a nuisance to ignore rather than a cue.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from .expressions import check_variation
 from .facekit import (BACK_HEAD_VERTICES, EYE_SOCKET_VERTICES, EYEBALL_VERTICES, FACE_VERTICES,
                       GUMS_TONGUE_VERTICES, MOUTH_SOCKET_VERTICES, TEETH_VERTICES, load_facekit,
                       subject_rng)
@@ -51,7 +61,12 @@ _IRIS_SRGB = np.array([
     [0.25, 0.14, 0.07], [0.40, 0.26, 0.12], [0.30, 0.42, 0.55], [0.35, 0.42, 0.28],
 ], dtype=np.float64)
 
+# ``wide``: the classic ramp extended by a lighter and a darker anchor.
+_SKIN_RAMP_WIDE_SRGB = np.vstack([[0.97, 0.84, 0.76], _SKIN_RAMP_SRGB, [0.25, 0.16, 0.11]])
+_LIPSTICK_SRGB = np.array([[0.62, 0.10, 0.16], [0.70, 0.30, 0.35], [0.45, 0.12, 0.15]], dtype=np.float64)
+
 _STREAM_APPEARANCE = 1
+_STREAM_APPEARANCE_WIDE = 4
 
 
 def srgb_to_linear(c: np.ndarray) -> np.ndarray:
@@ -74,6 +89,7 @@ class SubjectAppearance:
         hairline_cm: height (model y, cm) of the front hairline.
         beard: 0..1 opacity of beard/stubble (0 = clean-shaven).
         redness: 0..1 cheek/nose flush.
+        roughness: material roughness of the skin (0.65 classic; lower is glossier).
     """
 
     skin: RGB
@@ -85,14 +101,22 @@ class SubjectAppearance:
     hairline_cm: float
     beard: float
     redness: float
+    roughness: float = 0.65
 
 
-def subject_appearance(subject_id: int) -> SubjectAppearance:
+def subject_appearance(subject_id: int, variation: str = "classic") -> SubjectAppearance:
     """Draw the seeded appearance of a subject.
+
+    Args:
+        subject_id: the subject.
+        variation: ``"classic"`` or ``"wide"`` (wider ranges, module docstring).
 
     Raises:
         FaceKitError: ``subject_id`` is not a non-negative int.
+        ExpressionError: unknown variation.
     """
+    if check_variation(variation) == "wide":
+        return _wide_appearance(subject_id)
     rng = subject_rng(subject_id, _STREAM_APPEARANCE)
     t = rng.uniform(0.0, len(_SKIN_RAMP_SRGB) - 1.0)
     i = min(int(t), len(_SKIN_RAMP_SRGB) - 2)
@@ -110,6 +134,35 @@ def subject_appearance(subject_id: int) -> SubjectAppearance:
         lips=tuple(np.clip(lips, 0, 1)), iris=tuple(np.clip(iris, 0, 1)),
         brow_strength=float(rng.uniform(0.65, 1.0)), brow_width_cm=float(rng.uniform(0.45, 0.7)),
         hairline_cm=float(rng.uniform(8.5, 11.0)), beard=beard, redness=float(rng.uniform(0.0, 0.6)))
+
+
+def _ramp(ramp: np.ndarray, t: float) -> np.ndarray:
+    """Linear interpolation along a colour ramp at position ``t`` in ``[0, len - 1]``."""
+    i = min(int(t), len(ramp) - 2)
+    return ramp[i] * (1 - (t - i)) + ramp[i + 1] * (t - i)
+
+
+def _wide_appearance(subject_id: int) -> SubjectAppearance:
+    """``subject_appearance`` under the ``wide`` variation (its own subject stream)."""
+    rng = subject_rng(subject_id, _STREAM_APPEARANCE_WIDE)
+    skin = _ramp(_SKIN_RAMP_WIDE_SRGB, float(rng.uniform(0.0, len(_SKIN_RAMP_WIDE_SRGB) - 1.0)))
+    undertone = float(rng.uniform(-0.05, 0.07))       # > 0 olive/yellow, < 0 pink
+    skin = skin * np.array([1.0, 1.0 + undertone, 1.0 - undertone]) * rng.uniform(0.92, 1.08)
+    skin = np.clip(skin * rng.uniform(0.97, 1.03, 3), 0, 1)
+    hair = _HAIR_SRGB[rng.choice(len(_HAIR_SRGB), p=_HAIR_P)] * rng.uniform(0.7, 1.3)
+    lips = np.clip(skin * np.array([0.86, 0.66, 0.66]) + np.array([0.04, 0.0, 0.01]), 0, 1)
+    lips = lips * rng.uniform(0.75, 1.1)
+    if rng.random() < 0.12:                           # lipstick
+        paint = _LIPSTICK_SRGB[rng.integers(len(_LIPSTICK_SRGB))]
+        lips = lips + float(rng.uniform(0.4, 0.8)) * (paint - lips)
+    iris = _IRIS_SRGB[rng.integers(len(_IRIS_SRGB))] * rng.uniform(0.7, 1.3)
+    beard = float(rng.uniform(0.15, 0.85)) if rng.random() < 0.25 else 0.0
+    return SubjectAppearance(
+        skin=tuple(np.clip(skin, 0, 1)), hair=tuple(np.clip(hair, 0, 1)),
+        lips=tuple(np.clip(lips, 0, 1)), iris=tuple(np.clip(iris, 0, 1)),
+        brow_strength=float(rng.uniform(0.5, 1.0)), brow_width_cm=float(rng.uniform(0.35, 0.8)),
+        hairline_cm=float(rng.uniform(7.5, 13.5)), beard=beard, redness=float(rng.uniform(0.0, 0.75)),
+        roughness=float(rng.uniform(0.45, 0.85)))
 
 
 # ---------------------------------------------------------------- region masks
@@ -343,23 +396,33 @@ def _mix(base: np.ndarray, colour: Sequence[float], w: np.ndarray) -> np.ndarray
     return base * (1.0 - w) + np.asarray(colour, dtype=np.float64)[None, :] * w
 
 
+def _shading_extras(subject_id: int, variation: str) -> Tuple[float, float, float]:
+    """``(orbital shadow, cavity darkening, sclera brightness)`` of a subject's albedo."""
+    if variation == "wide":
+        rng = subject_rng(subject_id, _STREAM_APPEARANCE_WIDE + 100)
+        return float(rng.uniform(0.05, 0.4)), float(rng.uniform(0.3, 0.6)), float(rng.uniform(0.8, 1.0))
+    rng = subject_rng(subject_id, _STREAM_APPEARANCE + 100)
+    orbit = float(rng.uniform(0.12, 0.3))              # drawn before the sclera, as always
+    return orbit, 0.45, float(rng.uniform(0.9, 1.0))
+
+
 @functools.lru_cache(maxsize=64)
-def subject_albedo(subject_id: int) -> np.ndarray:
+def subject_albedo(subject_id: int, variation: str = "classic") -> np.ndarray:
     """Linear-RGB per-vertex albedo ``(V, 3)`` float32 of a subject, cached (read-only).
 
     Raises:
         FaceKitError: ``subject_id`` is not a non-negative int.
+        ExpressionError: unknown variation.
     """
-    app = subject_appearance(subject_id)
+    app = subject_appearance(subject_id, variation)
     m = region_masks()
     n = len(m.lash)
-    rng = subject_rng(subject_id, _STREAM_APPEARANCE + 100)
-    app_orbit = float(rng.uniform(0.12, 0.3))
+    app_orbit, cavity, sclera_level = _shading_extras(subject_id, variation)
     skin = np.asarray(app.skin, dtype=np.float64)
     col = np.tile(skin, (n, 1))
     # Flush and baked cavity darkening.
     col = _mix(col, skin * np.array([1.0, 0.78, 0.78]), app.redness * m.cheeks)
-    col *= (1.0 - 0.45 * m.cavity)[:, None]
+    col *= (1.0 - cavity * m.cavity)[:, None]
     col *= (1.0 - app_orbit * m.orbit)[:, None]
     # Beard stubble before brows/hair so those paint over it.
     if app.beard > 0:
@@ -379,7 +442,7 @@ def subject_albedo(subject_id: int) -> np.ndarray:
     col = _mix(col, np.array([0.88, 0.86, 0.78]), m.teeth)
     col = _mix(col, skin * np.array([0.55, 0.35, 0.35]), m.eye_socket)
     # Eyeballs: sclera, iris disc, pupil.
-    sclera = np.array([0.90, 0.86, 0.82]) * rng.uniform(0.9, 1.0)
+    sclera = np.array([0.90, 0.86, 0.82]) * sclera_level
     eye = np.isfinite(m.iris_angle)
     col[eye] = sclera
     iris_w = 1.0 - _smoothstep(24.0, 28.0, m.iris_angle[eye])

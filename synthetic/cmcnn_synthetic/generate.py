@@ -10,6 +10,24 @@ disjoint, reproducible subject ranges for subject-independent splits.
 
 Each frame shows one face with a random pose, distance, light and room;
 frame ``i`` of a run depends only on ``--seed`` and ``i``.
+
+Two switches widen what a training set shows (issue 20: the synthetic half
+must teach expressions, not this renderer's recipes):
+
+``--variation wide``
+    per-subject expression recipes (components dropped, re-weighted and
+    added, asymmetry, blends with a neighbouring class or neutral,
+    intensity jitter; the defining action units kept) and wider skin, hair,
+    light, room and colour-camera ranges (:mod:`.expressions`,
+    :mod:`.appearance`, :mod:`.scene`).
+``--depth-noise kinect``
+    a Kinect v1 depth sensor drawn per frame: correlated noise growing with
+    z^2, lateral smoothing, wider silhouette holes, more and larger dropout
+    blobs (:func:`cmcnn_synthetic.scene.kinect_depth`).
+
+Both default to ``classic``: the fixed recipes and the fixed Kinect-like
+sensor that earlier data sets, the tests and the demo were made with (the
+same flags still write byte-identical frames).
 """
 
 from __future__ import annotations
@@ -33,8 +51,8 @@ from cmcnn_ros.atomic_io import atomic_open, write_bytes_atomic
 from cmcnn_ros.classes import BASIC_EXPRESSIONS, EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_ros.tools import configure_logging
 
-from .expressions import INTENSITY_LEVELS
-from .render import CameraSpec
+from .expressions import INTENSITY_LEVELS, VARIATIONS
+from .render import DEPTH_NOISE_MODELS, CameraSpec
 from .scene import FaceSpec, PoseRange, RenderedFrame, random_face_spec, render_frame
 
 logger = logging.getLogger(__name__)
@@ -71,6 +89,8 @@ class RenderOptions:
     poses: PoseRange
     image_format: str = "jpg"
     jpeg_quality: int = 95
+    variation: str = "classic"
+    depth_noise: str = "classic"
 
 
 def subject_name(subject_id: int) -> str:
@@ -132,7 +152,8 @@ def render_job(job: Job, options: RenderOptions) -> RenderedFrame:
     """Render the single-face frame of a job (random pose, distance, light, room)."""
     rng = np.random.default_rng([0x10B, job.seed])
     spec = random_face_spec(rng, job.subject_id, job.label, job.intensity, options.camera, options.poses)
-    return render_frame([spec], camera=options.camera, seed=job.seed)
+    return render_frame([spec], camera=options.camera, seed=job.seed, variation=options.variation,
+                        depth_noise=options.depth_noise)
 
 
 def _umask_mode() -> int:
@@ -258,11 +279,14 @@ def generate_dataset(root: Path, jobs: Sequence[Job], options: RenderOptions, wo
 # ------------------------------------------------------------------ contact sheet
 
 def contact_sheet(subject_id: int = 0, classes: Sequence[str] = EXPRESSIONS_WITH_NEUTRAL,
-                  intensities: Sequence[int] = INTENSITY_LEVELS, tile: int = 148, seed: int = 0) -> np.ndarray:
+                  intensities: Sequence[int] = INTENSITY_LEVELS, tile: int = 148, seed: int = 0,
+                  variation: str = "classic", depth_noise: str = "classic") -> np.ndarray:
     """One subject, every class (rows) x intensity (columns), grey crop and depth crop side by side.
 
     Faces are frontal at 0.8 m under one fixed light so only the expression
-    changes. Crops are the ground-truth boxes, as the pipeline would see them.
+    changes (``variation`` picks the subject's recipes and looks,
+    ``depth_noise`` the depth sensor). Crops are the ground-truth boxes, as
+    the pipeline would see them.
 
     Returns:
         ``uint8`` grey image.
@@ -282,7 +306,7 @@ def contact_sheet(subject_id: int = 0, classes: Sequence[str] = EXPRESSIONS_WITH
         levels = [0] if label == "neutral" else list(intensities)
         for c, lv in enumerate(levels):
             spec = FaceSpec(subject_id, label, lv, position_m=(0.0, 0.0, 0.8), expression_seed=seed)
-            frame = render_frame([spec], light=light, seed=seed)
+            frame = render_frame([spec], light=light, seed=seed, variation=variation, depth_noise=depth_noise)
             x0, y0, w, h = frame.faces[0].box
             grey = cv2.cvtColor(frame.colour, cv2.COLOR_BGR2GRAY)[y0:y0 + h, x0:x0 + w]
             depth = frame.depth_mm[y0:y0 + h, x0:x0 + w].astype(np.float32)
@@ -297,11 +321,12 @@ def contact_sheet(subject_id: int = 0, classes: Sequence[str] = EXPRESSIONS_WITH
 
 
 def write_contact_sheet(path: Path, subject_id: int = 0, classes: Sequence[str] = EXPRESSIONS_WITH_NEUTRAL,
-                        intensities: Sequence[int] = INTENSITY_LEVELS) -> None:
+                        intensities: Sequence[int] = INTENSITY_LEVELS, variation: str = "classic",
+                        depth_noise: str = "classic") -> None:
     """Render :func:`contact_sheet` and save it as PNG (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, _encode(".png", contact_sheet(subject_id, classes, intensities),
-                                      (cv2.IMWRITE_PNG_COMPRESSION, 9)))
+    sheet = contact_sheet(subject_id, classes, intensities, variation=variation, depth_noise=depth_noise)
+    _atomic_write_bytes(path, _encode(".png", sheet, (cv2.IMWRITE_PNG_COMPRESSION, 9)))
 
 
 # ------------------------------------------------------------------ CLI
@@ -334,6 +359,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--yaw", type=float, default=20.0, help="max |yaw| in degrees")
     p.add_argument("--pitch", type=float, default=15.0, help="max |pitch| in degrees")
     p.add_argument("--roll", type=float, default=15.0, help="max |roll| in degrees")
+    p.add_argument("--variation", choices=VARIATIONS, default="classic",
+                   help="classic: every subject poses the same EMFACS recipes (gains 0.75-1.25) under the "
+                        "original light/skin/room ranges; wide: per-subject recipes (secondary components "
+                        "dropped/re-weighted/added, asymmetry, blends with a neighbouring class or neutral, "
+                        "intensity jitter; defining action units kept) and wider skin, light, room and "
+                        "colour-camera ranges, so a model learns expressions rather than the recipes")
+    p.add_argument("--depth-noise", choices=DEPTH_NOISE_MODELS, default="classic",
+                   help="classic: the fixed Kinect v1-like depth model (noise 1.5 mm at 1 m growing with z^2, "
+                        "disparity steps, edge/shadow/grazing holes, dropouts); kinect: its parameters drawn "
+                        "per frame (noise 1.2-2.4 mm at 1 m, partly spatially correlated, lateral smoothing, "
+                        "wider silhouette holes, 0.2-3 %% dropout in larger blobs)")
     p.add_argument("--contact-sheet", type=Path, default=None, help="also write a contact sheet PNG")
     p.add_argument("--contact-subject", type=int, default=None, help="subject of the contact sheet (default: first)")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a folder that has labels.csv")
@@ -379,13 +415,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise GenerateError(f"{root / 'labels.csv'} exists; pass --overwrite to replace the dataset")
             jobs = plan_jobs(subjects, classes, args.per_class, args.intensities, args.frames, args.seed)
             options = RenderOptions(camera=camera, poses=poses, image_format=args.format,
-                                    jpeg_quality=args.jpeg_quality)
+                                    jpeg_quality=args.jpeg_quality, variation=args.variation,
+                                    depth_noise=args.depth_noise)
             stats = generate_dataset(root, jobs, options, workers=args.workers, progress=not args.no_progress)
             summary.update(out=str(root), subjects=[subject_name(subjects[0]), subject_name(subjects[-1])],
-                           classes=list(classes), workers=args.workers, **stats)
+                           classes=list(classes), workers=args.workers, variation=args.variation,
+                           depth_noise=args.depth_noise, **stats)
         if args.contact_sheet is not None:
             sid = args.contact_subject if args.contact_subject is not None else subjects[0]
-            write_contact_sheet(args.contact_sheet, sid, classes, args.intensities)
+            write_contact_sheet(args.contact_sheet, sid, classes, args.intensities, variation=args.variation,
+                                depth_noise=args.depth_noise)
             summary["contact_sheet"] = str(args.contact_sheet)
     except ValueError as exc:   # GenerateError and the package's other ValueError subclasses
         parser.print_usage(sys.stderr)

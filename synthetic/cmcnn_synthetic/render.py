@@ -12,6 +12,21 @@ way a structured-light sensor does:
 * holes (0): projector shadows beside foreground edges, flying pixels at
   depth discontinuities, grazing surfaces, random dropouts, out-of-range.
 
+That fixed model (``cmcnn-synth --depth-noise classic``, the default) is one
+sensor in one condition. ``--depth-noise kinect`` draws the sensor per frame
+(:func:`cmcnn_synthetic.scene.random_sensor`) and turns on what the fixed
+model leaves out, so a model cannot learn one noise signature:
+
+* spatially correlated noise (``correlated_noise``, ``correlation_px``):
+  Kinect v1 matches the speckle pattern over ~9x9 pixel windows, so
+  neighbouring readings share their error (ripples, not white noise),
+* lateral smoothing within surfaces (``smooth_px``): the same window
+  rounds off fine relief (lip and nose edges),
+* wider silhouette holes (``edge_band_px``) and larger dropout blobs
+  (``blob_scale``), with noise level, hole and dropout rates drawn per frame.
+
+With the new fields at their defaults the output is unchanged.
+
 Rendering uses pyrender's OpenGL rasteriser with a z-buffer on the OSMesa
 software context, so it runs headless without a GPU. ``PYOPENGL_PLATFORM``
 is set to ``osmesa`` before pyrender is imported unless the caller chose a
@@ -35,6 +50,8 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 # Camera frame used throughout: OpenCV convention, x right, y down, z forward (metres).
+
+DEPTH_NOISE_MODELS: Tuple[str, ...] = ("classic", "kinect")
 
 
 class RenderError(ValueError):
@@ -129,6 +146,8 @@ class BackgroundSpec:
         floor_height_m: camera height above the floor (None = no floor visible).
         clutter: number of objects (posters, shelves, boxes).
         min_object_depth_m: clutter never comes closer than this (keeps it behind faces).
+        palette: ``"muted"`` (greys, woods, faded prints) or ``"wide"``
+            (dark to white walls, saturated tints and objects).
     """
 
     seed: int = 0
@@ -137,6 +156,7 @@ class BackgroundSpec:
     floor_height_m: Optional[float] = 1.2
     clutter: int = 6
     min_object_depth_m: float = 2.2
+    palette: str = "muted"
 
 
 @dataclass(frozen=True)
@@ -157,6 +177,16 @@ class SensorSpec:
             camera's gain brings the frame's mean there (gain 0.6..2.0),
             as a Kinect's auto-exposure would under dim or bright light.
         ideal: skip all degradation (exact depth in mm, clean colour).
+        correlated_noise: share (0..1) of the axial noise variance that is
+            spatially correlated (Kinect window matching; 0 = white noise).
+        correlation_px: sigma of that correlation in pixels at 640 px width.
+        smooth_px: lateral smoothing of depth within surfaces (sigma in pixels
+            at 640 px width; 0 = none).
+        edge_band_px: extra width of the hole band around depth edges.
+        blob_scale: size multiplier of the random dropout blobs.
+        highlight_percentile: if > 0, the auto-exposure gain is also capped
+            so this percentile of the grey image stays below 250 (highlight
+            protection; keeps a light face in a dark room from burning out).
     """
 
     noise_mm_at_1m: float = 1.5
@@ -171,6 +201,12 @@ class SensorSpec:
     colour_blur: float = 0.6
     auto_exposure: Tuple[float, float] = (100.0, 135.0)
     ideal: bool = False
+    correlated_noise: float = 0.0
+    correlation_px: float = 2.0
+    smooth_px: float = 0.0
+    edge_band_px: int = 0
+    blob_scale: float = 1.0
+    highlight_percentile: float = 0.0
 
 
 @dataclass
@@ -407,7 +443,28 @@ def render_background(spec: BackgroundSpec, camera: CameraSpec) -> Tuple[np.ndar
         raise RenderError(f"wall_distance_m must be > 0.5, got {spec.wall_distance_m}")
     if spec.clutter < 0:
         raise RenderError(f"clutter must be >= 0, got {spec.clutter}")
+    if spec.palette not in _PALETTES:
+        raise RenderError(f"palette must be one of {sorted(_PALETTES)}, got {spec.palette!r}")
     return _background_cached(spec, camera)
+
+
+@dataclass(frozen=True)
+class _Palette:
+    """Colour ranges of a room (uniform draws; see ``BackgroundSpec.palette``)."""
+
+    wall_grey: Tuple[float, float]
+    wall_tint: float
+    floor_grey: Tuple[float, float]
+    floor_tint: Tuple[float, float]
+    clutter_chroma: Tuple[float, float]
+
+
+_PALETTES: Dict[str, _Palette] = {
+    "muted": _Palette(wall_grey=(0.35, 0.85), wall_tint=0.08, floor_grey=(0.2, 0.6), floor_tint=(0.8, 1.1),
+                      clutter_chroma=(0.15, 0.6)),
+    "wide": _Palette(wall_grey=(0.12, 0.95), wall_tint=0.2, floor_grey=(0.1, 0.8), floor_tint=(0.7, 1.2),
+                     clutter_chroma=(0.15, 1.0)),
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -423,7 +480,8 @@ def _background_cached(spec: BackgroundSpec, camera: CameraSpec) -> Tuple[np.nda
     # Colour is built at half resolution: the room is smooth and blurred by
     # the optics anyway, and this is most of the background's cost.
     hh, hw = (h + 1) // 2, (w + 1) // 2
-    wall_rgb = (rng.uniform(0.35, 0.85) + rng.uniform(-0.08, 0.08, 3)).astype(np.float32)
+    pal = _PALETTES[spec.palette]
+    wall_rgb = (rng.uniform(*pal.wall_grey) + rng.uniform(-pal.wall_tint, pal.wall_tint, 3)).astype(np.float32)
     shade = 0.8 + 0.25 * _value_noise(rng, hh, hw, 6) + 0.08 * (_value_noise(rng, hh, hw, 60) - 0.5)
     colour = shade[..., None] * wall_rgb
     if spec.floor_height_m is not None:
@@ -432,7 +490,8 @@ def _background_cached(spec: BackgroundSpec, camera: CameraSpec) -> Tuple[np.nda
                            np.float32(np.inf))
         floor = z_floor < depth
         depth = np.where(floor, z_floor, depth)
-        floor_rgb = (rng.uniform(0.2, 0.6) * np.array([1.0, 0.85, 0.7]) * rng.uniform(0.8, 1.1, 3)).astype(np.float32)
+        floor_rgb = (rng.uniform(*pal.floor_grey) * np.array([1.0, 0.85, 0.7])
+                     * rng.uniform(*pal.floor_tint, 3)).astype(np.float32)
         zf = cv2.resize(np.minimum(np.broadcast_to(z_floor, (h, w)), 50.0).astype(np.float32), (hw, hh),
                         interpolation=cv2.INTER_NEAREST)
         xs = cv2.resize(np.broadcast_to(rx, (h, w)).astype(np.float32), (hw, hh), interpolation=cv2.INTER_NEAREST)
@@ -446,7 +505,7 @@ def _background_cached(spec: BackgroundSpec, camera: CameraSpec) -> Tuple[np.nda
         kind = rng.random()
         # Muted colours: rooms are mostly greys, woods and faded prints.
         grey = rng.uniform(0.15, 0.85)
-        base = (grey + rng.uniform(0.15, 0.6) * (rng.uniform(0.05, 0.95, 3) - grey)).astype(np.float32)
+        base = (grey + rng.uniform(*pal.clutter_chroma) * (rng.uniform(0.05, 0.95, 3) - grey)).astype(np.float32)
         x1, y1, x2, y2 = int(max(0, x0)), int(max(0, y0)), int(min(w, x0 + cw)), int(min(h, y0 + ch))
         if x2 - x1 < 4 or y2 - y1 < 4:
             continue
@@ -528,6 +587,46 @@ def _gauss(rng: np.random.Generator, shape: Tuple[int, ...]) -> np.ndarray:
     return table[start:start + n].reshape(shape)
 
 
+def _smooth_within_surfaces(z: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Blur depth laterally but not across discontinuities (Kinect's matching window).
+
+    Where the blur moved a reading by more than 1.5 cm it mixed two
+    surfaces (a silhouette); those pixels keep their own depth.
+    """
+    blurred = cv2.GaussianBlur(z, (0, 0), sigma_px)
+    return np.where(np.abs(blurred - z) < np.float32(0.015), blurred, z)
+
+
+def _axial_noise(rng: np.random.Generator, shape: Tuple[int, int], sensor: SensorSpec,
+                 width_scale: float) -> np.ndarray:
+    """Unit-variance depth noise, part of it spatially correlated if the sensor says so."""
+    white = _gauss(rng, shape)
+    a = float(sensor.correlated_noise)
+    if a <= 0:
+        return white
+    sigma = max(0.5, sensor.correlation_px * width_scale)
+    corr = cv2.GaussianBlur(_gauss(rng, shape), (0, 0), sigma)
+    # A Gaussian of sigma s keeps 1 / (2 sqrt(pi) s) of white noise's std in 2-D.
+    corr *= np.float32(2.0 * np.sqrt(np.pi) * sigma)
+    return np.float32(np.sqrt(1.0 - a)) * white + np.float32(np.sqrt(a)) * corr
+
+
+def _dropout_mask(rng: np.random.Generator, h: int, w: int, sensor: SensorSpec) -> np.ndarray:
+    """Random dropout blobs (ellipses) plus isolated pixels, as a boolean mask."""
+    mask = np.zeros((h, w), np.uint8)
+    scale = float(sensor.blob_scale)
+    mean_area = 25.0 * (w * h) / (640 * 480) * scale * scale
+    for _ in range(int(rng.poisson(sensor.dropout_fraction * w * h / mean_area))):
+        centre = (int(rng.integers(w)), int(rng.integers(h)))
+        axes = (int(rng.integers(1, 6)), int(rng.integers(1, 4)))
+        if scale != 1.0:
+            axes = (max(1, int(round(axes[0] * scale))), max(1, int(round(axes[1] * scale))))
+        cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    n_salt = int(rng.poisson(0.25 * sensor.dropout_fraction * w * h))
+    mask[rng.integers(0, h, n_salt), rng.integers(0, w, n_salt)] = 1
+    return mask.astype(bool)
+
+
 def _degrade_depth(z: np.ndarray, fg: np.ndarray, camera: CameraSpec, sensor: SensorSpec,
                    rng: np.random.Generator) -> np.ndarray:
     """Kinect-like noise, quantisation and holes; returns uint16 millimetres."""
@@ -535,12 +634,17 @@ def _degrade_depth(z: np.ndarray, fg: np.ndarray, camera: CameraSpec, sensor: Se
     if sensor.ideal:
         return np.where(valid, np.round(z * 1000.0), 0).astype(np.uint16)
     h, w = z.shape
+    width_scale = w / 640.0
     holes = _shadow_holes(z, camera.fx, sensor.baseline_m, fg)
     # Flying pixels at depth discontinuities: random holes along edges.
     kernel = np.ones((3, 3), np.uint8)
     spread = cv2.dilate(z, kernel) - cv2.erode(np.where(valid, z, np.float32(1e3)), kernel)
     edge = valid & (spread > 0.04 * np.maximum(z, 0.1))
-    ey, ex = np.nonzero(edge)
+    band = edge
+    if sensor.edge_band_px > 0:
+        size = 2 * int(sensor.edge_band_px) + 1
+        band = valid & cv2.dilate(edge.astype(np.uint8), np.ones((size, size), np.uint8)).astype(bool)
+    ey, ex = np.nonzero(band)
     drop = rng.random(len(ey)) < sensor.edge_hole_prob
     holes[ey[drop], ex[drop]] = True
     # Grazing surfaces return too little of the projected pattern.
@@ -549,24 +653,25 @@ def _degrade_depth(z: np.ndarray, fg: np.ndarray, camera: CameraSpec, sensor: Se
     zc = np.maximum(z, np.float32(1e-3))
     cos2 = np.float32(sensor.grazing_cos ** 2)
     holes |= valid & ~edge & ((gx * gx + gy * gy) * cos2 > (1.0 - cos2) * zc * zc)
-    # Random dropout blobs (ellipses) plus isolated pixels.
     if sensor.dropout_fraction > 0:
-        mask = np.zeros((h, w), np.uint8)
-        mean_area = 25.0 * (w * h) / (640 * 480)
-        for _ in range(int(rng.poisson(sensor.dropout_fraction * w * h / mean_area))):
-            centre = (int(rng.integers(w)), int(rng.integers(h)))
-            axes = (int(rng.integers(1, 6)), int(rng.integers(1, 4)))
-            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        n_salt = int(rng.poisson(0.25 * sensor.dropout_fraction * w * h))
-        mask[rng.integers(0, h, n_salt), rng.integers(0, w, n_salt)] = 1
-        holes |= mask.astype(bool)
+        holes |= _dropout_mask(rng, h, w, sensor)
+    if sensor.smooth_px > 0:
+        z = _smooth_within_surfaces(z, sensor.smooth_px * width_scale)
     # Axial noise (sigma ~ z^2) then disparity quantisation.
-    zn = z + _gauss(rng, (h, w)) * (np.float32(sensor.noise_mm_at_1m * 1e-3) * z * z)
+    zn = z + _axial_noise(rng, (h, w), sensor, width_scale) * (np.float32(sensor.noise_mm_at_1m * 1e-3) * z * z)
     if sensor.quant_mm_at_1m > 0:
         c = np.float32(1.0 / (sensor.quant_mm_at_1m * 1e-3))    # disparity steps per (1/m)
         zn = c / np.maximum(np.round(c / np.maximum(zn, np.float32(1e-3))), np.float32(1.0))
     keep = valid & ~holes & (zn >= sensor.min_range_m) & (zn <= sensor.max_range_m)
     return np.where(keep, np.round(zn * np.float32(1000.0)), 0).astype(np.uint16)
+
+
+def _highlight_gain(img: np.ndarray, percentile: float) -> float:
+    """The largest gain that keeps ``percentile`` % of the grey image below 250."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    cum = np.cumsum(np.bincount(grey.ravel(), minlength=256))
+    level = int(np.searchsorted(cum, percentile / 100.0 * grey.size))
+    return 250.0 / max(level, 1)
 
 
 def _degrade_colour(rgb: np.ndarray, sensor: SensorSpec, rng: np.random.Generator) -> np.ndarray:
@@ -576,7 +681,10 @@ def _degrade_colour(rgb: np.ndarray, sensor: SensorSpec, rng: np.random.Generato
     if sensor.auto_exposure:
         target = rng.uniform(*sensor.auto_exposure)
         mean = float(np.mean(cv2.mean(img)[:3]))
-        gain = float(np.clip(target / max(mean, 1.0), 0.6, 2.0))
+        gain = target / max(mean, 1.0)
+        if sensor.highlight_percentile > 0:
+            gain = min(gain, _highlight_gain(img, sensor.highlight_percentile))
+        gain = float(np.clip(gain, 0.6, 2.0))
         img = cv2.multiply(img, (gain, gain, gain, 0.0))
     if sensor.colour_blur > 0:
         img = cv2.GaussianBlur(img, (0, 0), sensor.colour_blur)

@@ -13,10 +13,17 @@ are relative to a head looking at the camera centre from where it is
 (zero pose = frontal view anywhere in the image): ``yaw_deg > 0`` turns the
 face towards the image right, ``pitch_deg > 0`` tilts it up, ``roll_deg >
 0`` rotates it counter-clockwise in the image.
+
+``render_frame(..., variation="wide")`` draws the faces' expressions and
+looks (:mod:`.expressions`, :mod:`.appearance`), the light, the room and
+the colour sensor from wider ranges; ``depth_noise="kinect"`` draws a
+per-frame depth sensor (:func:`random_sensor`). Both default to
+``"classic"``, which renders exactly what this module always rendered.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -25,10 +32,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .appearance import model_vertex_normals, subject_albedo
-from .expressions import check_label_intensity, expression_weights
+from .appearance import model_vertex_normals, subject_albedo, subject_appearance
+from .expressions import check_label_intensity, check_variation, expression_weights
 from .facekit import blend_expression, identity_mesh, load_facekit
-from .render import (BackgroundSpec, CameraSpec, LightSpec, MeshInstance, SensorSpec,
+from .render import (DEPTH_NOISE_MODELS, BackgroundSpec, CameraSpec, LightSpec, MeshInstance, SensorSpec,
                      composite, rasterise, render_background, sensor_pair)
 
 logger = logging.getLogger(__name__)
@@ -204,8 +211,12 @@ class PosedFace:
     weights: np.ndarray
 
 
-def pose_face(spec: FaceSpec, frame_seed: int = 0, index: int = 0) -> PosedFace:
+def pose_face(spec: FaceSpec, frame_seed: int = 0, index: int = 0, variation: str = "classic") -> PosedFace:
     """Blend the expression and place the mesh in the camera frame.
+
+    Args:
+        variation: expression style set (``"classic"`` or ``"wide"``), unless
+            ``spec.weights`` fixes the weights.
 
     Raises:
         SceneError: invalid spec (raised by :class:`FaceSpec` already).
@@ -216,7 +227,7 @@ def pose_face(spec: FaceSpec, frame_seed: int = 0, index: int = 0) -> PosedFace:
         eseed = spec.expression_seed if spec.expression_seed is not None else [_SEED_SALT, frame_seed, index]
         rng = np.random.default_rng(eseed)
         weights = expression_weights(spec.label, spec.intensity, spec.subject_id, rng=rng,
-                                     scale=spec.expression_scale)
+                                     scale=spec.expression_scale, variation=variation)
     base = identity_mesh(spec.subject_id)
     verts_cm = blend_expression(base, weights)
     rot = pose_rotation(spec.yaw_deg, spec.pitch_deg, spec.roll_deg, spec.position_m)
@@ -271,29 +282,123 @@ def _face_truth(spec: FaceSpec, posed: PosedFace, camera: CameraSpec, z_ideal: n
 
 # ------------------------------------------------------------------ random scene parts
 
-def random_light(rng: np.random.Generator) -> LightSpec:
-    """Indoor-like key/fill/ambient light with a random direction and colour temperature."""
-    warmth = rng.uniform(-1.0, 1.0)
+@dataclass(frozen=True)
+class _LightRanges:
+    """Uniform ranges of :func:`random_light` (``warmth``: colour temperature, ``tint``: green-magenta)."""
+
+    warmth: float
+    tint: float
+    azimuth_deg: float
+    elevation_deg: Tuple[float, float]
+    intensity: Tuple[float, float]
+    ambient: Tuple[float, float]
+    fill: Tuple[float, float]
+
+
+# ``wide`` adds hard side and low light (one half of the face dark), dim
+# rooms, warm tungsten to cold daylight and the green cast of fluorescent
+# tubes; the colour camera's auto-exposure still brings the frame to a
+# usable level, as a robot's camera would.
+_LIGHT_RANGES = {
+    "classic": _LightRanges(warmth=1.0, tint=0.0, azimuth_deg=45.0, elevation_deg=(-5.0, 45.0),
+                            intensity=(2.2, 4.2), ambient=(0.18, 0.45), fill=(0.1, 0.5)),
+    "wide": _LightRanges(warmth=1.8, tint=0.05, azimuth_deg=80.0, elevation_deg=(-25.0, 65.0),
+                         intensity=(1.2, 5.5), ambient=(0.06, 0.6), fill=(0.0, 0.7)),
+}
+
+
+def random_light(rng: np.random.Generator, variation: str = "classic") -> LightSpec:
+    """Indoor-like key/fill/ambient light with a random direction and colour temperature.
+
+    Args:
+        rng: randomness.
+        variation: ``"classic"`` or ``"wide"`` (wider ranges, see ``_LIGHT_RANGES``).
+    """
+    r = _LIGHT_RANGES[check_variation(variation)]
+    warmth = rng.uniform(-r.warmth, r.warmth)
     colour = np.array([1.0 + 0.06 * warmth, 1.0, 1.0 - 0.14 * warmth]) * rng.uniform(0.97, 1.03, 3)
-    return LightSpec(azimuth_deg=float(rng.uniform(-45, 45)), elevation_deg=float(rng.uniform(-5, 45)),
-                     intensity=float(rng.uniform(2.2, 4.2)), colour=tuple(float(c) for c in colour / colour.max()),
-                     ambient=float(rng.uniform(0.18, 0.45)), fill=float(rng.uniform(0.1, 0.5)))
+    if r.tint > 0:
+        colour[1] *= 1.0 + rng.uniform(-r.tint, r.tint)
+    return LightSpec(azimuth_deg=float(rng.uniform(-r.azimuth_deg, r.azimuth_deg)),
+                     elevation_deg=float(rng.uniform(*r.elevation_deg)),
+                     intensity=float(rng.uniform(*r.intensity)), colour=tuple(float(c) for c in colour / colour.max()),
+                     ambient=float(rng.uniform(*r.ambient)), fill=float(rng.uniform(*r.fill)))
 
 
-def random_background(rng: np.random.Generator, farthest_face_m: float = 2.0) -> BackgroundSpec:
+def random_background(rng: np.random.Generator, farthest_face_m: float = 2.0,
+                      variation: str = "classic") -> BackgroundSpec:
     """A random room whose wall and clutter stay behind the faces.
 
     Args:
         rng: randomness.
         farthest_face_m: depth of the farthest face in the frame; the wall is
             at least 0.8 m and objects at least 0.4 m behind it.
+        variation: ``"wide"`` turns the wall further, allows bare to crowded
+            rooms and uses the ``wide`` palette (saturated and dark walls).
     """
+    wide = check_variation(variation) == "wide"
     wall = float(rng.uniform(max(2.5, farthest_face_m + 0.8), max(4.2, farthest_face_m + 1.5)))
+    yaw = 40.0 if wide else 30.0
     return BackgroundSpec(seed=int(rng.integers(2**31)), wall_distance_m=wall,
-                          wall_yaw_deg=float(rng.uniform(-30, 30)),
+                          wall_yaw_deg=float(rng.uniform(-yaw, yaw)),
                           floor_height_m=float(rng.uniform(1.0, 1.6)) if rng.random() < 0.7 else None,
-                          clutter=int(rng.integers(2, 10)),
-                          min_object_depth_m=float(min(wall - 0.1, farthest_face_m + 0.4)))
+                          clutter=int(rng.integers(0, 15) if wide else rng.integers(2, 10)),
+                          min_object_depth_m=float(min(wall - 0.1, farthest_face_m + 0.4)),
+                          palette="wide" if wide else "muted")
+
+
+def check_depth_noise(depth_noise: str) -> str:
+    """Validate a depth-noise model name (one of ``DEPTH_NOISE_MODELS``).
+
+    Raises:
+        SceneError: unknown name.
+    """
+    if depth_noise not in DEPTH_NOISE_MODELS:
+        raise SceneError(f"depth_noise must be one of {DEPTH_NOISE_MODELS}, got {depth_noise!r}")
+    return depth_noise
+
+
+def kinect_depth(rng: np.random.Generator, base: SensorSpec = SensorSpec()) -> SensorSpec:
+    """``base`` with a per-frame Kinect v1 depth degradation (``depth_noise="kinect"``).
+
+    Noise at 1 m spans 1.2-2.4 mm (Khoshelham and Elberink 2012 measured
+    ~1.5; units and temperature differ), 30-70 % of it correlated over
+    1.5-4 px, lateral smoothing of 0.5-1.5 px, edge holes with probability
+    0.4-0.9 in a band 0-2 px wider than the edge, grazing cut-off at
+    cos 0.1-0.25 and 0.2-3 % of the image lost in blobs up to 3x the
+    classic size. The disparity step and the baseline are the hardware's
+    and stay fixed.
+    """
+    return dataclasses.replace(
+        base, noise_mm_at_1m=float(rng.uniform(1.2, 2.4)), correlated_noise=float(rng.uniform(0.3, 0.7)),
+        correlation_px=float(rng.uniform(1.5, 4.0)), smooth_px=float(rng.uniform(0.5, 1.5)),
+        edge_hole_prob=float(rng.uniform(0.4, 0.9)), edge_band_px=int(rng.integers(0, 3)),
+        grazing_cos=float(rng.uniform(0.1, 0.25)),
+        dropout_fraction=float(np.exp(rng.uniform(np.log(0.002), np.log(0.03)))),
+        blob_scale=float(rng.uniform(1.0, 3.0)))
+
+
+def wide_colour(rng: np.random.Generator, base: SensorSpec = SensorSpec()) -> SensorSpec:
+    """``base`` with a per-frame colour camera of the ``wide`` variation.
+
+    Auto-exposure targets a mean grey of 85-150 (darker and brighter
+    frames than classic's 100-135) but protects highlights (99.5th
+    percentile below 250): the wide rooms include dark walls, and metering
+    on the mean alone burnt light faces in them to white. Sensor noise
+    1-4 levels, optics blur 0.3-1.1 px.
+    """
+    return dataclasses.replace(base, auto_exposure=(85.0, 150.0), highlight_percentile=99.5,
+                               colour_noise=float(rng.uniform(1.0, 4.0)), colour_blur=float(rng.uniform(0.3, 1.1)))
+
+
+def random_sensor(rng: np.random.Generator, variation: str = "classic", depth_noise: str = "classic") -> SensorSpec:
+    """The frame's sensor: the fixed Kinect-like default, widened per the two switches."""
+    sensor = SensorSpec()
+    if check_variation(variation) == "wide":
+        sensor = wide_colour(rng, sensor)
+    if check_depth_noise(depth_noise) == "kinect":
+        sensor = kinect_depth(rng, sensor)
+    return sensor
 
 
 @dataclass(frozen=True)
@@ -347,7 +452,8 @@ def frame_rng(seed: int) -> np.random.Generator:
 
 def render_frame(faces: Sequence[FaceSpec], camera: Optional[CameraSpec] = None,
                  light: Optional[LightSpec] = None, background: Optional[BackgroundSpec] = None,
-                 sensor: Optional[SensorSpec] = None, seed: int = 0) -> RenderedFrame:
+                 sensor: Optional[SensorSpec] = None, seed: int = 0, variation: str = "classic",
+                 depth_noise: str = "classic") -> RenderedFrame:
     """Render faces in a room as a Kinect-like RGB-D pair with ground truth.
 
     Same arguments and seed give byte-identical images.
@@ -357,9 +463,14 @@ def render_frame(faces: Sequence[FaceSpec], camera: Optional[CameraSpec] = None,
         camera: intrinsics and size (default Kinect v1 640x480, f=525).
         light: lighting; random from ``seed`` if None.
         background: room; random from ``seed`` if None (placed behind the faces).
-        sensor: noise model; default Kinect-like.
+        sensor: noise model; default Kinect-like (drawn per frame under
+            ``variation="wide"`` or ``depth_noise="kinect"``; a given one is used as is).
         seed: drives the random light/background (when not given), the
             expression jitter of faces without ``expression_seed`` and the sensor noise.
+        variation: ``"classic"`` or ``"wide"``: ranges of the expression
+            recipes, faces' looks, light, room and colour sensor.
+        depth_noise: ``"classic"`` (the fixed Kinect-like model) or
+            ``"kinect"`` (:func:`kinect_depth`, drawn per frame).
 
     Raises:
         SceneError: invalid inputs.
@@ -370,21 +481,32 @@ def render_frame(faces: Sequence[FaceSpec], camera: Optional[CameraSpec] = None,
     for f in faces:
         if not isinstance(f, FaceSpec):
             raise SceneError(f"faces must be FaceSpec objects, got {type(f).__name__}")
+    try:
+        check_variation(variation)
+    except ValueError as exc:
+        raise SceneError(str(exc)) from None
+    check_depth_noise(depth_noise)
     camera = camera or CameraSpec()
-    sensor = sensor or SensorSpec()
     rng = frame_rng(seed)
     scene_rng = np.random.default_rng(rng.integers(2**63))
     noise_rng = np.random.default_rng(rng.integers(2**63))
+    if sensor is None:
+        classic = variation == "classic" and depth_noise == "classic"
+        # A third stream only when needed, so classic frames stay byte-identical.
+        sensor = SensorSpec() if classic else random_sensor(np.random.default_rng(rng.integers(2**63)),
+                                                            variation, depth_noise)
     if light is None:
-        light = random_light(scene_rng)
+        light = random_light(scene_rng, variation)
     if background is None:
         far = max((f.position_m[2] for f in faces), default=1.5)
-        background = random_background(scene_rng, far)
+        background = random_background(scene_rng, far, variation)
     model = load_facekit()
     glossy = _glossy_triangles()
-    posed = [pose_face(f, seed, i) for i, f in enumerate(faces)]
-    meshes = [MeshInstance(vertices=p.vertices, triangles=model.triangles, albedo=subject_albedo(f.subject_id),
-                           normals=model_vertex_normals(p.vertices), glossy_triangles=glossy)
+    posed = [pose_face(f, seed, i, variation) for i, f in enumerate(faces)]
+    meshes = [MeshInstance(vertices=p.vertices, triangles=model.triangles,
+                           albedo=subject_albedo(f.subject_id, variation),
+                           normals=model_vertex_normals(p.vertices), glossy_triangles=glossy,
+                           roughness=subject_appearance(f.subject_id, variation).roughness)
               for f, p in zip(faces, posed)]
     face_rgb, face_z = rasterise(meshes, camera, light)
     bg_rgb, bg_z = render_background(background, camera)
