@@ -158,6 +158,10 @@ class RunState:
 
 
 def _check_same(saved: Dict[str, Any], given: Dict[str, Any], where: Path) -> None:
+    # A setting added to the trainer after the run started is absent from its state: at its
+    # default it changes nothing, so the run stays resumable across code versions.
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k in given and k not in saved}, **saved}
     diff = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {given.get(k)!r} here" for k in diff[:4])
