@@ -39,6 +39,7 @@ OFFLINE_ENTRY_POINTS = [
     "cmcnn-demo = cmcnn_synthetic.demo:main",
     "cmcnn-train = cmcnn_training.train:main",
     "cmcnn-evaluate = cmcnn_training.evaluate:main",
+    "cmcnn-calibrate = cmcnn_training.calibrate:main",
     "cmcnn-reproduce = cmcnn_training.reproduce.cli:main",
 ]
 

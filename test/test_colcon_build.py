@@ -93,7 +93,8 @@ def test_colcon_install_layout(colcon_ws):
     for tool in ("fer_node", "cmcnn-recognize", "cmcnn-bag-evaluate", "cmcnn-bag-replay", "cmcnn-explain",
                  "cmcnn-emotion-tree"):
         assert os.access(install / "lib" / "cmcnn_ros" / tool, os.X_OK), tool
-    for tool in ("cmcnn-demo", "cmcnn-bag-write", "cmcnn-synth", "cmcnn-train", "cmcnn-evaluate", "cmcnn-reproduce"):
+    for tool in ("cmcnn-demo", "cmcnn-bag-write", "cmcnn-synth", "cmcnn-train", "cmcnn-evaluate", "cmcnn-calibrate",
+                 "cmcnn-reproduce"):
         assert not (install / "lib" / "cmcnn_ros" / tool).exists(), f"offline {tool} in the robot install"
     site = next(install.glob("lib/python3*/site-packages"))
     for package in ("cmcnn_training", "cmcnn_synthetic"):

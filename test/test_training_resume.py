@@ -44,7 +44,7 @@ def run_args(root: Path, out: Path, cache: Path) -> list:
     return ["--config", "quick", "--root", str(root), "--output-dir", str(out), "--cache-dir", str(cache),
             "--no-progress", "--epochs", str(EPOCHS), "--pretrain-epochs", "2", "--ema-decay", "0.9",
             "--label-smoothing", "0.1", "--mixup-alpha", "0.4", "--augment-photometric",
-            "--class-weights", "sqrt_inverse", "--val", "kinect", "--tta-flip", "--workers", "0"]
+            "--class-weights", "sqrt_inverse", "--val", "kinect", "--tta-flip", "--calibrate", "--workers", "0"]
 
 
 def saved_epoch(path: Path):
@@ -102,6 +102,8 @@ def test_a_killed_run_resumes_to_the_same_result(runs):
     assert [r["epoch"] for r in fb["learning_curve"]] == list(range(1, EPOCHS + 1))
     assert fb["learning_curve"] == a["folds"][0]["learning_curve"]
     assert (killed / "learning_curve.png").is_file()
+    assert b["calibration"]["temperature"] == a["calibration"]["temperature"]
+    assert load_checkpoint(killed / "checkpoint.pt").model_config.temperature == b["calibration"]["temperature"]
     wa = load_checkpoint(whole / "checkpoint.pt").model.state_dict()
     wb = load_checkpoint(killed / "checkpoint.pt").model.state_dict()
     assert wa.keys() == wb.keys()

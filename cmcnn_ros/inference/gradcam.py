@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.cmcnn import class_probabilities
+from ..model.cmcnn import class_probabilities, model_temperature
 
 #: Smallest feature-map side the default layer choice accepts.
 MIN_MAP_SIDE = 6
@@ -91,7 +91,7 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, modality: str, target: Opt
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12).view(-1, 1, 1)
     maps = (cam / peak).detach().cpu().numpy().astype(np.float32)
-    probs = class_probabilities(logits.detach()).cpu().numpy()
+    probs = class_probabilities(logits.detach(), model_temperature(model)).cpu().numpy()
     return maps, probs
 
 

@@ -12,10 +12,12 @@ What the methods return (the training loss and inference must agree):
 
 * :meth:`CMCNN.forward` returns ``s = PReLU(FC(BN(f_v)))`` (BN: the optional
   neck, see below), the pre-sigmoid scores of eq. (4), called logits.
-* :meth:`CMCNN.predict_proba` returns ``softmax(s)``: a distribution over
-  classes. That is the ``p`` the focal loss of eq. (5) needs
+* :meth:`CMCNN.predict_proba` returns ``softmax(s / T)``: a distribution over
+  classes. With ``T = 1`` that is the ``p`` the focal loss of eq. (5) needs
   (:mod:`cmcnn_ros.model.losses` applies ``log_softmax`` to the same
-  logits), so training and inference use one definition of probability.
+  logits), so training and inference use one definition of probability;
+  ``T = config.temperature`` is fitted after training (calibration) and
+  never changes the argmax.
 * :meth:`CMCNN.eq4_scores` returns ``F = sigmoid(s)`` literally as eq. (4)
   writes it: independent per-class scores in (0, 1) that do not sum to one.
   The sigmoid is monotonic, so ``argmax F = argmax s = argmax softmax(s)``;
@@ -158,8 +160,8 @@ class CMCNN(nn.Module):
 
     # ------------------------------------------------------------ predictions
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``softmax(s)`` ``(B, num_classes)``, consistent with the losses."""
-        return class_probabilities(self(x))  # through __call__, so module hooks run
+        """Calibrated class probabilities ``softmax(s / T)`` ``(B, num_classes)`` (``T``: ``config.temperature``)."""
+        return class_probabilities(self(x), self.config.temperature)  # through __call__, so module hooks run
 
     def eq4_scores(self, x: torch.Tensor) -> torch.Tensor:
         """``F = sigmoid(PReLU(FC(f_v)))`` exactly as eq. (4); per-class, not normalised."""
@@ -222,14 +224,20 @@ class CMCNN(nn.Module):
         return f"modalities={list(self.modalities)}, num_classes={self.num_classes}, fusion={self.config.fusion!r}"
 
 
-def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+def class_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Logits ``(B, num_classes)`` -> the class probabilities every caller reports.
 
     The one definition behind :meth:`CMCNN.predict_proba`, for callers that
     already hold the logits (evaluation, Grad-CAM, which needs them for its
-    gradient).
+    gradient); ``temperature`` is the model's ``config.temperature``.
     """
-    return torch.softmax(logits.float(), dim=1)
+    return torch.softmax(logits.float() / float(temperature), dim=1)
+
+
+def model_temperature(model: nn.Module) -> float:
+    """The calibration temperature of a CM-CNN (also through a DDP or compile wrapper); 1 for other modules."""
+    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
+    return float(getattr(getattr(inner, "config", None), "temperature", 1.0))
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -282,4 +290,4 @@ def cmcnn(
     return _build_cmcnn(cfg)
 
 
-__all__ = ["CMCNN", "ModelInputError", "class_probabilities", "cmcnn"]
+__all__ = ["CMCNN", "ModelInputError", "class_probabilities", "cmcnn", "model_temperature"]

@@ -132,6 +132,9 @@ class TrainConfig:
               "NAME[:ROOT[:BOX_MODE]] or a YAML mapping (dataset, root, box_mode, options); ROOT defaults "
               "to --root. Never a test set: e.g. FER2013 PublicTest")
     val_every: int = _option(1, "epochs between validation passes")
+    calibrate: bool = _option(False, "after training, fit the softmax temperature on half of every class of the "
+                                     "--val set and store it in the checkpoint (cmcnn-calibrate does the same "
+                                     "for an existing checkpoint); ECE before/after in metrics.json")
     tta_flip: bool = _option(False, "also report validation accuracy with the scores of each face and its "
                                     "mirror image averaged")
 
@@ -188,6 +191,7 @@ class TrainConfig:
         need(self.class_weights in CLASS_WEIGHTS, "class_weights", f"choose from {CLASS_WEIGHTS}")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1)")
         need(self.val_every >= 1, "val_every", "must be >= 1")
+        need(not self.calibrate or bool(self.val), "calibrate", "needs a validation set: set --val")
         need(self.loss != "focal" or (self.label_smoothing == 0 and self.mixup_alpha == 0), "loss",
              "label smoothing and mixup need a loss that takes label distributions: soft_focal or ce")
         need(self.max_samples_per_subject_class is None or self.max_samples_per_subject_class >= 1,

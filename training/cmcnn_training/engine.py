@@ -39,7 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
-from cmcnn_ros.model.cmcnn import class_probabilities
+from cmcnn_ros.model.cmcnn import class_probabilities, model_temperature
 from cmcnn_ros.model.losses import soft_labels
 from cmcnn_ros.preprocessing.model_input import at_model_precision, store, zero_depth
 from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
@@ -404,7 +404,8 @@ def evaluate(model: nn.Module, loader: CropBatches, device: torch.device, progre
     """Predict every batch of ``loader`` with the fused network (argmax of the logits).
 
     ``argmax`` of the logits equals the argmax of eq. (4)'s sigmoid scores and
-    of the softmax probabilities; ``probs`` holds the softmax.
+    of the softmax probabilities; ``probs`` holds the softmax at the model's
+    calibration temperature (what the node publishes).
     """
     model.eval()
     t0 = time.perf_counter()
@@ -412,7 +413,7 @@ def evaluate(model: nn.Module, loader: CropBatches, device: torch.device, progre
     probs: List[np.ndarray] = []
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         logits = model(x.to(device, non_blocking=True))
-        probs.append(class_probabilities(logits).cpu().numpy())
+        probs.append(class_probabilities(logits, model_temperature(model)).cpu().numpy())
         ys.append(y.numpy())
     p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
     y_true = np.concatenate(ys) if ys else np.zeros(0, np.int64)

@@ -35,9 +35,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from cmcnn_ros.atomic_io import write_json_atomic
 from cmcnn_ros.classes import canonical_name
@@ -46,9 +47,9 @@ from cmcnn_ros.plots import plot_confusion_matrix
 from cmcnn_ros.tools import configure_logging
 
 from .config import BOX_MODES, TrainConfig, parse_kv
-from .crops import get_crops
+from .crops import CropSet, get_crops
 from .datasets.selection import select_samples
-from .engine import CropBatches, evaluate as run_eval
+from .engine import CropBatches, Predictions, evaluate as run_eval
 from .metrics import EvaluationMetrics, compute_metrics
 from .utils import git_commit, load_training_dataset
 
@@ -166,6 +167,71 @@ def dataset_has_face_crops(ds: Any) -> bool:
     return bool(getattr(parent, "crops", False))
 
 
+@dataclass
+class EvalSet:
+    """A dataset as a checkpoint sees it: the selected samples of its classes, cropped its way."""
+
+    view: Any
+    class_names: List[str]
+    params: Any
+    modalities: Tuple[str, ...]
+    has_boxes: bool
+    name: str
+
+    def predict(self, model: torch.nn.Module, box_mode: str, device: torch.device, cache_dir: Optional[str],
+                workers: int, batch_size: int, no_depth: bool, progress: bool) -> Tuple[CropSet, Any, Predictions]:
+        """Crops (cached) and the model's predictions, with ``box_mode``; ``no_depth`` zeroes every depth channel."""
+        c, info = get_crops(self.view, self.params, self.modalities, cache_dir or None, box_mode=box_mode,
+                            workers=workers, progress=progress, name=self.name)
+        label_of = {n: i for i, n in enumerate(self.class_names)}
+        y = np.array([label_of[canonical_name(lb)] for lb in c.labels], dtype=np.int64)
+        batches = CropBatches(c, np.arange(len(c)), y, self.modalities, batch_size,
+                              depth_dropout=1.0 if no_depth else 0.0)
+        return c, info, run_eval(model, batches, device, progress=progress)
+
+
+def load_eval_set(dataset: str, root: str, class_names: Sequence[str], params: Any, modalities: Sequence[str],
+                  subjects: Optional[Sequence[str]] = None, min_intensity: Optional[int] = None,
+                  dataset_options: Optional[Dict[str, Any]] = None) -> EvalSet:
+    """The samples of ``dataset`` with the checkpoint's classes (others skipped with a warning).
+
+    Raises:
+        TrainingError: the root does not exist or holds no sample of the classes.
+    """
+    ds = load_training_dataset(dataset, root, dataset_options)
+    present = {canonical_name(lb) for lb in ds.labels}
+    unknown = sorted(present - set(class_names))
+    if unknown:
+        logger.warning("dataset classes %s are not among the checkpoint's %s; those samples are skipped",
+                       unknown, list(class_names))
+    sel = TrainConfig(root=root, classes=list(class_names), subjects=list(subjects) if subjects else None,
+                      min_intensity=min_intensity)
+    keep, _ = select_samples(ds, sel)
+    view = ds if len(keep) == len(ds) else ds.subset(keep)
+    has_boxes = any(getattr(r, "extra", {}).get("box") is not None for r in getattr(view, "records", [])) \
+        or dataset_has_face_crops(view)
+    return EvalSet(view=view, class_names=list(class_names), params=params, modalities=tuple(modalities),
+                   has_boxes=has_boxes, name=dataset)
+
+
+def detection_summary(n: int, crops: CropSet, pred: Predictions) -> Dict[str, Any]:
+    """Detection rate and accuracy through the detector (a missed face is wrong), apart from classification."""
+    found = crops.box_sources == "detector"
+    correct = (pred.y_true == pred.y_pred) & found
+    detection = {
+        "samples": n, "detected": int(found.sum()),
+        "detection_rate": float(found.sum()) / max(n, 1),
+        "accuracy_through_detector": float(correct.sum()) / max(n, 1),
+        "accuracy_of_detected": float(correct.sum()) / max(int(found.sum()), 1),
+        "box_sources": {k: int(v) for k, v in zip(*np.unique(crops.box_sources, return_counts=True))},
+        "alignment": {k: int(v) for k, v in zip(*np.unique(crops.alignments[found], return_counts=True))},
+    }
+    logger.info("detector found %d of %d faces (%.1f %%); accuracy through the detector (missed = wrong) "
+                "%.4f, of the detected faces %.4f", detection["detected"], n, 100 * detection["detection_rate"],
+                detection["accuracy_through_detector"], detection["accuracy_of_detected"])
+    return detection
+
+
 def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
                    subjects: Optional[Sequence[str]] = None, output_dir: Optional[str | os.PathLike] = None,
                    min_intensity: Optional[int] = None, box_mode: str = "detect",
@@ -188,54 +254,23 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
     model = ckpt.model.to(dev).eval()
     class_names = list(ckpt.class_names)
     params = PreprocessingParams.from_checkpoint(ckpt.preprocessing)
-    modalities = tuple(ckpt.model_config.modalities)
     if output_dir is None:
         output_dir = Path(checkpoint).resolve().parent / f"eval-{dataset}-{Path(root).resolve().name}"
     out = Path(output_dir)
+    es = load_eval_set(dataset, root, class_names, params, ckpt.model_config.modalities, subjects, min_intensity,
+                       dataset_options)
 
-    ds = load_training_dataset(dataset, root, dataset_options)
-    present = {canonical_name(l) for l in ds.labels}
-    unknown = sorted(present - set(class_names))
-    if unknown:
-        logger.warning("dataset classes %s are not among the checkpoint's %s; those samples are skipped",
-                    unknown, class_names)
-    sel = TrainConfig(root=root, classes=class_names, subjects=list(subjects) if subjects else None,
-                      min_intensity=min_intensity)
-    keep, _ = select_samples(ds, sel)
-    view = ds if len(keep) == len(ds) else ds.subset(keep)
-    has_boxes = any(getattr(r, "extra", {}).get("box") is not None for r in getattr(view, "records", [])) \
-        or dataset_has_face_crops(view)
-    label_of = {c: i for i, c in enumerate(class_names)}
-
-    def predict(mode: str) -> Any:
-        c, info = get_crops(view, params, modalities, cache_dir or None, box_mode=mode, workers=workers,
-                            progress=progress, name=dataset)
-        y = np.array([label_of[canonical_name(l)] for l in c.labels], dtype=np.int64)
-        batches = CropBatches(c, np.arange(len(c)), y, modalities, batch_size,
-                              depth_dropout=1.0 if no_depth else 0.0)
-        return c, info, run_eval(model, batches, dev, progress=progress)
+    def predict(mode: str) -> Tuple[CropSet, Any, Predictions]:
+        return es.predict(model, mode, dev, cache_dir, workers, batch_size, no_depth, progress)
 
     detection: Dict[str, Any] = {}
     if box_mode == "detect":
-        det_crops, _, det_pred = predict("detect")
-        found = det_crops.box_sources == "detector"
-        correct = (det_pred.y_true == det_pred.y_pred) & found
-        detection = {
-            "samples": len(view), "detected": int(found.sum()),
-            "detection_rate": float(found.sum()) / max(len(view), 1),
-            "accuracy_through_detector": float(correct.sum()) / max(len(view), 1),
-            "accuracy_of_detected": float(correct.sum()) / max(int(found.sum()), 1),
-            "box_sources": {k: int(v) for k, v in zip(*np.unique(det_crops.box_sources, return_counts=True))},
-            "alignment": {k: int(v) for k, v in zip(*np.unique(det_crops.alignments[found], return_counts=True))},
-        }
-        logger.info("detector found %d of %d faces (%.1f %%); accuracy through the detector (missed = wrong) "
-                 "%.4f, of the detected faces %.4f", detection["detected"], len(view),
-                 100 * detection["detection_rate"], detection["accuracy_through_detector"],
-                 detection["accuracy_of_detected"])
-    if box_mode == "gt" or has_boxes:
+        det_crops, det_cache, det_pred = predict("detect")
+        detection = detection_summary(len(es.view), det_crops, det_pred)
+    if box_mode == "gt" or es.has_boxes:
         crops, cache, pred = predict("gt")
     else:
-        crops, cache, pred = det_crops, _, det_pred
+        crops, cache, pred = det_crops, det_cache, det_pred
     extras = read_extra_columns(root, crops.sources.tolist())
     metrics = compute_metrics(pred.y_true, pred.y_pred, class_names, intensities=crops.intensities,
                               extra_columns=extras)
@@ -249,11 +284,10 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
         # Through the detector when it ran (a miss is wrong), else on the given boxes.
         "accuracy": detection["accuracy_through_detector"] if detection else metrics.accuracy,
         "count": metrics.count, "no_depth": no_depth,
-        "accuracy_gt_boxes": metrics.accuracy if (box_mode == "gt" or has_boxes) else None,
+        "accuracy_gt_boxes": metrics.accuracy if (box_mode == "gt" or es.has_boxes) else None,
         **{k: detection[k] for k in ("detection_rate", "accuracy_through_detector") if k in detection},
         "alignment": {k: int(v) for k, v in zip(*np.unique(crops.alignments, return_counts=True))},
     }
-
     doc = {
         "summary": summary,
         "metrics": metrics.to_dict(),

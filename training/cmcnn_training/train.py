@@ -44,7 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +58,7 @@ from cmcnn_ros.tools import configure_logging
 from . import distributed
 from .builders import build_model_config, build_preprocessing
 from .config import ConfigError, TrainConfig, add_config_arguments, build_config
+from .calibration import calibration_report, fit_temperature, log_probs, softmax_t, split_for_fitting
 from .crops import CropSet, get_crops
 from .datasets.selection import make_splits, select_samples
 from .engine import flipped_crops
@@ -329,6 +330,9 @@ def write_outputs(cfg: TrainConfig, data: TrainingData, params: PreprocessingPar
         "timings": {"crops_seconds": data.cache.seconds, "total_seconds": None},
     }
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.calibrate and final_model is not None and data.val is not None:
+        final_model, metrics["calibration"] = calibrate_on_validation(final_model, data, model_config.modalities,
+                                                                      cfg, device)
     ckpt_path: Optional[Path] = None
     if final_model is not None:
         ckpt_path = out / cfg.checkpoint_name
@@ -347,6 +351,23 @@ def write_outputs(cfg: TrainConfig, data: TrainingData, params: PreprocessingPar
     distributed.barrier()
     return TrainingResult(output_dir=out, checkpoint=ckpt_path, metrics_path=metrics_path,
                           metrics=metrics, fold_metrics=fold_metrics)
+
+
+def calibrate_on_validation(model: torch.nn.Module, data: TrainingData, modalities: Sequence[str], cfg: TrainConfig,
+                            device: torch.device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Fit the temperature on half of every class of the validation set; report ECE on the other half."""
+    rows = np.arange(len(data.val))
+    pred = predict_rows(model, data.val, rows, data.val_labels, modalities, cfg.batch_size, device, False)
+    fit_rows, report_rows = split_for_fitting(pred.y_true, 0.5, cfg.seed)
+    z = log_probs(pred.probs)
+    temperature = fit_temperature(z[fit_rows], pred.y_true[fit_rows])
+    before = calibration_report(softmax_t(z[report_rows], 1.0), pred.y_true[report_rows])
+    after = calibration_report(softmax_t(z[report_rows], temperature), pred.y_true[report_rows])
+    logger.info("calibration: temperature %.3f; ECE on the held-out half of the validation set %.2f %% -> %.2f %%",
+                temperature, 100 * before.ece, 100 * after.ece)
+    model.config = model.config.replace(temperature=temperature * model.config.temperature)
+    return model, {"temperature": model.config.temperature, "fit_faces": int(len(fit_rows)),
+                   "held_out_before": before.to_dict(), "held_out_after": after.to_dict()}
 
 
 def plot_learning_curve(curve: List[Dict[str, Any]], path: Path, cfg: TrainConfig) -> Path:
