@@ -7,9 +7,11 @@ of eq. 5): the batch is served by the trainer's own
 modalities recomputed from the augmented grey, depth dropout), then forward,
 backward and the SGD step. Variants:
 
-``eager``     the network as built (what every run before issue 20 trained);
-``compile``   ``torch.compile`` of the training forward (``--compile``, what
-              the ``real_faces`` recipe ships).
+``eager``         the network as built (what every run before issue 20 trained);
+``compile``       ``torch.compile`` of the training forward (``--compile``);
+``compile_bf16``  the same under bfloat16 autocast (``--amp bf16``, what the
+                  ``real_faces`` recipe ships; float32 weights, optimiser,
+                  loss and evaluation).
 
 Each variant runs ``--steps`` steps per round after a warm-up (which pays
 compilation), rounds alternate between the variants and the best round
@@ -86,13 +88,17 @@ def make_batches(crops: CropSet, batch_size: int, params: PreprocessingParams, s
                        preprocessing=params, drop_last=True)
 
 
+VARIANTS = {"eager": (False, "none"), "compile": (True, "none"), "compile_bf16": (True, "bf16")}
+
+
 def time_steps(model: torch.nn.Module, trained: torch.nn.Module, batches: CropBatches,
-               targets: TrainTargets) -> float:
+               targets: TrainTargets, amp: str) -> float:
     """Seconds of one pass over ``batches`` (data preparation, forward, backward, SGD step)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss = make_loss("soft_focal", sigma=0.1, alpha=1.0, gamma=2.0)
     t0 = time.perf_counter()
-    train_one_epoch(trained, batches, loss, optimizer, torch.device("cpu"), 1, progress=False, targets=targets)
+    train_one_epoch(trained, batches, loss, optimizer, torch.device("cpu"), 1, progress=False, targets=targets,
+                    amp=amp)
     return time.perf_counter() - t0
 
 
@@ -111,13 +117,13 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     config = preset_config("default", modalities=MODALITIES, num_classes=CLASSES, input_size=args.size)
     torch.manual_seed(0)
     base = cmcnn(config)
-    models = {"eager": copy.deepcopy(base), "compile": copy.deepcopy(base)}
-    trained = {"eager": models["eager"], "compile": torch.compile(models["compile"])}
+    models = {name: copy.deepcopy(base) for name in VARIANTS}
+    trained = {name: torch.compile(models[name]) if VARIANTS[name][0] else models[name] for name in VARIANTS}
     targets = TrainTargets(CLASSES, 0.1, label_smoothing=0.1)
     warm = {}
     for name in models:  # warm-up: compilation, allocator, first-touch
         warm[name] = time_steps(models[name], trained[name], make_batches(crops, args.batch_size, params, 99),
-                                targets)
+                                targets, VARIANTS[name][1])
         logger.info("%s warm-up pass: %.1f s", name, warm[name])
     best = {name: float("inf") for name in models}
     best_data = float("inf")
@@ -125,7 +131,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         for name in models:
             # same seed for both variants: they train on the same batches
             best[name] = min(best[name], time_steps(models[name], trained[name],
-                                                    make_batches(crops, args.batch_size, params, r), targets))
+                                                    make_batches(crops, args.batch_size, params, r), targets,
+                                                    VARIANTS[name][1]))
         best_data = min(best_data, time_data(make_batches(crops, args.batch_size, params, r)))
         logger.info("round %d: %s; data only %.2f s", r + 1,
                     ", ".join(f"{k} {v:.2f} s" for k, v in best.items()), best_data)
@@ -142,14 +149,14 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
         "settings": vars(args), "faces": n,
         "faces_per_s": faces, "ms_per_face": {k: 1000.0 / v for k, v in faces.items()},
-        "speedup_compile_vs_eager": faces["compile"] / faces["eager"],
+        "speedup_vs_eager": {k: v / faces["eager"] for k, v in faces.items()},
         "data_only_faces_per_s": n / best_data,
         "warmup_seconds": warm,
         "eval_max_abs_diff_compiled_vs_eager_same_weights": same_model,
     }
-    logger.info("faces/s: eager %.0f, compile %.0f (x%.2f); data preparation alone %.0f faces/s; eval mode, "
-                "same weights: max |compiled - eager| %.2e", faces["eager"], faces["compile"],
-                result["speedup_compile_vs_eager"], result["data_only_faces_per_s"], same_model)
+    logger.info("faces/s: %s; data preparation alone %.0f faces/s; eval mode, same weights: max |compiled - eager| "
+                "%.2e", ", ".join(f"{k} {v:.0f} (x{v / faces['eager']:.2f})" for k, v in faces.items()),
+                result["data_only_faces_per_s"], same_model)
     return result
 
 

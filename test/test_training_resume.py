@@ -44,7 +44,7 @@ def run_args(root: Path, out: Path, cache: Path) -> list:
     return ["--config", "quick", "--root", str(root), "--output-dir", str(out), "--cache-dir", str(cache),
             "--no-progress", "--epochs", str(EPOCHS), "--pretrain-epochs", "2", "--ema-decay", "0.9",
             "--label-smoothing", "0.1", "--mixup-alpha", "0.4", "--augment-photometric",
-            "--class-weights", "sqrt_inverse", "--val", "kinect", "--tta-flip", "--calibrate", "--workers", "0"]
+            "--class-weights", "sqrt_inverse", "--val", "kinect", "--tta-flip", "--calibrate", "--amp", "bf16", "--workers", "0"]
 
 
 def saved_epoch(path: Path):

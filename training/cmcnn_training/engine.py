@@ -333,7 +333,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, mode: str = "fusion", progress: bool = True,
                     desc: str = "train", targets: Optional[TrainTargets] = None,
-                    after_step: Optional[Callable[[], None]] = None) -> EpochStats:
+                    after_step: Optional[Callable[[], None]] = None, amp: str = "none") -> EpochStats:
     """Train ``model`` for one pass over ``loader``.
 
     Args:
@@ -352,6 +352,8 @@ def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, opti
         targets: label distributions (smoothing, mixup) instead of the
             hard labels; accuracy is still counted against the hard labels.
         after_step: called after every optimiser step (the weight EMA).
+        amp: ``"bf16"`` runs the forward pass under bfloat16 autocast (the
+            loss in float32; weights and optimiser stay float32).
 
     Raises:
         ValueError: unknown mode, or the loss became NaN/inf.
@@ -372,10 +374,12 @@ def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, opti
         y = y.to(device, non_blocking=True)
         if targets is None or not targets.active:
             target = y
-        if mode == "fusion":
-            outputs = {"fused": model(x)}
-        else:
-            outputs = model.fen_logits(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            if mode == "fusion":
+                outputs = {"fused": model(x)}
+            else:
+                outputs = model.fen_logits(x)
+        outputs = {k: v.float() for k, v in outputs.items()}
         loss = sum(loss_fn(logits, target) for logits in outputs.values())
         if not torch.isfinite(loss):
             raise ValueError(f"training loss became {loss.item()} at epoch {epoch}; lower --lr")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cmcnn_ros.model import cmcnn
@@ -62,8 +62,22 @@ class WeightEma:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = float(decay)
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
         self.source = model
+
+    def _average(self, ema: List[torch.Tensor], current: List[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        # Warm-up (as timm's ModelEmaV3): early on the average would be mostly the random
+        # initialisation, useless for the per-epoch validation; the decay grows to its value
+        # after ~10 / (1 - decay) steps.
+        n = float(n_averaged)
+        decay = min(self.decay, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            if torch.is_floating_point(ema[0]):
+                torch._foreach_lerp_(ema, current, 1.0 - decay)
+            else:  # BatchNorm's step counters: follow the model
+                for e, c in zip(ema, current):
+                    e.copy_(c)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -185,7 +199,7 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
         for epoch in bar:
             stats = train_one_epoch(trained, batches, loss_fn, optimizer, device, epoch, mode=mode,
                                     progress=False, targets=targets if mode == "fusion" else None,
-                                    after_step=ema.update if ema is not None else None)
+                                    after_step=ema.update if ema is not None else None, amp=cfg.amp)
             scheduler.step()
             history.append(stats)
             if on_epoch is not None:
