@@ -28,9 +28,17 @@ FACE_CASCADES: Tuple[str, ...] = (
 )
 EYE_CASCADES: Tuple[str, ...] = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")
 
-#: Face detectors: MediaPipe's full-range BlazeFace with FaceMesh landmarks
-#: (default), or the paper's Viola-Jones with Haar eyes.
-DETECTORS: Tuple[str, ...] = ("blazeface", "haar")
+#: The face detectors the ``detector`` setting names: name -> ``"module:class"``
+#: of a :class:`~cmcnn_ros.preprocessing.detector.FaceDetector`, built by
+#: ``make_detector``. Import paths rather than classes: every detector imports
+#: this module, which checks the name. Adding a detector is one line here
+#: (docs/ARCHITECTURE.md, "Adding a face detector").
+DETECTORS: Dict[str, str] = {
+    # MediaPipe's full-range BlazeFace, with keypoints (FaceMesh alignment); the default.
+    "blazeface": "cmcnn_ros.preprocessing.blazeface:BlazeFaceDetector",
+    # The paper's Viola-Jones (Haar cascade), boxes only (Haar eye alignment).
+    "haar": "cmcnn_ros.preprocessing.haar:HaarFaceDetector",
+}
 
 
 class PreprocessingError(ValueError):
@@ -48,9 +56,9 @@ class PreprocessingParams:
             120 px square region).
 
     Face detection:
-        detector: ``"blazeface"`` (MediaPipe full-range BlazeFace, eye centres
-            from the 468-point FaceMesh; the default) or ``"haar"`` (the
-            paper's Viola-Jones with Haar eyes). A checkpoint written before
+        detector: a name in :data:`DETECTORS`: ``"blazeface"`` (MediaPipe
+            full-range BlazeFace, eye centres from the 468-point FaceMesh; the
+            default) or ``"haar"`` (the paper's Viola-Jones with Haar eyes). A checkpoint written before
             this field existed was trained with Haar and loads as ``"haar"``.
         min_face_size: smallest face to find, in full-frame pixels (whole-face
             box side). BlazeFace finds faces down to ~25 px (3 m from a VGA
@@ -214,7 +222,7 @@ class PreprocessingParams:
 
         need(16 <= self.crop_size <= 1024, "crop_size", "must be in [16, 1024]")
         need(0.0 <= self.crop_margin <= 1.0, "crop_margin", "must be in [0, 1]")
-        need(self.detector in DETECTORS, "detector", f"must be one of {DETECTORS}")
+        need(isinstance(self.detector, str) and self.detector in DETECTORS, "detector", f"must be one of {tuple(DETECTORS)}")
         need(0.0 < self.blazeface_min_score < 1.0, "blazeface_min_score", "must be in (0, 1)")
         need(0.0 < self.blazeface_nms_iou < 1.0, "blazeface_nms_iou", "must be in (0, 1)")
         need(self.detect_tile_side == 0 or self.detect_tile_side >= 96, "detect_tile_side",
