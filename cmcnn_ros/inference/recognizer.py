@@ -307,9 +307,8 @@ class Recognizer:
         return self.model.predict_proba(x).float().cpu().numpy()
 
     def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
-        expression, confidence, valence, arousal = describe_scores(probs, self.class_names)
-        return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found,
-                          expression=expression, confidence=confidence,
-                          scores=probs.astype(np.float32), valence=valence, arousal=arousal,
+        """The one place a face's crops and scores become its result (what the stream and node pass on)."""
+        return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found, scores=probs.astype(np.float32),
                           depth_valid=bool(face.depth_valid and "depth" in self.modalities),
-                          depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment)
+                          depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment,
+                          **describe_scores(probs, self.class_names)._asdict())
