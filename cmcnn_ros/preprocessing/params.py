@@ -1,7 +1,8 @@
 """Preprocessing parameters: the single source of truth for Section III-B.
 
 Ni et al. (IEEE TCDS 2023), Section III-B, turn one RGB-D frame into
-148x148 facial crops: Viola-Jones face detection, rotation rectification from
+square facial crops (148 px in the paper, ``crop_size`` here; the default
+weights use 48): Viola-Jones face detection, rotation rectification from
 the eye line (eq. 1), grey-scale, LBP (eq. 2) and depth images. Every number
 that changes what the network sees lives in :class:`PreprocessingParams`, and
 a copy is stored in every checkpoint (``"preprocessing"``) so training,
@@ -17,6 +18,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Tuple
+
+from ..modalities import crop_size_problem
 
 #: LBP mapping methods of ``skimage.feature.local_binary_pattern``.
 LBP_METHODS: Tuple[str, ...] = ("default", "ror", "uniform", "nri_uniform", "var")
@@ -50,7 +53,10 @@ class PreprocessingParams:
     """Settings of the Section III-B preprocessing.
 
     Geometry:
-        crop_size: side of every output crop in pixels (paper: 148).
+        crop_size: side of every output crop in pixels (paper: 148; the
+            default weights: 48). The one home of the crop size: the model's
+            ``input_size`` is derived from it when a model is built for these
+            params, and both are checked by :func:`~cmcnn_ros.modalities.crop_size_problem`.
         crop_margin: fraction of the detected box side added on *each* side
             before resizing to ``crop_size`` (0.1 turns a 100 px box into a
             120 px square region).
@@ -203,7 +209,9 @@ class PreprocessingParams:
                 raise PreprocessingError(
                     f"PreprocessingParams.{name}={getattr(self, name)!r} is invalid: {what}")
 
-        for name in ("crop_size", "detect_max_side", "min_face_size", "max_face_size", "min_neighbors",
+        problem = crop_size_problem(self.crop_size)
+        need(problem is None, "crop_size", problem or "")
+        for name in ("detect_max_side", "min_face_size", "max_face_size", "min_neighbors",
                      "eye_region_width", "eye_min_neighbors", "lbp_points", "hog_orientations",
                      "hog_pixels_per_cell", "gabor_orientations", "depth_fill_kernel", "detector_threads",
                      "detect_tile_side"):
@@ -220,7 +228,6 @@ class PreprocessingParams:
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                  name, "must be a finite number")
 
-        need(16 <= self.crop_size <= 1024, "crop_size", "must be in [16, 1024]")
         need(0.0 <= self.crop_margin <= 1.0, "crop_margin", "must be in [0, 1]")
         need(isinstance(self.detector, str) and self.detector in DETECTORS, "detector", f"must be one of {tuple(DETECTORS)}")
         need(0.0 < self.blazeface_min_score < 1.0, "blazeface_min_score", "must be in (0, 1)")

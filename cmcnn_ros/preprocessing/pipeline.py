@@ -3,8 +3,8 @@
 The order follows Ni et al. (IEEE TCDS 2023), Section III-B and Fig. 2:
 face detection (BlazeFace by default, V-J as the paper's option),
 rotation rectification from the eye line (eq. 1),
-grey-scale conversion, LBP (eq. 2) and the facial depth image, each
-``crop_size`` (148) square. HOG and Gabor images are available for the
+grey-scale conversion, LBP (eq. 2) and the facial depth image, each a
+``crop_size`` square (148 px in the paper, 48 in the default weights). HOG and Gabor images are available for the
 ablation rows of Tables II/III. Only the requested modalities are computed.
 """
 
