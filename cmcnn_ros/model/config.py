@@ -193,14 +193,6 @@ class ModelConfig:
             return self.depth_widths[-1]
         return self.texture_widths[-1]
 
-    @property
-    def feature_size(self) -> int:
-        """Side of every FEN output map (148 -> 9)."""
-        size = self.input_size
-        for _ in range(NUM_STAGES):
-            size //= 2
-        return size
-
     # --------------------------------------------------------- conversions
     def to_dict(self) -> Dict[str, Any]:
         """Plain-``dict`` form (lists instead of tuples) for checkpoints and YAML."""

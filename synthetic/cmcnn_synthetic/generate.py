@@ -135,12 +135,6 @@ def render_job(job: Job, options: RenderOptions) -> RenderedFrame:
     return render_frame([spec], camera=options.camera, seed=job.seed)
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data, file_mode=_FILE_MODE)   # mkstemp makes 0600 files; datasets are shared
 
