@@ -11,13 +11,30 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Union
+from typing import IO, Any, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
 PathLike = Union[str, os.PathLike]
+
+
+def _create_temp(path: Path) -> Tuple[int, Path]:
+    """A new, empty file beside ``path``, with the permissions a plain ``open(path, "w")`` would give.
+
+    Not ``tempfile.mkstemp``: it makes 0600 files, so a checkpoint or dataset
+    written for others could not be read by them. Created with 0666 and
+    ``O_EXCL``, the process umask applies as it does for ``open``.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
@@ -27,14 +44,15 @@ def atomic_open(path: PathLike, mode: str = "wb", file_mode: Optional[int] = Non
     Args:
         path: destination; its folder is created if missing.
         mode: a write mode, ``"wb"`` or ``"w"``.
-        file_mode: permission bits for the result (``mkstemp`` makes 0600 files).
+        file_mode: permission bits for the result; default: what ``open``
+            gives a new file (0666 less the umask).
         **open_kw: passed to ``os.fdopen`` (e.g. ``newline=""`` for csv).
 
     On an exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode, **open_kw) as fh:
             yield fh

@@ -13,7 +13,7 @@ training writes into a checkpoint, not something inference relies on.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -77,7 +77,16 @@ def valence_arousal(scores: Sequence[float], class_names: Sequence[str]) -> Tupl
     return float(np.clip(v, -1, 1)), float(np.clip(a, -1, 1))
 
 
-def describe_scores(scores: Sequence[float], class_names: Sequence[str]) -> Tuple[str, float, float, float]:
+class ScoreSummary(NamedTuple):
+    """What a face's class scores say: the fields of a face result derived from its ``scores``."""
+
+    expression: str
+    confidence: float
+    valence: float
+    arousal: float
+
+
+def describe_scores(scores: Sequence[float], class_names: Sequence[str]) -> ScoreSummary:
     """``(expression, confidence, valence, arousal)`` of one face's class scores.
 
     The one place the top class, its probability and the circumplex point are
@@ -88,7 +97,7 @@ def describe_scores(scores: Sequence[float], class_names: Sequence[str]) -> Tupl
     """
     p = np.asarray(scores, dtype=np.float64).reshape(-1)
     if p.size == 0:
-        return "", 0.0, 0.0, 0.0
+        return ScoreSummary("", 0.0, 0.0, 0.0)
     top = int(np.argmax(p))
     valence, arousal = valence_arousal(p, class_names)
-    return str(class_names[top]), float(p[top]), valence, arousal
+    return ScoreSummary(str(class_names[top]), float(p[top]), valence, arousal)

@@ -134,7 +134,8 @@ def test_works_with_rclpy_messages():
 class _Ros2CvBridgePassthrough:
     """The decoding steps of the ROS 2 cv_bridge's ``CvBridge.imgmsg_to_cv2(msg, "passthrough")``
     (vision_opencv ``cv_bridge/core.py``) for one-channel images; cv_bridge itself is an ament
-    package that PyPI does not have. Under numpy 2 its big-endian branch raises, as on a robot."""
+    package that PyPI does not have. Its big-endian branch raises as it does on a robot with numpy 2,
+    whichever numpy runs the test."""
 
     DTYPES = {"16UC1": (np.uint16, 1), "mono16": (np.uint16, 1), "32FC1": (np.float32, 1)}
 
@@ -147,7 +148,9 @@ class _Ros2CvBridgePassthrough:
                         buffer=bytes(img_msg.data))
         im = np.ascontiguousarray(im[:img_msg.height, :img_msg.width])
         if img_msg.is_bigendian == (sys.byteorder == "little"):
-            im = im.byteswap().newbyteorder()   # AttributeError in numpy 2
+            # cv_bridge: im.byteswap().newbyteorder(). numpy 2 removed ndarray.newbyteorder, numpy 1 has it:
+            # raise numpy 2's error here so the fallback is tested under either.
+            raise AttributeError("'numpy.ndarray' object has no attribute 'newbyteorder'")
         return im
 
 

@@ -5,11 +5,14 @@ DDS on this machine (loopback discovery, a test-private ROS_DOMAIN_ID).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
+import typing
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
+import numpy as np
 import pytest
 
 from conftest import ENV_FILE, REPO_ROOT
@@ -195,3 +198,43 @@ def test_round_trip_between_processes(ros_env: Dict[str, str], start_python) -> 
     assert len(received["faces"]) == len(SAMPLE["faces"]) == 3
     for got, want in zip(received["faces"], SAMPLE["faces"]):
         assert got == want  # every field, exact: the values are float32-representable
+
+
+def _value_for(name: str, hint: Any, i: int) -> Any:
+    """A value of ``hint``'s type that no message field has by default (float32-exact)."""
+    if hint is str:
+        return f"value-of-{name}"
+    if hint is bool:
+        return True
+    if hint in (int, float):
+        return hint(i + 1) / 64 if hint is float else i + 1
+    if hint is np.ndarray:
+        return np.array([0.125, 0.5, 0.375], np.float32) + i
+    if typing.get_origin(hint) is tuple:
+        return tuple(range(10 * i + 1, 10 * i + 1 + len(typing.get_args(hint))))
+    pytest.fail(f"StreamFace.{name}: teach this test a value of type {hint}")
+
+
+def test_every_face_field_reaches_the_message_or_is_left_out_on_purpose() -> None:
+    """A field added to the recognizer's FaceResult (say head_pose) fails here until it is published or explained."""
+    from cmcnn_ros.inference.stream import StreamFace
+    from cmcnn_ros.ros import messages
+
+    hints = typing.get_type_hints(StreamFace)
+    names = [f.name for f in dataclasses.fields(StreamFace)]
+    assert set(messages.NOT_IN_MESSAGE) <= set(names), "NOT_IN_MESSAGE names a field faces no longer have"
+    face = StreamFace(**{name: _value_for(name, hints[name], i) for i, name in enumerate(names)})
+    msg = messages.emotion(face)
+    for name in names:
+        if name in messages.NOT_IN_MESSAGE:
+            continue
+        want = getattr(face, name)
+        if name == "box":
+            got = (msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height)
+        else:
+            assert hasattr(msg, name), (f"StreamFace.{name} does not reach Emotion: add it to msg/Emotion.msg and "
+                                        "cmcnn_ros.ros.messages.emotion, or to NOT_IN_MESSAGE with the reason")
+            got = getattr(msg, name)
+        if isinstance(want, np.ndarray):
+            got, want = list(got), want.tolist()
+        assert got == want, f"StreamFace.{name}={want!r} arrives as {got!r}"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
 
-from cmcnn_ros.atomic_io import write_json_atomic
+from cmcnn_ros.atomic_io import atomic_open, write_bytes_atomic, write_json_atomic
 from cmcnn_ros.plots import PlotError, plot_confusion_matrix
 from cmcnn_training.metrics import (MetricsError, band_labels, compute_metrics, confusion_matrix,
                                     per_class_accuracy, summarise_folds)
@@ -98,3 +100,22 @@ def test_json_and_png_written_atomically(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(PlotError):
         plot_confusion_matrix(np.zeros((2, 2)), CLASSES, png)
+
+
+def test_atomic_files_get_the_mode_a_plain_open_gives(tmp_path):
+    def mode(name):
+        return stat.S_IMODE((tmp_path / name).stat().st_mode)
+
+    old = os.umask(0o027)
+    try:
+        with open(tmp_path / "plain.txt", "w") as fh:
+            fh.write("x")
+        write_bytes_atomic(tmp_path / "atomic.bin", b"x")
+        with atomic_open(tmp_path / "atomic.txt", "w") as fh:
+            fh.write("x")
+        write_bytes_atomic(tmp_path / "shared.bin", b"x", file_mode=0o644)
+    finally:
+        os.umask(old)
+    assert mode("plain.txt") == mode("atomic.bin") == mode("atomic.txt") == 0o640  # not mkstemp's 0600
+    assert mode("shared.bin") == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atomic.bin", "atomic.txt", "plain.txt", "shared.bin"]

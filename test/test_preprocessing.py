@@ -20,9 +20,10 @@ from skimage import data
 from skimage.feature import local_binary_pattern
 
 from cmcnn_ros.preprocessing import (
-    FaceDetector, FacePreprocessor, PreprocessingError, PreprocessingParams, crop_transform,
-    depth_array_to_metres, hog_image, lbp_default_codes, lbp_image, suppress_overlaps, warp_crop,
+    FaceDetection, FacePreprocessor, Frame, HaarFaceDetector, NmsRule, PreprocessingError, PreprocessingParams,
+    crop_transform, depth_array_to_metres, hog_image, lbp_default_codes, lbp_image, suppress_overlaps, warp_crop,
 )
+from cmcnn_ros.preprocessing.images import as_frame
 from cmcnn_ros.preprocessing.model_input import at_model_precision
 from cmcnn_ros.preprocessing.texture import GaborBank
 from cmcnn_ros.preprocessing.params import HAAR_PAPER
@@ -95,7 +96,7 @@ def test_params_reject_unknown_keys_and_bad_values() -> None:
 # ------------------------------------------------------------------- detection
 
 def test_detects_the_astronaut_face_and_nothing_else(astronaut: np.ndarray) -> None:
-    det = FaceDetector(HAAR_PAPER)
+    det = HaarFaceDetector(HAAR_PAPER)
     grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
     faces = det.detect(grey)
     assert len(faces) == 1
@@ -108,7 +109,7 @@ def test_detects_the_astronaut_face_and_nothing_else(astronaut: np.ndarray) -> N
 
 
 def test_detection_finds_none_on_a_photo_without_faces() -> None:
-    det = FaceDetector(HAAR_PAPER)
+    det = HaarFaceDetector(HAAR_PAPER)
     for name in ("rocket", "coffee", "chelsea", "brick"):
         image = getattr(data, name)()
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -124,7 +125,7 @@ def test_detection_finds_every_face_of_a_group_frame(astronaut: np.ndarray) -> N
         hw, hh = round(150 * s), round(190 * s)
         canvas[py:py + hh, px:px + hw] = cv2.resize(head, (hw, hh), interpolation=cv2.INTER_AREA)
         rects.append((px, py, hw, hh))
-    faces = FaceDetector(HAAR_PAPER).detect(canvas)
+    faces = HaarFaceDetector(HAAR_PAPER).detect(canvas)
     assert len(faces) == 5
     for x, y, w, h in rects:
         hits = [f for f in faces if x <= f.box[0] + f.box[2] / 2 <= x + w and y <= f.box[1] + f.box[3] / 2 <= y + h]
@@ -133,7 +134,7 @@ def test_detection_finds_every_face_of_a_group_frame(astronaut: np.ndarray) -> N
 
 def test_detection_in_a_region_of_interest(astronaut: np.ndarray) -> None:
     grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
-    det = FaceDetector(HAAR_PAPER)
+    det = HaarFaceDetector(HAAR_PAPER)
     full = det.detect(grey)[0].box
     inside = det.detect(grey, roi=(130, 20, 190, 190))
     assert len(inside) == 1
@@ -150,17 +151,39 @@ def test_detection_in_a_region_of_interest(astronaut: np.ndarray) -> None:
 
 def test_suppress_overlaps_drops_nested_and_keeps_separate_boxes() -> None:
     boxes = [(100, 100, 100, 100), (120, 120, 40, 40), (300, 100, 90, 90), (190, 100, 100, 100)]
-    keep = suppress_overlaps(boxes, [5.0, 9.0, 3.0, 4.0], max_overlap=0.2)
+    keep = suppress_overlaps(boxes, [5.0, 9.0, 3.0, 4.0], max_overlap=0.2, measure="smaller")
     # The small box has the most neighbours and wins over its container; the
     # box touching it by 10 px (10 % of the smaller) survives.
     assert keep == [1, 3, 2]
 
 
+def test_nms_rule_counts_a_nested_box_as_a_duplicate_only_by_the_smaller_area() -> None:
+    big, small = FaceDetection((100, 100, 100, 100), 5.0), FaceDetection((120, 120, 40, 40), 9.0)
+    assert NmsRule(0.2, "smaller").suppress([big, small]) == [small]   # 1600 / 1600 of the smaller box
+    assert NmsRule(0.3, "iou").suppress([big, small]) == [small, big]  # IoU 1600 / 10000
+    with pytest.raises(PreprocessingError, match="measure"):
+        NmsRule(0.3, "area")
+
+
+def test_frame_checks_once_and_converts_once(astronaut: np.ndarray) -> None:
+    frame = Frame(astronaut)
+    assert frame.shape == (512, 512) and as_frame(frame) is frame
+    assert frame.grey is frame.grey and frame.rgb is frame.rgb
+    np.testing.assert_array_equal(frame.grey, cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY))
+    np.testing.assert_array_equal(frame.rgb, astronaut[:, :, ::-1])
+    np.testing.assert_array_equal(Frame(cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA)).grey, frame.grey)
+    grey = frame.grey
+    assert Frame(grey).grey is grey
+    np.testing.assert_array_equal(Frame(grey[:, :, None]).rgb, np.repeat(grey[:, :, None], 3, axis=2))
+    with pytest.raises(PreprocessingError, match="uint8"):
+        Frame(astronaut.astype(np.float32))
+
+
 def test_detection_scale_honours_min_face_size() -> None:
-    det = FaceDetector(PreprocessingParams(detect_max_side=120, min_face_size=40))
+    det = HaarFaceDetector(PreprocessingParams(detect_max_side=120, min_face_size=40))
     scale = det.detection_scale((480, 640))
     assert 40 * scale >= det.window
-    assert FaceDetector(HAAR_PAPER).detection_scale((100, 100)) == 1.0
+    assert HaarFaceDetector(HAAR_PAPER).detection_scale((100, 100)) == 1.0
 
 
 # ------------------------------------------------------------------- alignment
@@ -429,7 +452,7 @@ def test_bad_boxes_and_modalities() -> None:
         with pytest.raises(PreprocessingError, match=message):
             FacePreprocessor(HAAR_PAPER, modalities=mods)
     with pytest.raises(PreprocessingError, match="roi"):
-        FaceDetector().detect(frame, roi=(1, 2))
+        HaarFaceDetector().detect(frame, roi=(1, 2))
 
 
 def test_small_grey_frame_without_faces(pre: FacePreprocessor) -> None:

@@ -21,8 +21,9 @@ import skimage.data
 
 from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingError, PreprocessingParams
 from cmcnn_ros.preprocessing import tflite
-from cmcnn_ros.preprocessing.detection import make_detector
-from cmcnn_ros.preprocessing.params import HAAR_PAPER
+from cmcnn_ros.preprocessing.blazeface import BlazeFaceDetector
+from cmcnn_ros.preprocessing.detector import FaceDetection, FaceDetector, NmsRule, make_detector
+from cmcnn_ros.preprocessing.params import DETECTORS, HAAR_PAPER
 from cmcnn_training.datasets import DatasetError, load_dataset
 from cmcnn_training.datasets.common import face_crop_frame
 
@@ -98,9 +99,40 @@ def test_haar_option_and_old_checkpoints():
     legacy = {k: v for k, v in PreprocessingParams().to_dict().items() if k != "detector"}
     assert PreprocessingParams.from_checkpoint(legacy).detector == "haar"
     assert PreprocessingParams.from_dict(legacy).detector == "blazeface"
-    assert type(make_detector(HAAR_PAPER)).__name__ == "FaceDetector"
+    assert type(make_detector(HAAR_PAPER)).__name__ == "HaarFaceDetector"
     with pytest.raises(PreprocessingError, match="detector"):
         PreprocessingParams(detector="mtcnn")
+
+
+def test_every_registered_detector_is_a_face_detector_with_its_own_nms():
+    for name, path in DETECTORS.items():
+        # Imported by name, so test_structure's import check cannot see it: keep detectors in this layer.
+        assert path.startswith("cmcnn_ros.preprocessing."), path
+        det = make_detector(PARAMS.replace(detector=name))
+        assert isinstance(det, FaceDetector), name
+    assert make_detector(PARAMS).nms == NmsRule(PARAMS.blazeface_nms_iou, "iou")
+    assert make_detector(HAAR_PAPER).nms == NmsRule(HAAR_PAPER.nms_overlap, "smaller")
+
+
+class BoxesOnlyBlazeFace(BlazeFaceDetector):
+    """BlazeFace with its keypoints dropped: a detector of boxes alone, as a newcomer would add one."""
+
+    has_keypoints = False
+
+    def detect(self, image, roi=None, size_range=None):
+        return [FaceDetection(d.box, d.score) for d in super().detect(image, roi, size_range)]
+
+
+def test_a_new_detector_is_one_registry_line_and_aligned_by_what_it_carries(astronaut, monkeypatch):
+    monkeypatch.setitem(DETECTORS, "boxes_only", f"{__name__}:BoxesOnlyBlazeFace")
+    pre = FacePreprocessor(PARAMS.replace(detector="boxes_only"), ("grey",))
+    assert type(pre.detector) is BoxesOnlyBlazeFace
+    boxes_only = pre.process(astronaut)
+    with_keypoints = FacePreprocessor(PARAMS, ("grey",)).process(astronaut)
+    # Same detector underneath, so the same face; boxes alone take the Haar eye path, keypoints the mesh.
+    assert len(boxes_only) == len(with_keypoints) == 1
+    assert boxes_only[0].alignment == "haar_eyes" and with_keypoints[0].alignment == "mesh"
+    assert abs(boxes_only[0].roll - with_keypoints[0].roll) < math.radians(3)
 
 
 def test_missing_or_corrupt_model_file_names_the_file(tmp_path, monkeypatch):

@@ -184,6 +184,32 @@ def test_bad_input_stops_before_training(tiny_root, tmp_path, caplog):
     assert "row illum:G needs the illumination-shift split" in refused("--rows", "illum:G", root=flat)
 
 
+def test_crop_size_has_one_check_for_preprocessing_model_and_sweep():
+    from cmcnn_ros.model.config import ModelConfig, ModelConfigError
+    from cmcnn_ros.preprocessing.params import PreprocessingError, PreprocessingParams
+    from cmcnn_training.reproduce.sweep import SweepError
+
+    def verdicts(size):
+        out = []
+        for build, error in ((lambda: PreprocessingParams(crop_size=size), PreprocessingError),
+                             (lambda: ModelConfig(input_size=size), ModelConfigError),
+                             (lambda: cli.build_sweep_config(cli.get_args_parser().parse_args(
+                                 ["--crop-size", str(size)])), SweepError)):
+            try:
+                build()
+                out.append(True)
+            except error as exc:
+                assert "[16, 1024]" in str(exc)
+                out.append(False)
+        return out
+
+    for size in (16, 48, 148, 1024):   # 148, the paper's, was refused by the sweep (not a multiple of 16)
+        assert verdicts(size) == [True] * 3, size
+    for size in (8, 15, 1025):
+        assert verdicts(size) == [False] * 3, size
+    assert cli.build_sweep_config(cli.get_args_parser().parse_args(["--preset", "paper"])).crop_size == 148
+
+
 # ---------------------------------------------------------------------------
 # Grad-CAM and cmcnn-explain
 # ---------------------------------------------------------------------------

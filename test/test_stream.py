@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL, describe_scores, valence_arousal
-from cmcnn_ros.inference.recognizer import NonFiniteScoresError, Recognizer
+from cmcnn_ros.inference.recognizer import FaceResult, NonFiniteScoresError, Recognizer
 from cmcnn_ros.inference.stream import ExpressionStream, clip_box
 from cmcnn_ros.inference.tracking import FaceTracker
 
@@ -48,10 +49,10 @@ def test_stream_matches_the_recognizer_and_keeps_the_face_id(checkpoint, frame):
         assert len(result.faces) == 1
         face = result.faces[0]
         ids.append(face.face_id)
-        # no smoothing: the stream's values are the recognizer's, derived once
-        np.testing.assert_array_equal(face.scores, reference[0].scores)
-        assert face.expression == reference[0].expression and face.confidence == reference[0].confidence
-        assert (face.valence, face.arousal) == (reference[0].valence, reference[0].arousal)
+        # no smoothing: every field is the recognizer's (scores and what they say derived once), but the box
+        for name in (f.name for f in dataclasses.fields(FaceResult) if f.name != "box"):
+            np.testing.assert_array_equal(getattr(face, name), getattr(reference[0], name), err_msg=name)
+        assert face.alignment == "mesh"  # not the field's default: a field the stream dropped would show here
         assert face.box == clip_box(reference[0].box, frame.shape[:2])
         assert face.is_new == (step == 0)
         assert result.tracked_ids == [face.face_id] and result.retired_ids == []

@@ -28,8 +28,8 @@ from ..device import DeviceError, resolve_device
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
 from ..preprocessing.depth import depth_array_to_metres
-from ..preprocessing.detection import AnyDetector
-from ..preprocessing.faces import FaceDetection, suppress_overlaps
+from ..preprocessing.detector import FaceDetection, FaceDetector
+from ..preprocessing.images import Image, as_frame
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
 
@@ -130,7 +130,7 @@ class FaceFinder:
             (stateless, what single images and training use).
     """
 
-    def __init__(self, detector: AnyDetector, interval: int = 1) -> None:
+    def __init__(self, detector: FaceDetector, interval: int = 1) -> None:
         if int(interval) < 1:
             raise RecognizerError(f"redetect_interval must be >= 1, got {interval}")
         self.detector = detector
@@ -143,8 +143,8 @@ class FaceFinder:
         self._found = []
         self._frames_since_full = 0
 
-    def find(self, image: np.ndarray) -> List[FaceDetection]:
-        """Face detections of this frame (colour BGR or grey), best first."""
+    def find(self, image: Image) -> List[FaceDetection]:
+        """Face detections of this frame (colour BGR or grey, or a checked frame), best first."""
         if self.interval == 1 or not self._found or self._frames_since_full >= self.interval:
             return self._full(image)
         found: List[FaceDetection] = []
@@ -156,13 +156,12 @@ class FaceFinder:
                 # Moved far, left or occluded: a full detection now rather than a frame without it.
                 return self._full(image)
             found.append(hits[0])
-        keep = suppress_overlaps([d.box for d in found], [d.score for d in found],
-                                 self.detector.params.nms_overlap)
-        self._found = [found[i] for i in keep]
+        # Two searches can find the same face: the detector's own rule drops the duplicate.
+        self._found = self.detector.nms.suppress(found)
         self._frames_since_full += 1
         return list(self._found)
 
-    def _full(self, image: np.ndarray) -> List[FaceDetection]:
+    def _full(self, image: Image) -> List[FaceDetection]:
         self._found = list(self.detector.detect(image))
         self._frames_since_full = 1
         return list(self._found)
@@ -269,13 +268,14 @@ class Recognizer:
             depth_m = None
             if depth is not None:
                 depth_m = depth_array_to_metres(depth, depth_scale)
+            frame = as_frame(colour)  # checked and converted once for the finder and the crops
             detect_ms = None
             detections = None
             if boxes is None and self.face_finder.interval > 1:
                 t0 = time.perf_counter()
-                detections = self.face_finder.find(colour)
+                detections = self.face_finder.find(frame)
                 detect_ms = (time.perf_counter() - t0) * 1000.0
-            faces = self.preprocessor.process(colour, depth_m, boxes=boxes, detections=detections)
+            faces = self.preprocessor.process(frame, depth_m, boxes=boxes, detections=detections)
         except PreprocessingError as exc:
             raise RecognizerError(str(exc)) from exc
         timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
@@ -307,9 +307,8 @@ class Recognizer:
         return self.model.predict_proba(x).float().cpu().numpy()
 
     def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
-        expression, confidence, valence, arousal = describe_scores(probs, self.class_names)
-        return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found,
-                          expression=expression, confidence=confidence,
-                          scores=probs.astype(np.float32), valence=valence, arousal=arousal,
+        """The one place a face's crops and scores become its result (what the stream and node pass on)."""
+        return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found, scores=probs.astype(np.float32),
                           depth_valid=bool(face.depth_valid and "depth" in self.modalities),
-                          depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment)
+                          depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment,
+                          **describe_scores(probs, self.class_names)._asdict())

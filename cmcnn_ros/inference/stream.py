@@ -19,9 +19,10 @@ offline figures measure what the node publishes. ROS-free.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -49,6 +50,12 @@ class StreamFace(FaceResult):
 
     face_id: str = ""
     is_new: bool = False
+
+    @classmethod
+    def from_result(cls, result: FaceResult, **changes: Any) -> "StreamFace":
+        """Every field of ``result`` (one added to :class:`FaceResult` too), then ``changes``."""
+        fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(FaceResult)}
+        return cls(**{**fields, **changes})
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-friendly dict: the recognizer's fields plus ``face_id``."""
@@ -140,12 +147,8 @@ class ExpressionStream:
         out: List[StreamFace] = []
         for face, track in zip(faces, tracked):
             scores = track.scores   # float32; smoothed when smoothing is on (the tracker always gets scores)
-            expression, confidence, valence, arousal = describe_scores(scores, self.class_names)
-            out.append(StreamFace(
-                face_id=track.face_id, box=clip_box(face.box, colour.shape[:2]), roll=float(face.roll),
-                eyes_found=bool(face.eyes_found), expression=expression, confidence=confidence, scores=scores,
-                valence=valence, arousal=arousal, depth_valid=bool(face.depth_valid),
-                depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment,
-                is_new=track.is_new))
+            out.append(StreamFace.from_result(
+                face, face_id=track.face_id, is_new=track.is_new, box=clip_box(face.box, colour.shape[:2]),
+                scores=scores, **describe_scores(scores, self.class_names)._asdict()))
         return StreamResult(faces=out, tracked_ids=[t.face_id for t in self.tracker.tracks],
                             retired_ids=list(self.tracker.removed), timings=dict(result.timings))

@@ -5,7 +5,7 @@ Public API::
     from cmcnn_ros.model import cmcnn, ModelConfig, make_loss, save_checkpoint, load_checkpoint
 
     model = cmcnn(preset="default", modalities=("grey", "lbp", "depth"), num_classes=7)
-    logits = model(x)                      # x: (B, M, 148, 148) float in [0, 1]
+    logits = model(x)                      # x: (B, M, S, S) float in [0, 1], S = config.input_size
     probs = model.predict_proba(x)         # softmax over the logits
     loss = make_loss("soft_focal", sigma=0.1, gamma=2.0)(logits, labels)
 """

@@ -1,10 +1,11 @@
 """CM-CNN: FENs + cross-modality fusion + classifier (Section III, Figs. 2-5, eq. 4).
 
 Data flow for an input ``x`` of shape ``(B, M, S, S)`` (channels in
-``config.modalities`` order, ``S = 148``)::
+``config.modalities`` order, ``S = config.input_size``: the checkpoint's
+preprocessing ``crop_size``, 148 in the paper, 48 in the default weights)::
 
-    f_m  = FEN_m(x[:, m])                    (B, C, 9, 9) per modality    Section III-C
-    f_v  = fusion([f_m])                     (B, D)                       Section III-D
+    f_m  = FEN_m(x[:, m])                    (B, C, S/16, S/16) per modality   Section III-C
+    f_v  = fusion([f_m])                     (B, D)                            Section III-D
     s    = PReLU(FC(BN(f_v)))                (B, num_classes)  "logits"
     F    = sigmoid(s)                        eq. (4)
 

@@ -32,13 +32,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple
 
-from ..modalities import DEPTH_MODALITIES, TEXTURE_MODALITIES, modality_problem
+from ..modalities import DEPTH_MODALITIES, TEXTURE_MODALITIES, crop_size_problem, modality_problem
 
 FUSIONS: Tuple[str, ...] = ("cmfn", "concat")
 ATTENTIONS: Tuple[str, ...] = ("sigmoid", "softmax")
 EMBEDDING_NORMS: Tuple[str, ...] = ("batchnorm", "none")
 
-#: Both FEN types halve the resolution four times (148 -> 74 -> 37 -> 18 -> 9).
+#: Both FEN types halve the resolution four times (148 -> 74 -> 37 -> 18 -> 9 at the
+#: paper's crop size; 48 -> 3 at the default weights'), hence the smallest crop of
+#: :data:`~cmcnn_ros.modalities.CROP_SIZE_RANGE`.
 NUM_STAGES = 4
 
 
@@ -59,7 +61,11 @@ class ModelConfig:
             ``"concat"`` (global max+average pooled FEN features
             concatenated; the paper's baseline). With a single modality both
             reduce to pooling its own features.
-        input_size: Side of the square input crops (paper: 148).
+        input_size: Side of the square input crops: the preprocessing's
+            ``crop_size``, from which it is derived when a model is built for
+            a run (``cmcnn_training.builders.build_model_config``); a
+            checkpoint whose two sides differ is refused by the recognizer.
+            Checked by :func:`~cmcnn_ros.modalities.crop_size_problem`.
         depth_widths: Output channels of the four conv layers of the
             shallow depth FEN (Fig. 3(a)).
         depth_kernels: Kernel sizes of those four conv layers.
@@ -141,7 +147,9 @@ class ModelConfig:
         _check_int("num_classes", self.num_classes, 2)
         if self.fusion not in FUSIONS:
             raise ModelConfigError(f"ModelConfig.fusion={self.fusion!r}; choose from {FUSIONS}")
-        _check_int("input_size", self.input_size, 2 ** NUM_STAGES)
+        problem = crop_size_problem(self.input_size)
+        if problem:
+            raise ModelConfigError(f"ModelConfig.input_size={self.input_size!r}: {problem}")
         for name in ("depth_widths", "depth_kernels", "texture_widths", "texture_kernels"):
             values = getattr(self, name)
             if len(values) != NUM_STAGES:
@@ -193,14 +201,6 @@ class ModelConfig:
         if all(m in DEPTH_MODALITIES for m in self.modalities):
             return self.depth_widths[-1]
         return self.texture_widths[-1]
-
-    @property
-    def feature_size(self) -> int:
-        """Side of every FEN output map (148 -> 9)."""
-        size = self.input_size
-        for _ in range(NUM_STAGES):
-            size //= 2
-        return size
 
     # --------------------------------------------------------- conversions
     def to_dict(self) -> Dict[str, Any]:

@@ -12,15 +12,16 @@ Depth from 3-D scans (gridfit) is offline work and lives with the trainer
 from ..modalities import MODALITIES
 from .alignment import Aligner, Alignment, EyeLocator, EyePair, crop_transform, warp_crop
 from .depth import DepthCrop, depth_array_to_metres, face_depth_crop
-from .detection import FaceDetector, make_detector
-from .faces import FaceDetection, suppress_overlaps
+from .detector import FaceDetection, FaceDetector, NmsRule, make_detector, suppress_overlaps
+from .haar import HaarFaceDetector
+from .images import Frame, to_grey
 from .params import PreprocessingError, PreprocessingParams
-from .pipeline import FaceCrops, FacePreprocessor, check_modalities, to_grey
+from .pipeline import FaceCrops, FacePreprocessor, check_modalities
 from .texture import GaborBank, hog_image, lbp_default_codes, lbp_image
 
 __all__ = [
-    "Aligner", "Alignment", "DepthCrop", "EyeLocator", "EyePair", "FaceCrops", "FaceDetection",
-    "FaceDetector", "FacePreprocessor", "GaborBank", "MODALITIES", "PreprocessingError",
+    "Aligner", "Alignment", "DepthCrop", "EyeLocator", "EyePair", "FaceCrops", "FaceDetection", "FaceDetector",
+    "FacePreprocessor", "Frame", "GaborBank", "HaarFaceDetector", "MODALITIES", "NmsRule", "PreprocessingError",
     "PreprocessingParams", "check_modalities", "crop_transform", "depth_array_to_metres", "face_depth_crop",
     "hog_image", "lbp_default_codes", "lbp_image", "make_detector", "suppress_overlaps", "to_grey", "warp_crop",
 ]

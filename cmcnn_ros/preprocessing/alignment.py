@@ -2,15 +2,18 @@
 
 Ni et al. (IEEE TCDS 2023) rotate every detected face by theta, the angle
 between the line joining the two eye centres and the horizontal (eq. 1); they
-locate the eyes with DRMF. Two paths, chosen by ``params.detector``:
+locate the eyes with DRMF. Two paths, chosen by what the face detector's
+detections carry (:attr:`~.detector.FaceDetector.has_keypoints`,
+:func:`make_aligner`):
 
-* ``blazeface`` (default, :class:`LandmarkAligner`): the eyes are the
-  FaceMesh eye-contour centres (:mod:`.facemesh`) and the crop is framed by
-  the mesh; when the mesh is implausible the detector's eye keypoints give
-  the roll and its box the framing (``method="keypoints"``).
-* ``haar`` (:class:`Aligner`): OpenCV's Haar eye cascade on the upper part
-  of the face box; the best left/right pair is chosen by geometry. When no
-  plausible pair exists the roll falls back to 0 and ``eyes_found`` says so.
+* with keypoints (BlazeFace, the default; :class:`LandmarkAligner`): the eyes
+  are the FaceMesh eye-contour centres (:mod:`.facemesh`) and the crop is
+  framed by the mesh; when the mesh is implausible the detection's eye
+  keypoints give the roll and its box the framing (``method="keypoints"``).
+* boxes alone (the paper's Viola-Jones; :class:`Aligner`): OpenCV's Haar eye
+  cascade on the upper part of the face box; the best left/right pair is
+  chosen by geometry. When no plausible pair exists the roll falls back to 0
+  and ``eyes_found`` says so.
 
 Each :class:`Alignment` says which path its face took (``method``).
 
@@ -28,15 +31,15 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
-from .blazeface import detector_roll
-from .detection import load_cascade
-from .faces import Box, FaceDetection
+from .detector import Box, FaceDetection
 from .facemesh import FaceMeshModel, Region
+from .haar import load_cascade
+from .images import Frame
 from .params import PreprocessingParams
 
 logger = logging.getLogger(__name__)
@@ -302,14 +305,15 @@ class Aligner:
         self.params = params or PreprocessingParams()
         self.eyes = EyeLocator(self.params) if self.params.align else None
 
-    def align(self, grey: np.ndarray, box: Box) -> Alignment:
+    def align(self, frame: Frame, box: Box, detection: Optional[FaceDetection] = None) -> Alignment:
         """Measure the roll of the face in ``box`` and build its crop transform.
 
         Args:
-            grey: ``uint8`` HxW frame.
+            frame: the frame (its grey copy is searched).
             box: ``(x, y, w, h)`` face box in frame pixels.
+            detection: the detection of ``box``, if any (a box is all this path reads).
         """
-        pair = self.eyes.locate(grey, box) if self.eyes is not None else None
+        pair = self.eyes.locate(frame.grey, box) if self.eyes is not None else None
         if pair is None and self.eyes is not None:
             logger.debug("no plausible eye pair in face box %s: roll 0", box)
         roll = pair.roll if pair is not None else 0.0
@@ -339,18 +343,20 @@ class LandmarkAligner:
         self.params = params or PreprocessingParams()
         self.mesh = FaceMeshModel(self.params) if self.params.align else None
 
-    def align(self, rgb: np.ndarray, box: Box, detection: Optional[FaceDetection] = None) -> Alignment:
+    def align(self, frame: Frame, box: Box, detection: Optional[FaceDetection] = None) -> Alignment:
         """Landmarks, roll and crop transform of one face.
 
         Args:
-            rgb: ``uint8`` RGB HxWx3 frame.
+            frame: the frame (its RGB copy feeds the mesh).
             box: the face box ``(x, y, w, h)`` (whole-face framing).
-            detection: the BlazeFace detection of ``box``, when it came from the detector.
+            detection: the detection of ``box``, when it came from the
+                detector; its eye keypoints and ``detector_box`` seed the mesh.
         """
         p = self.params
+        rgb = frame.rgb
         key_roll = None
         if detection is not None and detection.keypoints is not None:
-            key_roll = detector_roll(detection.keypoints)
+            key_roll = keypoint_roll(detection.keypoints)
         if self.mesh is None:
             return self._from_box(box, 0.0, False, None, "none")
         x, y, w, h = (float(v) for v in box)
@@ -397,3 +403,19 @@ def crop_transform_centre(centre: Point, side: float, roll: float, crop_size: in
     half = (crop_size - 1) / 2.0
     return np.array([[c, s, half - c * cx - s * cy],
                      [-s, c, half + s * cx - c * cy]], dtype=np.float64)
+
+
+def keypoint_roll(keypoints: Sequence[Sequence[float]]) -> float:
+    """Roll (radians, image coordinates) of the line from keypoint 0 (image-left eye) to 1 (image-right eye)."""
+    (x0, y0), (x1, y1) = keypoints[0], keypoints[1]
+    return math.atan2(y1 - y0, x1 - x0)
+
+
+def make_aligner(params: PreprocessingParams, has_keypoints: bool) -> Union[Aligner, LandmarkAligner]:
+    """The aligner for a detector's faces: FaceMesh when its detections carry eye keypoints, else Haar eyes.
+
+    Chosen by what the detections carry, not by the detector's name, so a new
+    detector needs no change here. Given boxes (ground truth, dataset crops)
+    take the same path as the detector's faces, as in training.
+    """
+    return LandmarkAligner(params) if has_keypoints else Aligner(params)

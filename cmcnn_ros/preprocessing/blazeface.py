@@ -18,13 +18,13 @@ ground-truth matching, tracking and the Haar path agree on what a face box is.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-from ..boxes import iou
-from .faces import Box, FaceDetection, check_image, size_filter
+from .detector import Box, FaceDetection, NmsRule, size_filter
+from .images import Image, as_frame
 from .params import PreprocessingError, PreprocessingParams
 from .tflite import TFLiteModel
 
@@ -58,6 +58,13 @@ def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
                  threshold: float) -> List[Tuple[np.ndarray, np.ndarray, float]]:
     """MediaPipe's weighted NMS: each cluster (IoU > threshold) is averaged, weighted by score.
 
+    Not the package's greedy :func:`~.detector.suppress_overlaps` on purpose:
+    this is the decoding step of the model's raw anchors, where one face
+    fires many neighbouring anchors, and MediaPipe's decoder averages them
+    (box and keypoints); the box mapping (module docstring) was measured on
+    its output. Detections of the whole frame and the tiles are
+    then merged by the greedy rule (:attr:`BlazeFaceDetector.nms`).
+
     Args:
         boxes: ``(N, 4)`` ``x0, y0, x1, y1``.
         keypoints: ``(N, K, 2)``.
@@ -85,10 +92,9 @@ def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
 
 
 class BlazeFaceDetector:
-    """Full-range BlazeFace on a letterboxed frame or a square region of it.
+    """Full-range BlazeFace on a letterboxed frame or a square region of it (``detector: blazeface``).
 
-    Same interface as the Haar :class:`~cmcnn_ros.preprocessing.detection.FaceDetector`
-    (``detect(image, roi=None, size_range=None)``); boxes come with keypoints.
+    A :class:`~.detector.FaceDetector` whose boxes come with keypoints.
     Not thread-safe (one LiteRT interpreter): one per thread.
 
     Args:
@@ -97,8 +103,11 @@ class BlazeFaceDetector:
             ``detector_threads``).
     """
 
+    has_keypoints = True
+
     def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
         self.params = params or PreprocessingParams()
+        self.nms = NmsRule(self.params.blazeface_nms_iou, "iou")
         self.model = TFLiteModel(MODEL_FILE, self.params.detector_threads)
         self.size = self.model.input_size
         self._anchors = _anchors()
@@ -136,7 +145,7 @@ class BlazeFaceDetector:
             return [int(round(v)) for v in np.linspace(0, length - side, n)]
         return [(x, y, min(side, w), min(side, h)) for y in starts(h) for x in starts(w)]
 
-    def detect(self, image: np.ndarray, roi: Optional[Box] = None,
+    def detect(self, image: Image, roi: Optional[Box] = None,
                size_range: Optional[Tuple[float, float]] = None) -> List[FaceDetection]:
         """Find every face in ``image`` (or in the square around ``roi``).
 
@@ -145,7 +154,8 @@ class BlazeFaceDetector:
         best-scoring box.
 
         Args:
-            image: ``uint8`` BGR HxWx3 (best), BGRA or grey HxW frame.
+            image: ``uint8`` BGR HxWx3 (best), BGRA or grey HxW frame, or a
+                :class:`~.images.Frame` (its RGB copy is shared).
             roi: optional ``(x, y, w, h)`` region in frame pixels to search
                 (a tracker's neighbourhood of a previous box); the square
                 around it is resampled into the model input, so small faces
@@ -160,11 +170,7 @@ class BlazeFaceDetector:
         Raises:
             PreprocessingError: bad image, roi or size_range.
         """
-        return self.detect_rgb(check_image(image), roi, size_range)
-
-    def detect_rgb(self, rgb: np.ndarray, roi: Optional[Box] = None,
-                   size_range: Optional[Tuple[float, float]] = None) -> List[FaceDetection]:
-        """:meth:`detect` on a frame already converted to RGB ``uint8`` HxWx3 (the pipeline's own copy)."""
+        rgb = as_frame(image).rgb
         if roi is not None:
             try:
                 roi = tuple(float(v) for v in roi)  # type: ignore[assignment]
@@ -176,12 +182,7 @@ class BlazeFaceDetector:
         dets = self._detect(rgb, None, size_range)
         for tile in self.tiles(rgb.shape[:2]):
             dets.extend(self._detect(rgb, tile, size_range))
-        dets.sort(key=lambda d: -d.score)
-        kept: List[FaceDetection] = []
-        for d in dets:
-            if all(iou(d.box, k.box) <= self.params.blazeface_nms_iou for k in kept):
-                kept.append(d)
-        return kept
+        return self.nms.suppress(dets)
 
     def _detect(self, rgb: np.ndarray, roi: Optional[Box],
                 size_range: Optional[Tuple[float, float]]) -> List[FaceDetection]:
@@ -212,7 +213,7 @@ class BlazeFaceDetector:
         inv = cv2.invertAffineTransform(m)
         dets: List[FaceDetection] = []
         lo, hi = size_range if size_range is not None else (self.params.min_face_size, self.params.max_face_size)
-        for box, kp, score in weighted_nms(boxes, kps, scores, self.params.blazeface_nms_iou):
+        for box, kp, score in weighted_nms(boxes, kps, scores, self.nms.max_overlap):
             (x0, y0), (x1, y1) = _apply(inv, np.array([[box[0], box[1]], [box[2], box[3]]]))
             kp_frame = _apply(inv, kp)
             w, h = (x1 - x0) * _BOX_SCALE[0], (y1 - y0) * _BOX_SCALE[1]
@@ -258,9 +259,3 @@ def _letterbox_area(rgb: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     dh = max(1, min(size - dy0, int(round(s * (y1 - y0)))))
     out[dy0:dy0 + dh, dx0:dx0 + dw] = cv2.resize(rgb[y0:y1, x0:x1], (dw, dh), interpolation=cv2.INTER_AREA)
     return out
-
-
-def detector_roll(keypoints: Sequence[Sequence[float]]) -> float:
-    """Roll (radians, image coordinates) of the line from keypoint 0 (image-left eye) to 1."""
-    (x0, y0), (x1, y1) = keypoints[0], keypoints[1]
-    return math.atan2(y1 - y0, x1 - x0)

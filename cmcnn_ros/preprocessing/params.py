@@ -1,7 +1,8 @@
 """Preprocessing parameters: the single source of truth for Section III-B.
 
 Ni et al. (IEEE TCDS 2023), Section III-B, turn one RGB-D frame into
-148x148 facial crops: Viola-Jones face detection, rotation rectification from
+square facial crops (148 px in the paper, ``crop_size`` here; the default
+weights use 48): Viola-Jones face detection, rotation rectification from
 the eye line (eq. 1), grey-scale, LBP (eq. 2) and depth images. Every number
 that changes what the network sees lives in :class:`PreprocessingParams`, and
 a copy is stored in every checkpoint (``"preprocessing"``) so training,
@@ -18,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Tuple
 
+from ..modalities import crop_size_problem
+
 #: LBP mapping methods of ``skimage.feature.local_binary_pattern``.
 LBP_METHODS: Tuple[str, ...] = ("default", "ror", "uniform", "nri_uniform", "var")
 
@@ -28,9 +31,17 @@ FACE_CASCADES: Tuple[str, ...] = (
 )
 EYE_CASCADES: Tuple[str, ...] = ("haarcascade_eye.xml", "haarcascade_eye_tree_eyeglasses.xml")
 
-#: Face detectors: MediaPipe's full-range BlazeFace with FaceMesh landmarks
-#: (default), or the paper's Viola-Jones with Haar eyes.
-DETECTORS: Tuple[str, ...] = ("blazeface", "haar")
+#: The face detectors the ``detector`` setting names: name -> ``"module:class"``
+#: of a :class:`~cmcnn_ros.preprocessing.detector.FaceDetector`, built by
+#: ``make_detector``. Import paths rather than classes: every detector imports
+#: this module, which checks the name. Adding a detector is one line here
+#: (docs/ARCHITECTURE.md, "Adding a face detector").
+DETECTORS: Dict[str, str] = {
+    # MediaPipe's full-range BlazeFace, with keypoints (FaceMesh alignment); the default.
+    "blazeface": "cmcnn_ros.preprocessing.blazeface:BlazeFaceDetector",
+    # The paper's Viola-Jones (Haar cascade), boxes only (Haar eye alignment).
+    "haar": "cmcnn_ros.preprocessing.haar:HaarFaceDetector",
+}
 
 
 class PreprocessingError(ValueError):
@@ -42,15 +53,18 @@ class PreprocessingParams:
     """Settings of the Section III-B preprocessing.
 
     Geometry:
-        crop_size: side of every output crop in pixels (paper: 148).
+        crop_size: side of every output crop in pixels (paper: 148; the
+            default weights: 48). The one home of the crop size: the model's
+            ``input_size`` is derived from it when a model is built for these
+            params, and both are checked by :func:`~cmcnn_ros.modalities.crop_size_problem`.
         crop_margin: fraction of the detected box side added on *each* side
             before resizing to ``crop_size`` (0.1 turns a 100 px box into a
             120 px square region).
 
     Face detection:
-        detector: ``"blazeface"`` (MediaPipe full-range BlazeFace, eye centres
-            from the 468-point FaceMesh; the default) or ``"haar"`` (the
-            paper's Viola-Jones with Haar eyes). A checkpoint written before
+        detector: a name in :data:`DETECTORS`: ``"blazeface"`` (MediaPipe
+            full-range BlazeFace, eye centres from the 468-point FaceMesh; the
+            default) or ``"haar"`` (the paper's Viola-Jones with Haar eyes). A checkpoint written before
             this field existed was trained with Haar and loads as ``"haar"``.
         min_face_size: smallest face to find, in full-frame pixels (whole-face
             box side). BlazeFace finds faces down to ~25 px (3 m from a VGA
@@ -195,7 +209,9 @@ class PreprocessingParams:
                 raise PreprocessingError(
                     f"PreprocessingParams.{name}={getattr(self, name)!r} is invalid: {what}")
 
-        for name in ("crop_size", "detect_max_side", "min_face_size", "max_face_size", "min_neighbors",
+        problem = crop_size_problem(self.crop_size)
+        need(problem is None, "crop_size", problem or "")
+        for name in ("detect_max_side", "min_face_size", "max_face_size", "min_neighbors",
                      "eye_region_width", "eye_min_neighbors", "lbp_points", "hog_orientations",
                      "hog_pixels_per_cell", "gabor_orientations", "depth_fill_kernel", "detector_threads",
                      "detect_tile_side"):
@@ -212,9 +228,8 @@ class PreprocessingParams:
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                  name, "must be a finite number")
 
-        need(16 <= self.crop_size <= 1024, "crop_size", "must be in [16, 1024]")
         need(0.0 <= self.crop_margin <= 1.0, "crop_margin", "must be in [0, 1]")
-        need(self.detector in DETECTORS, "detector", f"must be one of {DETECTORS}")
+        need(isinstance(self.detector, str) and self.detector in DETECTORS, "detector", f"must be one of {tuple(DETECTORS)}")
         need(0.0 < self.blazeface_min_score < 1.0, "blazeface_min_score", "must be in (0, 1)")
         need(0.0 < self.blazeface_nms_iou < 1.0, "blazeface_nms_iou", "must be in (0, 1)")
         need(self.detect_tile_side == 0 or self.detect_tile_side >= 96, "detect_tile_side",

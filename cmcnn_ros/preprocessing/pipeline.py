@@ -3,8 +3,8 @@
 The order follows Ni et al. (IEEE TCDS 2023), Section III-B and Fig. 2:
 face detection (BlazeFace by default, V-J as the paper's option),
 rotation rectification from the eye line (eq. 1),
-grey-scale conversion, LBP (eq. 2) and the facial depth image, each
-``crop_size`` (148) square. HOG and Gabor images are available for the
+grey-scale conversion, LBP (eq. 2) and the facial depth image, each a
+``crop_size`` square (148 px in the paper, 48 in the default weights). HOG and Gabor images are available for the
 ablation rows of Tables II/III. Only the requested modalities are computed.
 """
 
@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 
 from ..modalities import DEPTH_MODALITIES, modality_problem
-from .alignment import Aligner, Alignment, LandmarkAligner, warp_crop
+from .alignment import make_aligner, warp_crop
 from .depth import face_depth_crop
-from .detection import make_detector
-from .faces import Box, FaceDetection, check_image
+from .detector import Box, FaceDetection, make_detector
+from .images import Frame, Image, as_frame
 from .model_input import build_model_input
 from .params import PreprocessingError, PreprocessingParams
 from .texture import TextureImages
@@ -74,34 +74,6 @@ def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
     if problem:
         raise PreprocessingError(problem)
     return tuple(modalities)
-
-
-def to_grey(colour: np.ndarray) -> np.ndarray:
-    """Grey ``uint8`` HxW from BGR, BGRA or grey ``uint8`` input.
-
-    Raises:
-        PreprocessingError: not a non-empty uint8 HxW / HxWx1 / HxWx3 / HxWx4 array.
-    """
-    if not isinstance(colour, np.ndarray):
-        raise PreprocessingError(f"colour must be a numpy array, got {type(colour).__name__}")
-    if colour.size == 0:
-        raise PreprocessingError(f"colour frame is empty (shape {colour.shape})")
-    if colour.dtype != np.uint8:
-        raise PreprocessingError(
-            f"colour must be uint8 (BGR, BGRA or grey), got dtype {colour.dtype}; scale float images "
-            "to 0..255 and convert with .astype(np.uint8)")
-    if colour.ndim == 2:
-        return colour
-    if colour.ndim == 3:
-        channels = colour.shape[2]
-        if channels == 1:
-            return np.ascontiguousarray(colour[:, :, 0])
-        if channels == 3:
-            return cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY)
-        if channels == 4:
-            return cv2.cvtColor(colour, cv2.COLOR_BGRA2GRAY)
-    raise PreprocessingError(
-        f"colour must be HxW grey, HxWx3 BGR or HxWx4 BGRA, got shape {colour.shape}")
 
 
 def _check_depth(depth_m: np.ndarray, frame_shape: Tuple[int, int]) -> np.ndarray:
@@ -173,8 +145,7 @@ class FacePreprocessor:
         self.params = params or PreprocessingParams()
         self.modalities = check_modalities(modalities)
         self.detector = make_detector(self.params)
-        self.aligner: Aligner | LandmarkAligner = (
-            LandmarkAligner(self.params) if self.params.detector == "blazeface" else Aligner(self.params))
+        self.aligner = make_aligner(self.params, self.detector.has_keypoints)
         self._texture = TextureImages(self.params, self.modalities)
         self._clock = clock
         self.last_timings: Dict[str, float] = {}
@@ -182,13 +153,14 @@ class FacePreprocessor:
     def _ms(self, start: float) -> float:
         return (self._clock() - start) * 1000.0
 
-    def process(self, colour: np.ndarray, depth_m: Optional[np.ndarray] = None,
+    def process(self, colour: Image, depth_m: Optional[np.ndarray] = None,
                 boxes: Optional[Sequence[Sequence[float]]] = None,
                 detections: Optional[Sequence[FaceDetection]] = None) -> List[FaceCrops]:
         """Detect, align and crop every face of a frame.
 
         Args:
-            colour: ``uint8`` BGR HxWx3, BGRA HxWx4 or grey HxW frame.
+            colour: ``uint8`` BGR HxWx3, BGRA HxWx4 or grey HxW frame, or a
+                :class:`~.images.Frame` of one (whose copies are then shared).
             depth_m: ``float32`` HxW metres registered to ``colour`` (0/NaN =
                 no reading) or None (depth crops are then zeros, invalid).
             boxes: optional ``(x, y, w, h)`` face boxes in colour pixels; they
@@ -207,31 +179,25 @@ class FacePreprocessor:
         """
         t_frame = self._clock()
         t0 = self._clock()
-        grey = to_grey(colour)
-        rgb = check_image(colour) if isinstance(self.aligner, LandmarkAligner) else None
+        frame = as_frame(colour)
+        _ = frame.grey  # made now (timed as "convert"): every crop reads it; RGB only if a model reads it
         if depth_m is not None:
-            depth_m = _check_depth(depth_m, grey.shape)
+            depth_m = _check_depth(depth_m, frame.shape)
         timings: Dict[str, float] = {"convert": self._ms(t0)}
 
         t0 = self._clock()
         found: List[Optional[FaceDetection]]
         if boxes is None:
-            if detections is not None:
-                found = list(detections)
-            elif rgb is not None:  # BlazeFace: reuse the RGB copy the aligner needs too
-                found = list(self.detector.detect_rgb(rgb))
-            else:
-                found = list(self.detector.detect(grey))
+            found = list(detections if detections is not None else self.detector.detect(frame))
             face_boxes = [d.box for d in found]  # type: ignore[union-attr]
         else:
-            face_boxes = _check_boxes(boxes, grey.shape)
+            face_boxes = _check_boxes(boxes, frame.shape)
             found = [None] * len(face_boxes)
         timings["detect"] = self._ms(t0)
         for key in ("align",) + self.modalities:
             timings[key] = 0.0
 
-        faces = [self._crop_face(grey, rgb, depth_m, box, det, timings)
-                 for box, det in zip(face_boxes, found)]
+        faces = [self._crop_face(frame, depth_m, box, det, timings) for box, det in zip(face_boxes, found)]
         timings["total"] = self._ms(t_frame)
         for face in faces:
             face.timings["convert"] = timings["convert"]
@@ -239,22 +205,15 @@ class FacePreprocessor:
         self.last_timings = timings
         return faces
 
-    def _align(self, grey: np.ndarray, rgb: Optional[np.ndarray], box: Box,
-               detection: Optional[FaceDetection]) -> Alignment:
-        if isinstance(self.aligner, LandmarkAligner):
-            assert rgb is not None
-            return self.aligner.align(rgb, box, detection)
-        return self.aligner.align(grey, box)
-
-    def _crop_face(self, grey: np.ndarray, rgb: Optional[np.ndarray], depth_m: Optional[np.ndarray], box: Box,
+    def _crop_face(self, frame: Frame, depth_m: Optional[np.ndarray], box: Box,
                    detection: Optional[FaceDetection], frame_timings: Dict[str, float]) -> FaceCrops:
         p = self.params
         t: Dict[str, float] = {}
         t0 = self._clock()
-        alignment = self._align(grey, rgb, box, detection)
+        alignment = self.aligner.align(frame, box, detection)
         score = detection.score if detection is not None else float("nan")
         box = alignment.box or box
-        grey_crop = warp_crop(grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0, cv2.BORDER_REPLICATE)
+        grey_crop = warp_crop(frame.grey, alignment.matrix, p.crop_size, cv2.INTER_LINEAR, 0.0, cv2.BORDER_REPLICATE)
         t["align"] = self._ms(t0)
 
         crops: Dict[str, np.ndarray] = {}

@@ -29,11 +29,6 @@ HRI_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
 HRI_TRACKED_TOPIC = "/humans/faces/tracked"
 
 
-def hri_available() -> bool:
-    """hri_msgs is installed, so ROS4HRI topics can be published."""
-    return HriExpression is not None
-
-
 class HriPublisher:
     """The ROS4HRI publishers of one node.
 

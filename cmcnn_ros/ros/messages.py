@@ -3,45 +3,63 @@
 The values are the stream's (:class:`cmcnn_ros.inference.stream.StreamFace`:
 id, clipped box, smoothed scores and what is derived from them); this module
 only copies them into message fields, beside :mod:`cmcnn_ros.ros.conversions`
-(images in) as the way out.
+(images in) as the way out. :func:`emotion` is the one place a face becomes
+an ``Emotion``; every field of a face reaches it unless
+:data:`NOT_IN_MESSAGE` says why not (``test/test_messages.py`` holds the two
+together, so a new field of the face is either published or left out on
+purpose).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Sequence
 
 import numpy as np
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from cmcnn_ros.inference.annotate import Annotation, draw_annotations
+from cmcnn_ros.inference.stream import StreamFace
 from cmcnn_ros.ros import conversions
 
-
-def emotion_array(header: Any, class_names: Sequence[str], faces: Sequence[Any]) -> Any:
-    """An ``EmotionArray`` with the colour image's ``header`` and one ``Emotion`` per face."""
+if TYPE_CHECKING:
     from cmcnn_ros.msg import Emotion, EmotionArray
 
-    out = EmotionArray()
-    out.header = header
-    out.classes = [str(c) for c in class_names]
-    for face in faces:
-        x, y, w, h = face.box
-        e = Emotion()
-        e.face_id = face.face_id
-        e.roi = RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w), height=int(h), do_rectify=False)
-        e.roll = float(face.roll)
-        e.eyes_found = bool(face.eyes_found)
-        e.expression = face.expression
-        e.confidence = float(face.confidence)
-        e.scores = [float(s) for s in np.asarray(face.scores).reshape(-1)]
-        e.valence, e.arousal = float(face.valence), float(face.arousal)
-        e.depth_valid = bool(face.depth_valid)
-        e.depth_valid_fraction = float(face.depth_valid_fraction)
-        out.faces.append(e)
-    return out
+#: Fields of :class:`StreamFace` that ``Emotion`` does not carry, and why.
+NOT_IN_MESSAGE: Dict[str, str] = {
+    "alignment": "which crop path a face took is a diagnostic of the offline tools (cmcnn-recognize, "
+                 "bag reports); eyes_found says what a consumer needs",
+    "is_new": "a consumer learns new faces from face_id (and ROS4HRI's /humans/faces/tracked)",
+}
 
 
-def debug_image(header: Any, colour: np.ndarray, class_names: Sequence[str], faces: Sequence[Any]) -> Image:
+def emotion(face: StreamFace) -> "Emotion":
+    """The ``Emotion`` of one stream face: every published field, converted to the message's types."""
+    from cmcnn_ros.msg import Emotion
+
+    x, y, w, h = face.box
+    return Emotion(
+        face_id=face.face_id,
+        roi=RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w), height=int(h), do_rectify=False),
+        roll=float(face.roll),
+        eyes_found=bool(face.eyes_found),
+        expression=face.expression,
+        confidence=float(face.confidence),
+        scores=[float(s) for s in np.asarray(face.scores).reshape(-1)],
+        valence=float(face.valence),
+        arousal=float(face.arousal),
+        depth_valid=bool(face.depth_valid),
+        depth_valid_fraction=float(face.depth_valid_fraction),
+    )
+
+
+def emotion_array(header: Any, class_names: Sequence[str], faces: Sequence[StreamFace]) -> "EmotionArray":
+    """An ``EmotionArray`` with the colour image's ``header`` and one ``Emotion`` per face."""
+    from cmcnn_ros.msg import EmotionArray
+
+    return EmotionArray(header=header, classes=[str(c) for c in class_names], faces=[emotion(f) for f in faces])
+
+
+def debug_image(header: Any, colour: np.ndarray, class_names: Sequence[str], faces: Sequence[StreamFace]) -> Image:
     """The colour frame with each face's box, id, expression and class scores (``bgr8``)."""
     img = draw_annotations(colour, [
         Annotation(face.box, f"{face.face_id} {face.expression} {face.confidence:.2f}"

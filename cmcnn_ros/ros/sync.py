@@ -188,10 +188,6 @@ class LatestSlot(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
-    def reopen(self) -> None:
-        with self._cond:
-            self._closed = False
-
 
 @dataclass
 class _InputSeen:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import resources
 from ..atomic_io import write_bytes_atomic
-from .image_cli import add_image_arguments, read_inputs, run_image_tool
+from .single_image import add_image_arguments, read_inputs, run_image_tool
 
 logger = logging.getLogger("cmcnn-explain")
 

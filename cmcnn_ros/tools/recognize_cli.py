@@ -24,7 +24,7 @@ from .. import resources
 from ..inference.annotate import Annotation, draw_annotations
 from ..preprocessing.params import PreprocessingParams
 from ..preprocessing.pipeline import FacePreprocessor
-from .image_cli import add_image_arguments, read_inputs, run_image_tool, write_png_atomic
+from .single_image import add_image_arguments, read_inputs, run_image_tool, write_png_atomic
 
 logger = logging.getLogger("cmcnn-recognize")
 

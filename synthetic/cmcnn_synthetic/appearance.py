@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -452,13 +452,3 @@ def subject_albedo(subject_id: int, variation: str = "classic") -> np.ndarray:
     out = srgb_to_linear(np.clip(col, 0.0, 1.0)).astype(np.float32)
     out.setflags(write=False)
     return out
-
-
-def region_summary() -> Dict[str, int]:
-    """Number of vertices with a non-zero weight per region (for tests and docs)."""
-    m = region_masks()
-    return {
-        "brow": int(np.sum(m.brow_dist < 0.7)), "lash": int(np.sum(m.lash > 0)), "lips": int(np.sum(m.lips > 0)),
-        "nostril": int(np.sum(m.nostril > 0)), "beard": int(np.sum(m.beard > 0)),
-        "eyeball": int(np.sum(np.isfinite(m.iris_angle))),
-    }

@@ -18,7 +18,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -94,17 +94,6 @@ class FaceKitModel:
         except KeyError:
             raise FaceKitError(
                 f"unknown blendshape {name!r}; the model has {list(self.expression_names)}") from None
-
-    def expression_vector(self, weights: Mapping[str, float]) -> np.ndarray:
-        """Turn ``{blendshape name: weight}`` into a dense ``(53,)`` float32 vector.
-
-        Raises:
-            FaceKitError: a name is not a blendshape of the model.
-        """
-        vec = np.zeros(self.num_expressions, dtype=np.float32)
-        for name, w in weights.items():
-            vec[self.expression_index(name)] += float(w)
-        return vec
 
     def material_index(self, name: str) -> int:
         """Index of a material by name.

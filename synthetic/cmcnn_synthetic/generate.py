@@ -156,14 +156,8 @@ def render_job(job: Job, options: RenderOptions) -> RenderedFrame:
                         depth_noise=options.depth_noise)
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    write_bytes_atomic(path, data, file_mode=_FILE_MODE)   # mkstemp makes 0600 files; datasets are shared
+    write_bytes_atomic(path, data, file_mode=_FILE_MODE)   # datasets are shared: readable whatever the umask
 
 
 def _encode(ext: str, image: np.ndarray, params: Sequence[int] = ()) -> bytes:

@@ -35,7 +35,7 @@ def _background(seed: int) -> np.ndarray:
 
 
 # Top-left corners of the five faces (layouts checked to be found by the
-# default FaceDetector with 0-9 px jitter).
+# Haar face detector with 0-9 px jitter).
 FIVE_POSITIONS = ((0, 0), (213, 0), (426, 0), (100, 240), (320, 240))
 
 

@@ -24,6 +24,9 @@ from .config import ConfigError, TrainConfig
 def build_model_config(cfg: TrainConfig, num_classes: int, crop_size: int) -> ModelConfig:
     """ModelConfig from the preset, the YAML/flag overrides, the modalities and the class count.
 
+    ``input_size`` is derived here from the preprocessing's ``crop_size`` (the
+    crop size's one home), never set on its own.
+
     Raises:
         ConfigError: overrides try to set modalities/num_classes (use the
             top-level settings) or are invalid.

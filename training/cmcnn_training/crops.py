@@ -1,7 +1,7 @@
 """Face-crop extraction for training and evaluation, with an on-disk cache.
 
 Turns a dataset of :class:`~cmcnn_training.datasets.common.Sample` frames
-into the per-modality 148x148 crops of Section III-B (Viola-Jones detection,
+into the per-modality ``crop_size`` square crops of Section III-B (face detection,
 eye-line rotation rectification of eq. (1), grey, LBP of eq. (2), depth) by
 running the very same :class:`~cmcnn_ros.preprocessing.pipeline.FacePreprocessor`
 the ROS node runs, built from the same :class:`PreprocessingParams` that end

@@ -36,12 +36,12 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from .common import DatasetError, Record, canonical_label, read_colour_image, resolve_classes
-from .scans import RenderSettings, ScanData, ScanDataset, list_scans
+from .common import DatasetError, Record, canonical_label, read_colour_image
+from .scans import ScanData, ScanDataset
 
 logger = logging.getLogger(__name__)
 
@@ -151,35 +151,28 @@ class BosphorusDataset(ScanDataset):
     """
 
     name = "bosphorus"
+    database = "Bosphorus"
+    suffix = ".bnt"
+    pattern = "*.bnt"
 
-    def __init__(self, root: Union[str, Path], classes: Optional[Iterable[str]] = None,
-                 render: Union[RenderSettings, Dict[str, Any], None] = None,
-                 cache_dir: Union[str, Path, None] = None) -> None:
-        root = Path(root)
-        class_names = resolve_classes(classes)
-
-        def record_for(path: Path) -> Optional[Record]:
-            info = parse_bosphorus_name(path.name)
-            if info is None:
-                logger.debug("skipping %s: not a Bosphorus scan name", path)
-                return None
-            if info["kind"] == "E":
-                if info["code"] not in EMOTION_CODES:
-                    raise DatasetError(f"{path}: unknown Bosphorus emotion code E_{info['code']}; expected "
-                                       f"{['E_' + c for c in EMOTION_CODES]}")
-                label = EMOTION_CODES[info["code"]]
-            elif info["kind"] == "N" and info["code"] == "N":
-                label = "neutral"
-            else:
-                return None  # action units, poses, occlusions
-            if label not in class_names:
-                return None
-            return Record(source=str(path), label=canonical_label(label, class_names, str(path)),
-                          subject=info["subject"], intensity=None, extra={"take": info["take"]})
-
-        records = list_scans(root, ".bnt", "*.bnt", "Bosphorus", class_names, record_for)
-        super().__init__(root, records, class_names, render=render, cache_dir=cache_dir)
-        logger.info("Bosphorus %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
+    def record_for(self, path: Path, class_names: Sequence[str]) -> Optional[Record]:
+        info = parse_bosphorus_name(path.name)
+        if info is None:
+            logger.debug("skipping %s: not a Bosphorus scan name", path)
+            return None
+        if info["kind"] == "E":
+            if info["code"] not in EMOTION_CODES:
+                raise DatasetError(f"{path}: unknown Bosphorus emotion code E_{info['code']}; expected "
+                                   f"{['E_' + c for c in EMOTION_CODES]}")
+            label = EMOTION_CODES[info["code"]]
+        elif info["kind"] == "N" and info["code"] == "N":
+            label = "neutral"
+        else:
+            return None  # action units, poses, occlusions
+        if label not in class_names:
+            return None
+        return Record(source=str(path), label=canonical_label(label, class_names, str(path)),
+                      subject=info["subject"], intensity=None, extra={"take": info["take"]})
 
     def read_scan(self, record: Record) -> ScanData:
         src = Path(record.source)

@@ -29,12 +29,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .common import DatasetError, Record, canonical_label, read_colour_image, resolve_classes
-from .scans import RenderSettings, ScanData, ScanDataset, list_scans
+from .common import DatasetError, Record, canonical_label, read_colour_image
+from .scans import ScanData, ScanDataset
 
 logger = logging.getLogger(__name__)
 
@@ -168,34 +168,27 @@ class BU3DFEDataset(ScanDataset):
     """
 
     name = "bu3dfe"
+    database = "BU-3DFE"
+    suffix = "_f3d.wrl"
+    pattern = "*_F3D.wrl"
 
-    def __init__(self, root: Union[str, Path], classes: Optional[Iterable[str]] = None,
-                 render: Union[RenderSettings, Dict[str, Any], None] = None,
-                 cache_dir: Union[str, Path, None] = None) -> None:
-        root = Path(root)
-        class_names = resolve_classes(classes)
-
-        def record_for(path: Path) -> Optional[Record]:
-            info = parse_bu3dfe_name(path.name)
-            if info is None:
-                logger.debug("skipping %s: not a BU-3DFE scan name", path)
-                return None
-            code = info["code"]
-            if code not in EXPRESSION_CODES:
-                raise DatasetError(f"{path}: unknown BU-3DFE expression code {code!r}; expected "
-                                   f"{sorted(EXPRESSION_CODES)}")
-            neutral = code == "NE"
-            if (neutral and info["intensity"] != 0) or (not neutral and not 1 <= info["intensity"] <= 4):
-                raise DatasetError(f"{path}: intensity {info['intensity']:02d} is invalid for {code}")
-            label = EXPRESSION_CODES[code]
-            if label not in class_names:
-                return None
-            return Record(source=str(path), label=canonical_label(label, class_names, str(path)),
-                          subject=info["subject"], intensity=info["intensity"], extra={"race": info["race"]})
-
-        records = list_scans(root, "_f3d.wrl", "*_F3D.wrl", "BU-3DFE", class_names, record_for)
-        super().__init__(root, records, class_names, render=render, cache_dir=cache_dir)
-        logger.info("BU-3DFE %s: %d scans, %d subjects", root, len(records), len(set(self.subjects)))
+    def record_for(self, path: Path, class_names: Sequence[str]) -> Optional[Record]:
+        info = parse_bu3dfe_name(path.name)
+        if info is None:
+            logger.debug("skipping %s: not a BU-3DFE scan name", path)
+            return None
+        code = info["code"]
+        if code not in EXPRESSION_CODES:
+            raise DatasetError(f"{path}: unknown BU-3DFE expression code {code!r}; expected "
+                               f"{sorted(EXPRESSION_CODES)}")
+        neutral = code == "NE"
+        if (neutral and info["intensity"] != 0) or (not neutral and not 1 <= info["intensity"] <= 4):
+            raise DatasetError(f"{path}: intensity {info['intensity']:02d} is invalid for {code}")
+        label = EXPRESSION_CODES[code]
+        if label not in class_names:
+            return None
+        return Record(source=str(path), label=canonical_label(label, class_names, str(path)),
+                      subject=info["subject"], intensity=info["intensity"], extra={"race": info["race"]})
 
     @property
     def races(self) -> List[str]:

@@ -20,13 +20,13 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .scan_depth import ScanDepthError, ScanRender, render_scan
 
-from .common import DatasetError, Record, RecordDataset, Sample, save_npz_atomic
+from .common import DatasetError, Record, RecordDataset, Sample, resolve_classes, save_npz_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +95,35 @@ def list_scans(root: Path, suffix: str, pattern: str, database: str, class_names
 class ScanDataset(RecordDataset):
     """Lazy dataset of 3-D scans rendered to registered colour + depth.
 
-    Subclasses list records and implement :meth:`read_scan`.
+    A database sets :attr:`database`, :attr:`suffix` and :attr:`pattern` and
+    implements :meth:`record_for` (which files are which samples) and
+    :meth:`read_scan`.
 
     Args:
-        root: dataset root.
-        records: listing.
-        class_names: requested classes.
+        root: folder with the subject folders (or the scan files directly).
+        classes: classes to list (default all seven); scans of other classes are skipped.
         render: :class:`RenderSettings` (or a dict of its fields).
         cache_dir: optional folder for rendered ``.npz`` files.
+
+    Raises:
+        DatasetError: missing root, no scans of the classes, a scan name
+            :meth:`record_for` refuses, bad render settings.
     """
 
-    def __init__(self, root: Union[str, Path], records: Sequence[Record], class_names: Sequence[str],
+    #: The database's name in messages, e.g. ``"BU-3DFE"``.
+    database = "scans"
+    #: Lower-case file-name ending of a scan, e.g. ``"_f3d.wrl"``.
+    suffix = ""
+    #: How the scan files are named in messages, e.g. ``"*_F3D.wrl"``.
+    pattern = ""
+
+    def __init__(self, root: Union[str, Path], classes: Optional[Iterable[str]] = None,
                  render: Union[RenderSettings, Dict[str, Any], None] = None,
                  cache_dir: Union[str, Path, None] = None) -> None:
+        root = Path(root)
+        class_names = resolve_classes(classes)
+        records = list_scans(root, self.suffix, self.pattern, self.database, class_names,
+                             lambda path: self.record_for(path, class_names))
         super().__init__(root, records, class_names)
         if render is None:
             render = RenderSettings()
@@ -118,6 +134,15 @@ class ScanDataset(RecordDataset):
                 raise DatasetError(f"render settings: {exc}; fields are {list(asdict(RenderSettings()))}") from None
         self.render = render
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        logger.info("%s %s: %d scans, %d subjects", self.database, root, len(records), len(set(self.subjects)))
+
+    def record_for(self, path: Path, class_names: Sequence[str]) -> Optional[Record]:  # pragma: no cover - abstract
+        """The record of a scan file, or None to skip it (other classes, names that are not scans).
+
+        Raises:
+            DatasetError: a scan name with an unknown code (names the file).
+        """
+        raise NotImplementedError
 
     def read_scan(self, record: Record) -> ScanData:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -23,6 +23,7 @@ import time
 from dataclasses import fields, replace
 from typing import Optional, Sequence
 
+from cmcnn_ros.modalities import crop_size_problem
 from cmcnn_ros.tools import configure_logging
 
 from .rows import DEFAULT_ORDER, RowError, resolve
@@ -78,8 +79,9 @@ def build_sweep_config(args: argparse.Namespace) -> SweepConfig:
         resolve(name)  # an unknown row stops here, before any data is read
     if cfg.folds < 2:
         raise SweepError(f"--folds {cfg.folds}: a cross-validated sweep needs at least 2 folds")
-    if cfg.crop_size < 16 or cfg.crop_size % 16:
-        raise SweepError(f"--crop-size {cfg.crop_size}: must be a multiple of 16 (the FENs halve it four times)")
+    problem = crop_size_problem(cfg.crop_size)
+    if problem:
+        raise SweepError(f"--crop-size {cfg.crop_size}: {problem}")
     return cfg
 
 

@@ -1,28 +1,25 @@
-"""Face detection: Viola-Jones (Section III-B 1) and the detector factory.
-
-``make_detector(params)`` returns the detector ``params.detector`` names:
-``"blazeface"`` (the default, :mod:`.blazeface`, with keypoints) or
-``"haar"``, the paper's Viola-Jones detector implemented here.
+"""The paper's face detector: Viola-Jones on OpenCV's Haar cascades (Section III-B 1, ``detector: haar``).
 
 Ni et al. (IEEE TCDS 2023) detect facial regions with the V-J detector [65].
 This uses OpenCV 4.x's bundled Haar cascades (``cv2.data.haarcascades``;
 OpenCV 5 ships none, see docs). To keep detection off the critical path it
-runs on a downscaled, histogram-equalised grey frame (``detect_max_side``)
-and maps boxes back to full-resolution pixels; overlapping boxes are pruned
-so every face appears once.
+runs on a downscaled grey frame (``detect_max_side``) and maps boxes back to
+full-resolution pixels; overlapping boxes are pruned so every face appears
+once. The eye cascade of the Haar alignment path is loaded here too
+(:func:`load_cascade`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-from .blazeface import BlazeFaceDetector
-from .faces import Box, FaceDetection, suppress_overlaps
+from .detector import Box, FaceDetection, NmsRule
+from .images import Image, as_frame
 from .params import PreprocessingError, PreprocessingParams
 
 logger = logging.getLogger(__name__)
@@ -51,21 +48,14 @@ def load_cascade(name: str) -> cv2.CascadeClassifier:
     return cascade
 
 
-def _check_grey(grey: np.ndarray) -> None:
-    if not isinstance(grey, np.ndarray) or grey.dtype != np.uint8 or grey.ndim != 2:
-        raise PreprocessingError(
-            "face detection needs a uint8 HxW grey image, got "
-            + (f"{grey.dtype} array of shape {grey.shape}" if isinstance(grey, np.ndarray)
-               else type(grey).__name__))
-    if grey.size == 0:
-        raise PreprocessingError(f"face detection got an empty image of shape {grey.shape}")
+class HaarFaceDetector:
+    """Viola-Jones face detector on a downscaled grey frame (``detector: haar``): boxes, no keypoints.
 
-
-class FaceDetector:
-    """Viola-Jones face detector on a downscaled grey frame (``detector: haar``).
-
-    Not thread-safe (OpenCV cascades keep state): one per thread.
+    A :class:`~.detector.FaceDetector`. Not thread-safe (OpenCV cascades keep
+    state): one per thread.
     """
+
+    has_keypoints = False
 
     def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
         """Load the cascade named by ``params.face_cascade``.
@@ -78,6 +68,8 @@ class FaceDetector:
         win = self._cascade.getOriginalWindowSize()
         # Faces smaller than the training window are invisible to the cascade.
         self.window = int(max(win[0], win[1])) if win[0] > 0 else 24
+        # The cascade's typical duplicate is a small box nested in a larger one (IoU is low there).
+        self.nms = NmsRule(self.params.nms_overlap, "smaller")
 
     def detection_scale(self, shape: Tuple[int, int], min_face: Optional[int] = None) -> float:
         """Downscale factor used for a frame of ``shape`` ``(h, w)``.
@@ -91,9 +83,9 @@ class FaceDetector:
         scale = min(1.0, p.detect_max_side / float(max(shape)))
         return min(1.0, max(scale, (self.window + 1) / float(min_face)))
 
-    def detect(self, grey: np.ndarray, roi: Optional[Box] = None,
-               size_range: Optional[Tuple[int, int]] = None) -> List[FaceDetection]:
-        """Find every face in ``grey`` (or in the region ``roi`` of it).
+    def detect(self, image: Image, roi: Optional[Box] = None,
+               size_range: Optional[Tuple[float, float]] = None) -> List[FaceDetection]:
+        """Find every face in ``image`` (or in the region ``roi`` of it), on its grey version.
 
         A tracker can keep the per-frame cost low by searching only around a
         previous box (``roi`` about twice its size) for faces of about its
@@ -101,8 +93,8 @@ class FaceDetector:
         pyramid and most of the frame.
 
         Args:
-            grey: ``uint8`` HxW full-resolution grey frame (a colour frame is
-                converted to grey first).
+            image: ``uint8`` BGR, BGRA or grey full-resolution frame, or a
+                :class:`~.images.Frame` (its grey copy is shared).
             roi: optional ``(x, y, w, h)`` region in full-frame pixels to
                 search instead of the whole frame; clipped to the frame. It is
                 searched at the whole frame's detection scale.
@@ -111,16 +103,13 @@ class FaceDetector:
 
         Returns:
             Detections in full-frame pixels, best first, not overlapping by
-            more than ``params.nms_overlap`` of the smaller box.
+            more than ``params.nms_overlap`` of the smaller box (:attr:`nms`).
 
         Raises:
-            PreprocessingError: ``grey`` is not a non-empty uint8 HxW array, or
+            PreprocessingError: ``image`` is not a non-empty uint8 frame, or
                 ``roi`` / ``size_range`` is malformed.
         """
-        if isinstance(grey, np.ndarray) and grey.ndim == 3 and grey.dtype == np.uint8 and grey.size:
-            grey = cv2.cvtColor(grey, cv2.COLOR_BGRA2GRAY if grey.shape[2] == 4 else cv2.COLOR_BGR2GRAY) \
-                if grey.shape[2] in (3, 4) else grey[:, :, 0]
-        _check_grey(grey)
+        grey = as_frame(image).grey
         p = self.params
         min_face, max_face = p.min_face_size, p.max_face_size
         if size_range is not None:
@@ -169,20 +158,4 @@ class FaceDetector:
             x1, y1 = min(w_full, int(round(x + w))), min(h_full, int(round(y + h)))
             boxes.append((x0 + ox, y0 + oy, x1 - x0, y1 - y0))
         scores = [float(n) for n in np.asarray(neighbours).ravel()]
-        keep = suppress_overlaps(boxes, scores, p.nms_overlap)
-        return [FaceDetection(box=boxes[i], score=scores[i]) for i in keep]
-
-
-AnyDetector = Union[FaceDetector, BlazeFaceDetector]
-
-
-def make_detector(params: Optional[PreprocessingParams] = None) -> AnyDetector:
-    """The face detector ``params.detector`` names (``"blazeface"`` or ``"haar"``).
-
-    Raises:
-        PreprocessingError: the detector's model or cascade file is missing or corrupt.
-    """
-    params = params or PreprocessingParams()
-    if params.detector == "haar":
-        return FaceDetector(params)
-    return BlazeFaceDetector(params)
+        return self.nms.suppress([FaceDetection(box=b, score=s) for b, s in zip(boxes, scores)])
