@@ -60,8 +60,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 _DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-_REPUBLISH = ("turn the stream back into raw images with image_transport's republish node "
-              "(in_transport {transport}, out_transport raw) and read those (transport raw)")
+_REPUBLISH = ("run image_transport's republish node (in_transport {transport}, out_transport raw) and read its "
+              "output as raw (colour_transport / depth_transport: raw)")
 _COLOUR_RE = re.compile(r"(jpeg|png)\s+compressed(?:\s+(\S+))?")
 _DEPTH_RE = re.compile(r"compressedDepth(?:\s+(\S+))?")
 
