@@ -265,3 +265,13 @@ def test_replayer_decompresses_a_ros1_robot_bag(bags, ros_env, start_python, tmp
     for stamp, encoding, w, h, _, digest in got["depth"]:     # 16UC1 through PNG: bit for bit
         assert (encoding, w, h) == ("16UC1", 640, 480)
         assert digest == hashlib.sha1(depth_by_stamp[stamp].astype("<u2").tobytes()).hexdigest()
+
+
+def test_bag_write_refuses_bad_transport_options_in_one_line(tmp_path, caplog):
+    from cmcnn_synthetic import bags as bag_cli
+
+    with caplog.at_level("ERROR"):
+        assert bag_cli.main([str(tmp_path / "b"), "--compressed", "--jpeg-quality", "0", "--no-progress"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["JPEG quality must be in 1-100, got 0"]
+    assert not (tmp_path / "b").exists()

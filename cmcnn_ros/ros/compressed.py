@@ -116,7 +116,7 @@ def parse_colour_format(fmt: str) -> ColourFormat:
             raise CompressedImageError(
                 f"unknown format string {text!r}: expected image_transport's compressed formats "
                 "('jpeg', 'png' or '<encoding>; jpeg|png compressed <target>'): "
-                + _REPUBLISH.format(transport="<the stream's>"))
+                + _REPUBLISH.format(transport="compressed"))
         return ColourFormat("", codec, "bgr")   # old plugin: BGR or grey, told by the channels
     encoding, rest = (part.strip() for part in text.split(";", 1))
     if _DEPTH_RE.fullmatch(rest):

@@ -158,7 +158,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="write image_transport's compressed topics instead of raw images, as a robot records "
                         "them: BASE/compressed (JPEG) and BASE/compressedDepth (PNG)")
     p.add_argument("--jpeg-quality", type=int, default=95,
-                   help="JPEG quality of the compressed colour (default 95, the plugin's default)")
+                   help="with --compressed: JPEG quality of the colour (default 95, the plugin's default)")
     p.add_argument("--colour-codec", choices=("jpeg", "png"), default="jpeg", help="compressed colour codec")
     p.add_argument("--depth-codec", choices=("png", "rvl"), default="png",
                    help="compressedDepth codec (png: the plugin's default; rvl: newer distributions)")
