@@ -284,7 +284,7 @@ def main(argv=None) -> int:
                              for r in one) if one else ""),
               f"{'format':>36} {'kB':>7} {'decode':>12}"]
     for r in decoding:
-        lines.append(f"{r['format']:>36} {r['kB']:>7.1f} {r['decode_p50']:.2f}/{r['decode_p95']:.2f}".rjust(12))
+        lines.append(f"{r['format']:>36} {r['kB']:>7.1f} " + f"{r['decode_p50']:.2f}/{r['decode_p95']:.2f}".rjust(12))
     lbp = jpeg_lbp_effect(args.lbp_bag, args.lbp_qualities) if args.lbp_bag else []
     if lbp:
         lines += ["", f"JPEG and the LBP crops ({lbp[0]['faces']} faces of {args.lbp_bag})",
