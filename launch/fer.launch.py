@@ -7,6 +7,7 @@ the node logs what to fix and stays 'unconfigured'.
 
     ros2 launch cmcnn_ros fer.launch.py model_path:=/path/to/model.pt \
         colour_topic:=/rgb/image_raw depth_topic:=/depth_to_rgb/image_raw
+    ros2 launch cmcnn_ros fer.launch.py colour_transport:=compressed depth_transport:=compressedDepth
 """
 
 import os
@@ -33,6 +34,10 @@ def generate_launch_description():
                               description="colour image topic"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/depth_registered/image_raw",
                               description="depth registered to colour ('' = colour only)"),
+        DeclareLaunchArgument("colour_transport", default_value="raw",
+                              description="raw or compressed (reads colour_topic/compressed)"),
+        DeclareLaunchArgument("depth_transport", default_value="raw",
+                              description="raw or compressedDepth (reads depth_topic/compressedDepth)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "fer.yaml"),
                               description="node parameters (YAML)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
@@ -52,6 +57,8 @@ def generate_launch_description():
                 "device": LaunchConfiguration("device"),
                 "colour_topic": LaunchConfiguration("colour_topic"),
                 "depth_topic": LaunchConfiguration("depth_topic"),
+                "colour_transport": LaunchConfiguration("colour_transport"),
+                "depth_transport": LaunchConfiguration("depth_transport"),
                 # a launch argument is a string; the parameter is a bool
                 "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
                 "autostart": False,

@@ -15,16 +15,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_demo_end_to_end(ros_env, random_checkpoint, tmp_path):
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_demo_end_to_end(ros_env, random_checkpoint, tmp_path, compressed):
+    """The raw bag, and the robot's kind (--compressed: JPEG + compressedDepth topics the node subscribes to)."""
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "cmcnn_synthetic.demo", "--weights", str(random_checkpoint), "--duration", "2",
          "--fps", "5", "--faces", "2", "--seed", "5", "--output-dir", str(out), "--no-progress",
-         "--domain-id", ros_env["ROS_DOMAIN_ID"]],
+         "--domain-id", ros_env["ROS_DOMAIN_ID"]] + (["--compressed"] if compressed else []),
         env=ros_env, cwd=REPO, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert "expression" in proc.stdout and "end_to_end" in proc.stdout
@@ -32,7 +35,10 @@ def test_demo_end_to_end(ros_env, random_checkpoint, tmp_path):
     report = json.loads((out / "report.json").read_text())
     extra = report["extra"]
     assert extra["frames_published"] == 10
-    assert extra["replay"]["published"]["/camera/depth_registered/image_raw"] == 10
+    suffix = "/compressedDepth" if compressed else ""
+    assert extra["replay"]["published"]["/camera/depth_registered/image_raw" + suffix] == 10
+    assert extra["node_diagnostics"]["inputs"] == ("colour compressed, depth compressedDepth" if compressed
+                                                   else "colour raw, depth raw")
     assert extra["replay"]["clock_messages"] >= 10
     assert 1 <= extra["frames_with_results"] <= 10
     # Every result was matched to the labels by its stamp.

@@ -48,8 +48,8 @@ def test_launch_declares_arguments():
     tree = _launch_tree()
     declared = {node.args[0].value for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
-    assert {"model_path", "device", "colour_topic", "depth_topic", "params_file",
-            "use_sim_time"} <= declared
+    assert {"model_path", "device", "colour_topic", "depth_topic", "colour_transport", "depth_transport",
+            "params_file", "use_sim_time"} <= declared
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert {"LifecycleNode", "ChangeState", "OnStateTransition", "generate_launch_description"} <= names
@@ -59,7 +59,8 @@ def test_launch_passes_autostart_false_and_used_arguments():
     tree = _launch_tree()
     used = {node.args[0].value for node in ast.walk(tree)
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "LaunchConfiguration"}
-    assert {"model_path", "device", "colour_topic", "depth_topic", "params_file", "use_sim_time"} <= used
+    assert {"model_path", "device", "colour_topic", "depth_topic", "colour_transport", "depth_transport",
+            "params_file", "use_sim_time"} <= used
     src = (ROOT / "launch" / "fer.launch.py").read_text()
     assert '"autostart": False' in src
     assert "TRANSITION_CONFIGURE" in src and "TRANSITION_ACTIVATE" in src
@@ -140,3 +141,18 @@ def test_numeric_parameters_have_range_descriptors():
             assert r.from_value <= default <= r.to_value, name
             assert parameter_problem(name, default) is None
             assert "is outside" in parameter_problem(name, type(default)(r.to_value + 1))
+
+
+@pytest.mark.parametrize("name,good,bad", [("colour_transport", "compressed", "compressedDepth"),
+                                           ("depth_transport", "compressedDepth", "compressed")])
+def test_transport_parameters_take_image_transport_names(name, good, bad):
+    """The transports are closed choices, described with their values, refused otherwise at start-up and set."""
+    from cmcnn_ros.ros.parameters import PARAMETERS, parameter_problem
+
+    default, description, extra = PARAMETERS[name]
+    assert default == "raw" and good in description and "image_transport" in description
+    assert extra["additional_constraints"] == f"one of: raw, {good}"
+    assert parameter_problem(name, "raw") is None and parameter_problem(name, good) is None
+    assert parameter_problem(name, bad) == (f"parameter {name}: {bad!r} is not one of 'raw' or {good!r} "
+                                            "(default 'raw')")
+    assert "takes a string" in parameter_problem(name, 3)

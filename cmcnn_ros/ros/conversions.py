@@ -22,6 +22,9 @@ cv_bridge raises on a valid message (its big-endian path uses
 The decoding functions only read the attributes ``height``, ``width``,
 ``encoding``, ``is_bigendian``, ``step`` and ``data``; they accept any object
 with those (rclpy messages, rosbags messages), so they import without rclpy.
+A ``sensor_msgs/CompressedImage`` (``format`` and ``data``, from
+``image_transport``'s ``compressed`` / ``compressedDepth`` transports) is
+decoded by :mod:`cmcnn_ros.ros.compressed` and then follows the same units.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+
+from cmcnn_ros.ros import compressed
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,16 @@ def backend_name() -> str:
     return "cv_bridge" if _bridge() is not None else "numpy"
 
 
+def is_compressed(msg: Any) -> bool:
+    """True for a ``sensor_msgs/CompressedImage`` (it has ``format``, not ``encoding``)."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def _label(kind: str, topic: Optional[str]) -> str:
+    """``"colour image"`` or ``"colour image on '/topic'"``: how errors name a message."""
+    return f"{kind} image" if not topic else f"{kind} image on {topic!r}"
+
+
 def _validate(msg: Any, table: Dict[str, _Encoding], what: str) -> _Encoding:
     """Check encoding, size, step and data length; return the encoding.
 
@@ -108,47 +123,34 @@ def _validate(msg: Any, table: Dict[str, _Encoding], what: str) -> _Encoding:
     enc_name = str(msg.encoding)
     if enc_name not in table:
         raise ImageConversionError(
-            f"{what} image: unsupported encoding {enc_name!r}; expected one of {sorted(table)}")
+            f"{what}: unsupported encoding {enc_name!r}; expected one of {sorted(table)}")
     enc = table[enc_name]
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
-        raise ImageConversionError(f"{what} image: empty ({w}x{h})")
+        raise ImageConversionError(f"{what}: empty ({w}x{h})")
     row_bytes = w * enc.channels * enc.dtype.itemsize
     if step < row_bytes:
         raise ImageConversionError(
-            f"{what} image: step {step} is smaller than one row of {w} px x "
+            f"{what}: step {step} is smaller than one row of {w} px x "
             f"{enc.channels * enc.dtype.itemsize} B = {row_bytes} B ({enc_name})")
     if step % enc.dtype.itemsize:
         raise ImageConversionError(
-            f"{what} image: step {step} is not a multiple of the {enc.dtype.itemsize}-byte "
+            f"{what}: step {step} is not a multiple of the {enc.dtype.itemsize}-byte "
             f"element of {enc_name}")
     n = len(msg.data)
     # The last row need not carry its padding.
     needed = step * (h - 1) + row_bytes
     if n < needed:
         raise ImageConversionError(
-            f"{what} image: data truncated: {n} B for {w}x{h} {enc_name} with step {step} "
+            f"{what}: data truncated: {n} B for {w}x{h} {enc_name} with step {step} "
             f"(need at least {needed} B)")
     return enc
-
-
-def _as_bytes(data: Any) -> np.ndarray:
-    """View the message's ``data`` as uint8 without copying where possible."""
-    if isinstance(data, np.ndarray):
-        return data.view(np.uint8).reshape(-1)
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return np.frombuffer(data, dtype=np.uint8)
-    # rclpy gives array.array('B') for uint8[]; it supports the buffer protocol.
-    try:
-        return np.frombuffer(memoryview(data), dtype=np.uint8)
-    except TypeError:
-        return np.asarray(data, dtype=np.uint8)
 
 
 def _decode_numpy(msg: Any, enc: _Encoding) -> np.ndarray:
     """Decode a validated message to ``HxW`` or ``HxWxC`` in native byte order."""
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    raw = _as_bytes(msg.data)
+    raw = compressed.as_bytes(msg.data)
     pixel = enc.channels * enc.dtype.itemsize
     # Pad so the last row (which may lack padding) fills a full step.
     total = step * h
@@ -202,12 +204,14 @@ def _decode(msg: Any, enc: _Encoding) -> np.ndarray:
     return arr.astype(enc.dtype, copy=False)
 
 
-def colour_to_bgr(msg: Any) -> np.ndarray:
+def colour_to_bgr(msg: Any, topic: Optional[str] = None) -> np.ndarray:
     """Decode a colour image message to OpenCV order.
 
     Args:
         msg: ``sensor_msgs/Image`` (or anything with its fields) in ``rgb8``,
-            ``bgr8``, ``rgba8``, ``bgra8`` or ``mono8``.
+            ``bgr8``, ``rgba8``, ``bgra8`` or ``mono8``; or a
+            ``sensor_msgs/CompressedImage`` of the ``compressed`` transport.
+        topic: named in the error messages.
 
     Returns:
         ``uint8`` ``HxWx3`` BGR, or ``HxW`` grey for ``mono8`` (the
@@ -216,7 +220,12 @@ def colour_to_bgr(msg: Any) -> np.ndarray:
     Raises:
         ImageConversionError: unknown encoding, bad step, truncated data.
     """
-    enc = _validate(msg, COLOUR_ENCODINGS, "colour")
+    if is_compressed(msg):
+        try:
+            return compressed.decode_colour(msg.format, msg.data)
+        except compressed.CompressedImageError as exc:
+            raise ImageConversionError(f"{_label('compressed colour', topic)}: {exc}") from None
+    enc = _validate(msg, COLOUR_ENCODINGS, _label("colour", topic))
     arr = _decode(msg, enc)
     name = str(msg.encoding)
     if name == "bgr8" or name == "mono8":
@@ -228,11 +237,22 @@ def colour_to_bgr(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, 2::-1])  # rgba8
 
 
-def depth_to_metres(msg: Any) -> np.ndarray:
+def _in_metres(arr: np.ndarray, encoding: str) -> np.ndarray:
+    """Depth of ``encoding`` (raw or decompressed) in metres: the one unit conversion of both paths."""
+    scale = DEPTH_SCALE[encoding]
+    # 32FC1 is already metres: no copy here (the recognizer copies once, before filling holes).
+    if scale == 1.0:
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    return arr.astype(np.float32) * np.float32(scale)
+
+
+def depth_to_metres(msg: Any, topic: Optional[str] = None) -> np.ndarray:
     """Decode a depth image message to metres.
 
     Args:
-        msg: ``16UC1``/``mono16`` (millimetres) or ``32FC1`` (metres).
+        msg: ``16UC1``/``mono16`` (millimetres) or ``32FC1`` (metres); or a
+            ``sensor_msgs/CompressedImage`` of the ``compressedDepth`` transport.
+        topic: named in the error messages.
 
     Returns:
         ``float32`` ``HxW`` metres; 0 or NaN where there is no reading (as
@@ -241,21 +261,26 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     Raises:
         ImageConversionError: unknown encoding, bad step, truncated data.
     """
-    enc = _validate(msg, DEPTH_ENCODINGS, "depth")
-    arr = _decode(msg, enc)
-    scale = DEPTH_SCALE[str(msg.encoding)]
-    # 32FC1 is already metres: no copy here (the recognizer copies once, before filling holes).
-    if scale == 1.0:
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    return arr.astype(np.float32) * np.float32(scale)
+    if is_compressed(msg):
+        try:
+            arr, encoding = compressed.decode_depth(msg.format, msg.data)
+        except compressed.CompressedImageError as exc:
+            raise ImageConversionError(f"{_label('compressedDepth', topic)}: {exc}") from None
+        return _in_metres(arr, encoding)
+    enc = _validate(msg, DEPTH_ENCODINGS, _label("depth", topic))
+    return _in_metres(_decode(msg, enc), str(msg.encoding))
 
 
-def frame_pair(colour_msg: Any, depth_msg: Optional[Any]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def frame_pair(colour_msg: Any, depth_msg: Optional[Any],
+               topics: Tuple[Optional[str], Optional[str]] = (None, None)
+               ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Decode a synchronised colour/depth pair for the recognizer.
 
     Args:
-        colour_msg: colour image message.
-        depth_msg: registered depth image message, or None (colour only).
+        colour_msg: colour image message (``Image`` or ``CompressedImage``).
+        depth_msg: registered depth image message (``Image`` or
+            ``compressedDepth`` ``CompressedImage``), or None (colour only).
+        topics: ``(colour topic, depth topic)`` named in the error messages.
 
     Returns:
         ``(colour_bgr, depth_m)``; ``depth_m`` is None when ``depth_msg`` is.
@@ -264,10 +289,10 @@ def frame_pair(colour_msg: Any, depth_msg: Optional[Any]) -> Tuple[np.ndarray, O
         ImageConversionError: either message is bad, or their sizes differ
             (the depth must be registered to the colour image).
     """
-    colour = colour_to_bgr(colour_msg)
+    colour = colour_to_bgr(colour_msg, topics[0])
     if depth_msg is None:
         return colour, None
-    depth = depth_to_metres(depth_msg)
+    depth = depth_to_metres(depth_msg, topics[1])
     if depth.shape[:2] != colour.shape[:2]:
         raise ImageConversionError(
             f"colour is {colour.shape[1]}x{colour.shape[0]} but depth is "

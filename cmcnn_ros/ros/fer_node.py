@@ -12,6 +12,13 @@ publishes: parameters live in :mod:`~cmcnn_ros.ros.parameters`, subscriptions
 in :mod:`~cmcnn_ros.ros.inputs`, message building in
 :mod:`~cmcnn_ros.ros.messages`, ROS4HRI output in :mod:`~cmcnn_ros.ros.hri`.
 
+Colour and depth arrive raw or through ``image_transport``'s compressed
+transports (``colour_transport: compressed``, ``depth_transport:
+compressedDepth``): the node then subscribes to the ``CompressedImage`` topic
+under the base topic and decodes it in the ROS-free
+:mod:`cmcnn_ros.ros.compressed`, so a robot's Wi-Fi stream needs no
+``republish`` process.
+
 Lifecycle (``rclpy.lifecycle``): configure loads the checkpoint and creates
 the publishers; activate subscribes and starts the worker; deactivate stops
 both; cleanup releases the model. With ``autostart`` (default true) the node
@@ -51,7 +58,7 @@ from cmcnn_ros.preprocessing.params import PreprocessingError
 from cmcnn_ros.ros import conversions, messages
 from cmcnn_ros.ros.diagnostics import LogThrottle, PipelineStats
 from cmcnn_ros.ros.hri import HriPublisher
-from cmcnn_ros.ros.inputs import subscribe_rgbd
+from cmcnn_ros.ros.inputs import InputTopic, input_topic, subscribe_rgbd, transport_problems
 from cmcnn_ros.ros.parameters import (CHOICES, NODE_NAME, PARAMETERS, RCLPY_PARAMETERS, FerConfigError, model_file,
                                       parameter_problem)
 from cmcnn_ros.ros.params_file import (ParamsFileError, closest_name, load_params_file, params_files_in,
@@ -87,7 +94,8 @@ class FerNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._stats = PipelineStats()
         self._throttle = LogThrottle()
-        self._slot: LatestSlot[Tuple[Image, Optional[Image]]] = LatestSlot()
+        self._slot: LatestSlot[Tuple[Any, Optional[Any]]] = LatestSlot()
+        self._topics: Tuple[Optional[str], ...] = (None, None)
         self._stream: Optional[ExpressionStream] = None   # once configured
         self._model_path = ""
         self._device = ""
@@ -95,6 +103,7 @@ class FerNode(LifecycleNode):
         self._debug_pub: Any = None
         self._hri = HriPublisher(self)
         self._subs: List[Any] = []
+        self._inputs: List[InputTopic] = []
         self._sync: Any = None
         self._sync_backend = ""
         self._monitor: Optional[SyncMonitor] = None
@@ -226,10 +235,10 @@ class FerNode(LifecycleNode):
         self._subscribe(cfg)
         self._warn_timer = self.create_timer(0.5, self._check_sync)
         self._state_label = "active"
-        self.get_logger().info(
-            f"active: colour {self.resolve_topic_name(cfg['colour_topic'])}, depth "
-            f"{self.resolve_topic_name(cfg['depth_topic']) if cfg['depth_topic'] else '(none)'}, "
-            f"sync {cfg['sync_policy']} via {self._sync_backend}")
+        described = [f"{i.kind} {self.resolve_topic_name(i.topic)} ({i.transport})" for i in self._inputs]
+        if len(described) == 1:
+            described.append("depth (none)")
+        self.get_logger().info(f"active: {', '.join(described)}, sync {cfg['sync_policy']} via {self._sync_backend}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -267,15 +276,16 @@ class FerNode(LifecycleNode):
     def _subscribe(self, cfg: Dict[str, Any]) -> None:
         colour_topic, depth_topic = str(cfg["colour_topic"]), str(cfg["depth_topic"]).strip()
         slop = float(cfg["sync_slop"]) if cfg["sync_policy"] == "approximate" else None
-        inputs = [("colour", self.resolve_topic_name(colour_topic))]
-        if depth_topic:
-            inputs.append(("depth", self.resolve_topic_name(depth_topic)))
-        self._monitor = SyncMonitor(inputs, slop=slop, delay=float(cfg["sync_warning_delay"]))
-        sub = subscribe_rgbd(self, colour_topic, depth_topic, slop, int(cfg["sync_queue_size"]), self._on_pair,
-                             self._observe)
+        colour = input_topic("colour", colour_topic, str(cfg["colour_transport"]))
+        depth = input_topic("depth", depth_topic, str(cfg["depth_transport"])) if depth_topic else None
+        self._inputs = [colour] + ([depth] if depth is not None else [])
+        self._topics = tuple(self.resolve_topic_name(i.topic) for i in self._inputs) + (None,)
+        self._monitor = SyncMonitor([(i.kind, self.resolve_topic_name(i.topic)) for i in self._inputs], slop=slop,
+                                    delay=float(cfg["sync_warning_delay"]))
+        sub = subscribe_rgbd(self, colour, depth, slop, int(cfg["sync_queue_size"]), self._on_pair, self._observe)
         self._subs, self._sync, self._sync_backend = sub.subscriptions, sub.synchroniser, sub.backend
 
-    def _observe(self, index: int, msg: Image) -> None:
+    def _observe(self, index: int, msg: Any) -> None:
         stamp = ros_stamp_ns(msg)
         if self._monitor is not None:
             self._monitor.observe(index, stamp, msg.header.frame_id)
@@ -285,7 +295,7 @@ class FerNode(LifecycleNode):
                                 f"{msg.header.frame_id!r}): the driver does not stamp its images; "
                                 "results carry the zero stamp and no latency can be measured")
 
-    def _on_pair(self, colour: Image, depth: Optional[Image]) -> None:
+    def _on_pair(self, colour: Any, depth: Optional[Any]) -> None:
         if self._monitor is not None:
             self._monitor.paired()
         dropped = self._slot.put((colour, depth))
@@ -298,7 +308,11 @@ class FerNode(LifecycleNode):
         now = time.monotonic()
         if text and now - self._last_sync_warning >= float(self._param("sync_warning_period")):
             self._last_sync_warning = now
-            self.get_logger().warning(text)
+            # Silent inputs: the graph may say why (another message type, the other transport).
+            counts = self._monitor.counts()
+            silent = [i for i in self._inputs if counts.get(i.kind, 0) == 0]
+            hints = transport_problems(self, silent) if silent else []
+            self.get_logger().warning("; ".join([text] + hints))
 
     def _stop_processing(self) -> None:
         if self._warn_timer is not None:
@@ -306,7 +320,7 @@ class FerNode(LifecycleNode):
             self._warn_timer = None
         for sub in self._subs:
             self.destroy_subscription(sub)
-        self._subs, self._sync, self._monitor = [], None, None
+        self._subs, self._sync, self._monitor, self._inputs = [], None, None, []
         self._running.clear()
         self._slot.close()
         if self._worker is not None:
@@ -333,13 +347,13 @@ class FerNode(LifecycleNode):
                 self._stats.on_bad(f"{type(exc).__name__}: {exc}")
                 self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
 
-    def _process(self, colour_msg: Image, depth_msg: Optional[Image]) -> None:
+    def _process(self, colour_msg: Any, depth_msg: Optional[Any]) -> None:
         t0 = time.monotonic()
         stamp = ros_stamp_ns(colour_msg)
         if stamp == 0:
             self._stats.on_zero_stamp()
         try:
-            colour, depth = conversions.frame_pair(colour_msg, depth_msg)
+            colour, depth = conversions.frame_pair(colour_msg, depth_msg, self._topics[:2])
             result = self._stream.process(colour, depth, depth_scale=1.0)
         except NonFiniteScoresError as exc:  # never publish a NaN/inf score
             reason = str(exc)
@@ -370,6 +384,7 @@ class FerNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         kv = {"lifecycle state": self._state_label, "model path": self._model_path or "(not loaded)",
               "device": self._device or "(not loaded)", "sync": self._sync_backend or "(inactive)",
+              "inputs": ", ".join(f"{i.kind} {i.transport}" for i in self._inputs) or "(inactive)",
               "image decoding": conversions.backend_name(),
               "cv_bridge fallbacks": str(conversions.bridge_fallbacks())}
         kv.update(self._stats.key_values())

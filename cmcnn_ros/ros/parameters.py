@@ -22,6 +22,7 @@ from cmcnn_ros import resources
 from cmcnn_ros.device import DEVICE_CHOICES_TEXT, DEVICE_PATTERN
 from cmcnn_ros.inference.tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL,
                                           DEFAULT_SMOOTHING)
+from cmcnn_ros.ros.compressed import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS
 from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S
 
 NODE_NAME = "fer_node"
@@ -50,6 +51,15 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                     "Depth registered to the colour image (16UC1/mono16 mm, 32FC1 m). Azure "
                     "Kinect: /depth_to_rgb/image_raw; Kinect v2: /kinect2/qhd/image_depth_rect. "
                     "Empty: colour only (depth channel zeroed). Read on activate.", {}),
+    "colour_transport": ("raw", "How the colour image arrives, as image_transport names it: raw subscribes to "
+                                "colour_topic (sensor_msgs/Image); compressed to colour_topic/compressed "
+                                "(sensor_msgs/CompressedImage, JPEG or PNG: a robot's stream without a "
+                                "republish process). Read on activate.",
+                         {"additional_constraints": "one of: " + ", ".join(COLOUR_TRANSPORTS)}),
+    "depth_transport": ("raw", "How the depth image arrives, as image_transport names it: raw subscribes to "
+                               "depth_topic (sensor_msgs/Image); compressedDepth to depth_topic/compressedDepth "
+                               "(sensor_msgs/CompressedImage: 16UC1 or 32FC1 as PNG or RVL). Read on activate.",
+                        {"additional_constraints": "one of: " + ", ".join(DEPTH_TRANSPORTS)}),
     "sync_policy": ("approximate", "approximate (ApproximateTimeSynchronizer) or exact "
                                    "(TimeSynchronizer: identical stamps). Read on activate.", {}),
     "sync_slop": (DEFAULT_SLOP_S, "Largest colour/depth stamp difference (s) paired by the approximate policy.",
@@ -81,6 +91,8 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
 # String parameters with a closed set of values (checked at start-up and on every set).
 CHOICES: Dict[str, Tuple[str, str]] = {
     "sync_policy": (r"approximate|exact", "'approximate' or 'exact'"),
+    "colour_transport": ("|".join(COLOUR_TRANSPORTS), " or ".join(repr(t) for t in COLOUR_TRANSPORTS)),
+    "depth_transport": ("|".join(DEPTH_TRANSPORTS), " or ".join(repr(t) for t in DEPTH_TRANSPORTS)),
     "device": (DEVICE_PATTERN, DEVICE_CHOICES_TEXT),
 }
 # Overrides rclpy itself declares on every node.

@@ -15,6 +15,13 @@ accuracy over matched faces, end-to-end accuracy (a missed face counts as
 wrong), per-class accuracy, the confusion matrix (JSON and PNG) and per-stage
 latency (decoding plus the recognizer's stages). A bag without labels (a
 user's own recording) gets predictions and latency only.
+
+Colour and depth may be raw or ``image_transport``'s compressed transports
+(``compressed`` JPEG/PNG, ``compressedDepth`` PNG/RVL), as robots record them;
+decoding is part of the ``decode`` latency. A message that cannot be decoded
+(truncated, corrupt, unknown format) is skipped with one log line naming the
+topic and the reason, and counted in the report (``bad_frames``), as the node
+does live.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from cmcnn_ros.atomic_io import write_json_atomic
 from cmcnn_ros.inference.tracking import DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING
 from cmcnn_ros.ros.sync import DEFAULT_SLOP_S
 from cmcnn_ros.tools import configure_logging
+from cmcnn_ros.ros.conversions import ImageConversionError
 from cmcnn_ros.tools.bag_io import (FrameLabels, closest_stamp_gap_s, count_messages, decode_pair,
                                     iter_frame_pairs, open_bag, read_labels, resolve_topics)
 from cmcnn_ros.tools.scoring import (DEFAULT_IOU, EvaluationReport, PredictedFace, Scoreboard, ScoringError,
@@ -96,9 +104,11 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
             raise EvaluationError("--gt-boxes needs a labels topic, and this bag has none")
         n_colour = count_messages(reader, topics.colour)
         total = n_colour if options.max_frames is None else min(n_colour, options.max_frames * options.every)
-        logger.info("bag %s: colour %s, depth %s, labels %s (%d colour frames, %d labelled)", bag, topics.colour,
-                    topics.depth or "none", topics.labels or "none", n_colour, len(labels))
+        logger.info("bag %s: colour %s (%s), depth %s (%s), labels %s (%d colour frames, %d labelled)", bag,
+                    topics.colour, topics.colour_transport, topics.depth or "none", topics.depth_transport or "-",
+                    topics.labels or "none", n_colour, len(labels))
         paired = unpaired = 0
+        bad: Dict[str, int] = {}
         bar = tqdm(total=total // options.every, desc="evaluating", unit="frame", disable=not options.progress)
         try:
             for i, pair in enumerate(iter_frame_pairs(reader, topics, options.slop_s, labels)):
@@ -107,7 +117,16 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
                 if options.max_frames is not None and board.frames >= options.max_frames:
                     break
                 t0 = time.perf_counter()
-                colour, depth_m = decode_pair(pair)
+                try:
+                    colour, depth_m = decode_pair(pair, topics)
+                except ImageConversionError as exc:
+                    # As the node: one line per new reason, the frame skipped and counted.
+                    reason = str(exc)
+                    if reason not in bad:
+                        logger.warning("skipping bad frame (stamp %.3f): %s", pair.stamp_ns / 1e9, reason)
+                    bad[reason] = bad.get(reason, 0) + 1
+                    bar.update(1)
+                    continue
                 decode_ms = 1e3 * (time.perf_counter() - t0)
                 boxes = [f.box for f in pair.labels.faces] if options.gt_boxes and pair.labels else None
                 if options.gt_boxes and pair.labels is None:
@@ -126,12 +145,20 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
         finally:
             bar.close()
         if board.frames == 0:
+            if bad:
+                raise EvaluationError(f"nothing evaluated: all {sum(bad.values())} frames read were bad, e.g. "
+                                      f"{next(iter(bad))}")
             raise EvaluationError(_nothing_evaluated(reader, topics, options, n_colour, len(labels)))
-    if topics.depth is not None and options.every == 1 and options.max_frames is None and paired < n_colour:
+    if bad:
+        logger.warning("%d frames skipped as bad (%s)", sum(bad.values()),
+                       "; ".join(f"{n} x {reason}" for reason, n in bad.items()))
+    if topics.depth is not None and options.every == 1 and options.max_frames is None and paired + sum(
+            bad.values()) < n_colour:
         logger.warning("%d of %d colour frames found no depth partner on %s within --slop %.3f s and were "
-                       "skipped", n_colour - paired, n_colour, topics.depth, options.slop_s)
+                       "skipped", n_colour - paired - sum(bad.values()), n_colour, topics.depth, options.slop_s)
     extra = {"bag": str(bag), "topics": asdict(topics), "frames_with_depth": paired,
              "frames_without_depth": unpaired, "colour_frames_in_bag": n_colour,
+             "bad_frames": sum(bad.values()), "bad_frame_reasons": dict(bad),
              "iou_threshold": options.iou_threshold, "gt_boxes": options.gt_boxes,
              "slop_s": options.slop_s}
     return board.report(extra), board
@@ -185,8 +212,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"checkpoint (default: the shipped {resources.DEFAULT_MODEL})")
     p.add_argument("--output-dir", type=Path, default=Path("outputs/bag_evaluate"),
                    help="report.json, confusion.png, timeline.png go here (default outputs/bag_evaluate)")
-    p.add_argument("--colour-topic", default=None, help="colour image topic (default: guessed)")
-    p.add_argument("--depth-topic", default=None, help="registered depth image topic (default: guessed)")
+    p.add_argument("--colour-topic", default=None,
+                   help="colour image topic (default: guessed); a base topic is read raw, else as its "
+                        "image_transport 'compressed' topic (BASE/compressed)")
+    p.add_argument("--depth-topic", default=None,
+                   help="registered depth image topic (default: guessed); a base topic is read raw, else as "
+                        "BASE/compressedDepth")
     p.add_argument("--labels-topic", default=None, help="ground-truth std_msgs/String JSON topic")
     p.add_argument("--no-depth", action="store_true", help="ignore depth (grey + LBP only)")
     p.add_argument("--slop", type=float, default=DEFAULT_SLOP_S,

@@ -19,7 +19,13 @@ feeds the node without remapping):
 
 Users' own recordings may lack the labels topic or use other topic names;
 :func:`resolve_topics` guesses the colour and depth topics from their names
-and says what it found when it cannot decide.
+and says what it found when it cannot decide. A robot's recording usually
+holds ``image_transport``'s compressed topics instead of raw ones
+(``sensor_msgs/msg/CompressedImage`` on ``<base>/compressed`` and
+``<base>/compressedDepth``): topics are told apart by message type, a topic
+argument names the base topic or the compressed one, and the frames decode
+through the same conversions as the live node's
+(:mod:`cmcnn_ros.ros.compressed`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cmcnn_ros.ros.compressed import (COLOUR_TRANSPORTS, COMPRESSED_IMAGE_TYPE, DEPTH_TRANSPORTS,
+                                      split_transport_topic, transport_topic)
 from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S, stamp_ns
 
 logger = logging.getLogger(__name__)
@@ -45,6 +53,7 @@ LABELS_TOPIC = "/cmcnn/ground_truth"
 CAMERA_FRAME_ID = "camera_color_optical_frame"
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 STRING_TYPE = "std_msgs/msg/String"
 LABELS_FORMAT = "cmcnn_ros.ground_truth/1"
@@ -141,12 +150,18 @@ class FrameLabels:
 
 @dataclass(frozen=True)
 class BagTopics:
-    """Topics a tool reads; ``depth`` and ``labels`` may be absent."""
+    """Topics a tool reads; ``depth`` and ``labels`` may be absent.
+
+    ``colour_transport`` / ``depth_transport``: ``raw`` for ``sensor_msgs/Image``,
+    ``compressed`` / ``compressedDepth`` for ``image_transport``'s ``CompressedImage``.
+    """
 
     colour: str
     depth: Optional[str] = None
     labels: Optional[str] = None
     camera_info: Optional[str] = None
+    colour_transport: str = "raw"
+    depth_transport: Optional[str] = None
 
 
 @dataclass
@@ -271,6 +286,7 @@ def topic_types(reader: Any) -> Dict[str, str]:
 
 
 def _pick(candidates: Sequence[str], hints: Sequence[str]) -> Optional[str]:
+    # Sorted, so of a raw topic and its compressed transports the raw one comes first.
     for hint in hints:
         hits = sorted(t for t in candidates if hint in t.lower())
         if hits:
@@ -278,58 +294,120 @@ def _pick(candidates: Sequence[str], hints: Sequence[str]) -> Optional[str]:
     return None
 
 
+def _first_format(reader: Any, topic: str) -> str:
+    """The ``format`` of a CompressedImage topic's first message ("" when it has none)."""
+    conns = [c for c in reader.connections if c.topic == topic]
+    for conn, _t, raw in reader.messages(connections=conns):
+        return str(reader.deserialize(raw, conn.msgtype).format)
+    return ""
+
+
+def image_streams(reader: Any) -> Dict[str, str]:
+    """``topic -> transport`` of every image topic: ``raw`` (Image), ``compressed`` or ``compressedDepth``.
+
+    A CompressedImage topic is colour or depth by its image_transport name
+    (``.../compressed``, ``.../compressedDepth``); under any other name, by its
+    first message's ``format``.
+    """
+    out: Dict[str, str] = {}
+    for topic, msgtype in topic_types(reader).items():
+        if msgtype == IMAGE_TYPE:
+            out[topic] = "raw"
+        elif msgtype == COMPRESSED_IMAGE_TYPE:
+            transport = split_transport_topic(topic)[1]
+            if transport == "raw":
+                transport = "compressedDepth" if "compresseddepth" in _first_format(reader, topic).lower() \
+                    else "compressed"
+            out[topic] = transport
+    return out
+
+
+def _named(types: Dict[str, str], name: str, what: str, transports: Sequence[str]) -> str:
+    """The topic an explicit ``--colour-topic`` / ``--depth-topic`` means: itself, or its compressed transport.
+
+    Raises:
+        BagError: neither is in the bag, or the topic found is not an image type.
+    """
+    if name in types:
+        if types[name] not in IMAGE_TYPES:
+            raise BagError(f"{what} topic {name!r} has type {types[name]}, expected {IMAGE_TYPE} or "
+                           f"{COMPRESSED_IMAGE_TYPE}")
+        return name
+    for transport in transports:
+        topic = transport_topic(name, transport)
+        if topic in types:
+            if types[topic] != COMPRESSED_IMAGE_TYPE:
+                raise BagError(
+                    f"{what} topic {topic!r} ({transport} transport of {name!r}) has type {types[topic]}, not "
+                    f"{COMPRESSED_IMAGE_TYPE}, so it cannot be decoded; name a raw or image_transport topic with "
+                    f"--{what}-topic, or republish it with image_transport to raw or {transport} and record that")
+            return topic
+    images = sorted(t for t, ty in types.items() if ty in IMAGE_TYPES)
+    raise BagError(f"{what} topic {name!r} is not in the bag (nor {' or '.join(transport_topic(name, t) for t in transports)}); "
+                   f"its image topics: {images}; all topics: {sorted(types)}")
+
+
 def resolve_topics(reader: Any, colour: Optional[str] = None, depth: Optional[str] = None,
                    labels: Optional[str] = None, use_depth: bool = True) -> BagTopics:
     """Choose the colour, depth and labels topics of a bag.
 
-    Explicit names win; otherwise this package's defaults, then topics whose
-    names look like an RGB-D driver's. Depth is optional (recognition then uses
-    grey + LBP only) and so are labels (the evaluator then reports predictions
-    and latency only).
+    Explicit names win: a base topic (``/camera/color/image_raw``) is read raw
+    when the bag has it, else through its ``compressed`` / ``compressedDepth``
+    transport; a compressed topic may also be named directly. Otherwise this
+    package's defaults (raw, then compressed), then topics whose names look
+    like an RGB-D driver's. Depth is optional (recognition then uses grey + LBP
+    only) and so are labels (the evaluator then reports predictions and latency only).
 
     Raises:
-        BagError: an explicit topic is absent or not of the right type, or no
+        BagError: an explicit topic is absent or not of an image type, or no
             colour image topic can be identified.
     """
     types = topic_types(reader)
-    images = [t for t, ty in types.items() if ty == IMAGE_TYPE]
+    streams = image_streams(reader)
+    depth_like = [t for t, tr in streams.items() if tr in ("raw", "compressedDepth")]
+    colour_like = [t for t, tr in streams.items() if tr in ("raw", "compressed")]
 
-    def check(name: str, want: str, what: str) -> str:
-        if name not in types:
-            raise BagError(f"{what} topic {name!r} is not in the bag; its topics: {sorted(types)}")
-        if types[name] != want:
-            raise BagError(f"{what} topic {name!r} has type {types[name]}, expected {want}")
-        return name
+    def default(base: str, transport: str) -> Optional[str]:
+        for topic in (base, transport_topic(base, transport)):
+            if topic in streams and streams[topic] in ("raw", transport):
+                return topic
+        return None
 
     if depth is not None:
-        depth_t: Optional[str] = check(depth, IMAGE_TYPE, "depth")
+        depth_t: Optional[str] = _named(types, depth, "depth", DEPTH_TRANSPORTS[1:])
     elif not use_depth:
         depth_t = None
-    elif DEPTH_TOPIC in images:
-        depth_t = DEPTH_TOPIC
     else:
-        depth_t = _pick([t for t in images if t != colour], _DEPTH_HINTS)
+        depth_t = default(DEPTH_TOPIC, "compressedDepth") or _pick([t for t in depth_like if t != colour],
+                                                                   _DEPTH_HINTS)
 
     if colour is not None:
-        colour_t = check(colour, IMAGE_TYPE, "colour")
-    elif COLOUR_TOPIC in images:
-        colour_t = COLOUR_TOPIC
+        colour_t = _named(types, colour, "colour", COLOUR_TRANSPORTS[1:])
     else:
-        rest = [t for t in images if t != depth_t and "depth" not in t.lower() and "ir" not in t.lower().split("/")]
-        colour_t = _pick(rest, _COLOUR_HINTS) or (rest[0] if len(rest) == 1 else None)  # type: ignore[assignment]
+        colour_t = default(COLOUR_TOPIC, "compressed")  # type: ignore[assignment]
+        if colour_t is None:
+            rest = [t for t in colour_like
+                    if t != depth_t and "depth" not in t.lower() and "ir" not in t.lower().split("/")]
+            colour_t = _pick(rest, _COLOUR_HINTS) or (rest[0] if len(rest) == 1 else None)  # type: ignore[assignment]
         if colour_t is None:
             raise BagError(
-                f"cannot tell which sensor_msgs/msg/Image topic is the colour stream; image topics: {images}. "
+                f"cannot tell which image topic is the colour stream; image topics: {sorted(streams)}. "
                 "Name it with --colour-topic")
     if depth_t == colour_t:
         depth_t = None
 
     if labels is not None:
-        labels_t: Optional[str] = check(labels, STRING_TYPE, "labels")
+        if labels not in types:
+            raise BagError(f"labels topic {labels!r} is not in the bag; its topics: {sorted(types)}")
+        if types[labels] != STRING_TYPE:
+            raise BagError(f"labels topic {labels!r} has type {types[labels]}, expected {STRING_TYPE}")
+        labels_t: Optional[str] = labels
     else:
         labels_t = LABELS_TOPIC if types.get(LABELS_TOPIC) == STRING_TYPE else None
     info = CAMERA_INFO_TOPIC if types.get(CAMERA_INFO_TOPIC) == CAMERA_INFO_TYPE else None
-    return BagTopics(colour=colour_t, depth=depth_t, labels=labels_t, camera_info=info)
+    return BagTopics(colour=colour_t, depth=depth_t, labels=labels_t, camera_info=info,
+                     colour_transport=streams.get(colour_t, "raw"),
+                     depth_transport=None if depth_t is None else streams.get(depth_t, "raw"))
 
 
 def read_labels(reader: Any, topic: Optional[str]) -> Dict[int, FrameLabels]:
@@ -433,15 +511,20 @@ def count_messages(reader: Any, topic: Optional[str]) -> int:
     return sum(c.msgcount for c in reader.connections if c.topic == topic)
 
 
-def decode_pair(pair: FramePair) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def decode_pair(pair: FramePair, topics: Optional[BagTopics] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """``(colour BGR uint8, depth metres float32 or None)`` of a pair.
 
     Uses the package's message conversions (``cmcnn_ros.ros.conversions``,
-    ROS-free) so bags and the live node decode images identically.
+    ROS-free) so bags and the live node decode images identically, raw or
+    compressed.
+
+    Args:
+        topics: the bag's topics, named in the error messages.
 
     Raises:
         cmcnn_ros.ros.conversions.ImageConversionError: bad encoding, size or data.
     """
     from cmcnn_ros.ros.conversions import frame_pair
 
-    return frame_pair(pair.colour, pair.depth)
+    names = (None, None) if topics is None else (topics.colour, topics.depth)
+    return frame_pair(pair.colour, pair.depth, names)

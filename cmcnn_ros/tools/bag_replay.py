@@ -15,6 +15,19 @@ Behaviour follows ``ros2 bag play --clock``:
   started with ``use_sim_time:=true`` sees the recorded time;
 * ``--loop`` starts over at the end (the clock jumps back, as with rosbag2).
 
+Robot bags usually hold ``image_transport``'s compressed topics
+(``sensor_msgs/CompressedImage`` on ``<base>/compressed`` and
+``<base>/compressedDepth``): they are replayed as recorded (for a node with
+``colour_transport: compressed`` / ``depth_transport: compressedDepth``), or
+with ``--decompress`` decoded (:mod:`cmcnn_ros.ros.compressed`) and published
+as ``sensor_msgs/Image`` on the base topic, as image_transport's ``republish``
+to ``raw`` would (colour ``bgr8``/``mono8``, depth in its recorded
+``16UC1``/``32FC1``). A message that cannot be decoded is skipped, counted and
+logged once per reason. ROS 1 bags are replayed too: each message is
+converted to its ROS 2 form (``rosbags``' ``ros1_to_cdr``: the header's
+``seq`` dropped); topics of types without a ROS 2 counterpart are left out
+with a warning.
+
 QoS: publishers are reliable (depth 10) by default, like ``ros2 bag play``
 and as REP-2003 asks of sensor drivers: a reliable publisher serves both
 reliable and best-effort (``qos_profile_sensor_data``) subscribers.
@@ -34,12 +47,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
+from cmcnn_ros.ros import compressed
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.tools.bag_io import BagError, rosbag2_folder
 
 logger = logging.getLogger(__name__)
 
 CLOCK_TOPIC = "/clock"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
 QOS_CHOICES = ("reliable", "sensor")
 
 
@@ -59,6 +76,8 @@ class ReplayOptions:
         qos: ``"reliable"`` (depth 10) or ``"sensor"`` (best effort, depth 5).
         topics: only these topics (None = all).
         remap: ``{bag topic: published topic}``.
+        decompress: publish ``CompressedImage`` topics decoded, as ``sensor_msgs/Image``
+            on their base topic (``<base>/compressed`` -> ``<base>``).
     """
 
     rate: float = 1.0
@@ -68,6 +87,7 @@ class ReplayOptions:
     qos: str = "reliable"
     topics: Optional[Tuple[str, ...]] = None
     remap: Dict[str, str] = field(default_factory=dict)
+    decompress: bool = False
 
     def validate(self) -> None:
         """Raises:
@@ -93,6 +113,8 @@ class ReplayStats:
         publish_wall: per published topic, ``(bag log time ns, time.time())``
             of every message, for end-to-end latency measurements.
         loops: complete passes over the bag.
+        bad_messages: per published topic, compressed messages that could not
+            be decompressed and were skipped (``--decompress``).
     """
 
     published: Dict[str, int] = field(default_factory=dict)
@@ -102,11 +124,12 @@ class ReplayStats:
     wall_s: float = 0.0
     publish_wall: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)
     loops: int = 0
+    bad_messages: Dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> Dict[str, Any]:
         return {"published": dict(self.published), "clock_messages": self.clock_messages,
                 "first_time_ns": self.first_time_ns, "last_time_ns": self.last_time_ns,
-                "wall_s": round(self.wall_s, 3), "loops": self.loops}
+                "wall_s": round(self.wall_s, 3), "loops": self.loops, "bad_messages": dict(self.bad_messages)}
 
 
 def message_class(msgtype: str) -> Any:
@@ -136,21 +159,53 @@ def _qos(kind: str) -> Any:
     return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
+class _Decompressor:
+    """CDR bytes of a recorded CompressedImage -> CDR bytes of the ``sensor_msgs/Image`` republish would give."""
+
+    def __init__(self, typestore: Any, topic: str) -> None:
+        self._ts = typestore
+        self._depth = compressed.split_transport_topic(topic)[1] == "compressedDepth"
+
+    def __call__(self, cdr: bytes) -> bytes:
+        """Raises:
+            compressed.CompressedImageError: the message cannot be decoded.
+        """
+        from cmcnn_ros.ros.conversions import array_to_image_fields
+
+        msg = self._ts.deserialize_cdr(cdr, compressed.COMPRESSED_IMAGE_TYPE)
+        depth = self._depth or "compresseddepth" in str(msg.format).lower()
+        if depth:
+            array, encoding = compressed.decode_depth(msg.format, msg.data)
+        else:
+            array = compressed.decode_colour(msg.format, msg.data)
+            encoding = "mono8" if array.ndim == 2 else "bgr8"
+        fields = array_to_image_fields(array, encoding)
+        fields["data"] = np.frombuffer(fields["data"], np.uint8)
+        image = self._ts.types[IMAGE_TYPE](header=msg.header, **fields)
+        return bytes(self._ts.serialize_cdr(image, IMAGE_TYPE))
+
+
+def _decompressed_topic(topic: str) -> str:
+    """Where ``--decompress`` publishes a compressed topic: its image_transport base topic."""
+    base, transport = compressed.split_transport_topic(topic)
+    return base if transport != "raw" else f"{topic}/decompressed"
+
+
 class BagReplayer:
-    """Publishes a rosbag2's messages on live topics at the recorded timing.
+    """Publishes a bag's messages on live topics at the recorded timing.
 
     Args:
         node: an rclpy node to own the publishers (need not be spun).
-        bag_path: rosbag2 folder (MCAP or sqlite3).
+        bag_path: rosbag2 folder (MCAP or sqlite3) or ROS 1 ``.bag`` file.
         options: :class:`ReplayOptions`.
 
     Raises:
-        ReplayError: bad options, a ROS 1 bag, or no topic left to play.
+        ReplayError: bad options, or no topic left to play.
         BagError: the bag is missing or unreadable.
     """
 
     def __init__(self, node: Any, bag_path: "str | Path", options: ReplayOptions = ReplayOptions()) -> None:
-        from rosbags.rosbag2 import Reader, ReaderError
+        from rosbags.typesys import Stores, get_typestore
 
         options.validate()
         self.node = node
@@ -158,20 +213,18 @@ class BagReplayer:
         self.path = Path(bag_path)
         if not self.path.exists():
             raise BagError(f"bag {self.path} does not exist")
-        if self.path.is_file() and self.path.suffix == ".bag":
-            raise ReplayError(f"{self.path} is a ROS 1 bag; convert it first (rosbags-convert --src {self.path})")
-        # A folder of .mcap files without metadata.yaml opens through a temporary folder
-        # (bag_io.rosbag2_folder), kept until close().
-        self._folder = rosbag2_folder(self.path)
-        try:
-            self._reader = Reader(self._folder.__enter__())
-            self._reader.open()
-        except (ReaderError, OSError, ValueError) as exc:
-            self._folder.__exit__(None, None, None)
-            raise BagError(f"cannot read bag {self.path}: {exc}") from exc
+        self._ts = get_typestore(Stores.ROS2_KILTED)
+        self._ros1 = self.path.is_file() and self.path.suffix == ".bag"
+        self._reader, self._folder = self._open()
         wanted = set(options.topics) if options.topics is not None else None
-        self._connections = [c for c in self._reader.connections
-                             if (wanted is None or c.topic in wanted) and c.topic != CLOCK_TOPIC]
+        connections = [c for c in self._reader.connections
+                       if (wanted is None or c.topic in wanted) and c.topic != CLOCK_TOPIC]
+        self._connections = []
+        for conn in connections:
+            if self._ros1 and conn.msgtype not in self._ts.types:
+                logger.warning("%s (%s) has no ROS 2 counterpart here and is not replayed", conn.topic, conn.msgtype)
+                continue
+            self._connections.append(conn)
         if wanted is not None:
             missing = wanted - {c.topic for c in self._reader.connections}
             if missing:
@@ -180,12 +233,19 @@ class BagReplayer:
         if not self._connections:
             raise ReplayError(f"nothing to replay in {self.path}")
         self._publishers: Dict[int, Tuple[str, Any]] = {}
+        self._convert: Dict[int, List[Callable[[bytes], bytes]]] = {}
         by_topic: Dict[str, Any] = {}
         for conn in self._connections:
-            out_topic = options.remap.get(conn.topic, conn.topic)
+            steps: List[Callable[[bytes], bytes]] = []
+            if self._ros1:   # ROS 1 serialisation -> CDR of the ROS 2 type (header.seq dropped)
+                steps.append(lambda raw, t=conn.msgtype: bytes(self._ts.ros1_to_cdr(raw, t)))
+            msgtype, out_topic = conn.msgtype, options.remap.get(conn.topic, conn.topic)
+            if options.decompress and conn.msgtype == compressed.COMPRESSED_IMAGE_TYPE:
+                steps.append(_Decompressor(self._ts, conn.topic))
+                msgtype, out_topic = IMAGE_TYPE, options.remap.get(conn.topic, _decompressed_topic(conn.topic))
+            self._convert[conn.id] = steps
             if out_topic not in by_topic:
-                by_topic[out_topic] = node.create_publisher(message_class(conn.msgtype), out_topic,
-                                                            _qos(options.qos))
+                by_topic[out_topic] = node.create_publisher(message_class(msgtype), out_topic, _qos(options.qos))
             self._publishers[conn.id] = (out_topic, by_topic[out_topic])
         self._by_topic = by_topic
         self._clock_pub = None
@@ -198,6 +258,37 @@ class BagReplayer:
             self._clock_pub = node.create_publisher(Clock, CLOCK_TOPIC,
                                                     QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.stop_event = threading.Event()
+        self._reasons: set = set()   # decompression failures already logged
+
+    def _open(self) -> Tuple[Any, Any]:
+        """The opened reader and the folder context to leave on close.
+
+        Raises:
+            BagError: the bag cannot be read.
+        """
+        from contextlib import nullcontext
+
+        if self._ros1:
+            from rosbags.rosbag1 import Reader as Reader1, ReaderError as ReaderError1
+
+            reader1 = Reader1(self.path)
+            try:
+                reader1.open()
+            except (ReaderError1, OSError, ValueError) as exc:
+                raise BagError(f"cannot read ROS 1 bag {self.path}: {exc}") from exc
+            return reader1, nullcontext()
+        from rosbags.rosbag2 import Reader, ReaderError
+
+        # A folder of .mcap files without metadata.yaml opens through a temporary folder
+        # (bag_io.rosbag2_folder), kept until close().
+        folder = rosbag2_folder(self.path)
+        try:
+            reader = Reader(folder.__enter__())
+            reader.open()
+        except (ReaderError, OSError, ValueError) as exc:
+            folder.__exit__(None, None, None)
+            raise BagError(f"cannot read bag {self.path}: {exc}") from exc
+        return reader, folder
 
     @property
     def topics(self) -> List[str]:
@@ -262,6 +353,22 @@ class BagReplayer:
         if self.publish_clock(t_ns):
             stats.clock_messages += 1
 
+    def _prepare(self, conn: Any, t_ns: int, raw: bytes, topic: str, stats: ReplayStats) -> Optional[bytes]:
+        """The bytes to publish for a recorded message, or None when it cannot be decompressed (logged, counted)."""
+        try:
+            for step in self._convert[conn.id]:
+                raw = step(raw)
+        except compressed.CompressedImageError as exc:
+            n = stats.bad_messages.get(topic, 0) + 1
+            stats.bad_messages[topic] = n
+            reason = str(exc)
+            if reason not in self._reasons:
+                self._reasons.add(reason)
+                logger.warning("skipping a %s message at %.3f s that cannot be decompressed: %s; replay without "
+                               "--decompress to pass it on as recorded", conn.topic, t_ns / 1e9, reason)
+            return None
+        return raw
+
     def play(self, progress: Optional[Callable[[int, int], None]] = None) -> ReplayStats:
         """Play the bag (once, or until :attr:`stop_event` with ``loop``).
 
@@ -300,7 +407,11 @@ class BagReplayer:
                 # The clock reaches the message's time before the message arrives.
                 self._publish_clock(t_ns, stats)
                 topic, pub = self._publishers[conn.id]
-                pub.publish(bytes(raw))
+                data = self._prepare(conn, t_ns, bytes(raw), topic, stats)
+                if data is None:
+                    done += 1
+                    continue
+                pub.publish(data)
                 stats.published[topic] = stats.published.get(topic, 0) + 1
                 stats.publish_wall.setdefault(topic, []).append((t_ns, time.time()))
                 stats.last_time_ns = t_ns
@@ -328,9 +439,9 @@ def _parse_remap(items: Sequence[str]) -> Dict[str, str]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cmcnn-bag-replay",
-        description="Publish a rosbag2 (MCAP/sqlite3) on live ROS 2 topics at the recorded timing, "
+        description="Publish a rosbag2 (MCAP/sqlite3) or ROS 1 bag on live ROS 2 topics at the recorded timing, "
                     "with /clock for use_sim_time nodes (ros2 bag play --clock without rosbag2).")
-    p.add_argument("bag", type=Path, help="rosbag2 folder")
+    p.add_argument("bag", type=Path, help="rosbag2 folder or ROS 1 .bag file")
     p.add_argument("--rate", type=float, default=1.0, help="speed multiplier (default 1.0)")
     p.add_argument("--loop", action="store_true", help="start over at the end until Ctrl-C")
     p.add_argument("--no-clock", action="store_true", help="do not publish /clock")
@@ -339,6 +450,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="reliable (default, serves every subscriber) or sensor (best effort)")
     p.add_argument("--topics", nargs="+", default=None, help="only these bag topics")
     p.add_argument("--remap", nargs="+", default=[], metavar="OLD:=NEW", help="publish a bag topic under another name")
+    p.add_argument("--decompress", action="store_true",
+                   help="publish image_transport compressed topics (sensor_msgs/CompressedImage) decoded, as "
+                        "sensor_msgs/Image on their base topic (BASE/compressed -> BASE), as republish to raw "
+                        "would; default: as recorded")
     p.add_argument("--wait-for-subscriber", nargs="+", default=[], metavar="TOPIC",
                    help="wait until these (published) topics have a subscriber before playing")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds for --wait-for-subscriber (default 30)")
@@ -353,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         options = ReplayOptions(rate=args.rate, loop=args.loop, clock=not args.no_clock, clock_hz=args.clock_hz,
                                 qos=args.qos, topics=tuple(args.topics) if args.topics else None,
-                                remap=_parse_remap(args.remap))
+                                remap=_parse_remap(args.remap), decompress=args.decompress)
         options.validate()
     except ReplayError as exc:
         logger.error("%s", exc)

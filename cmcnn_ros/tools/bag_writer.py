@@ -29,6 +29,14 @@ All four messages of a frame carry the same stamp (header stamp and bag
 log time), frame id ``camera_color_optical_frame``; the colour and depth
 topic names are the ``fer_node`` defaults, so replaying the bag into the node
 needs no remapping.
+
+With ``colour_transport="compressed"`` / ``depth_transport="compressedDepth"``
+the images are written the way a robot records them through
+``image_transport`` instead: ``sensor_msgs/msg/CompressedImage`` on
+``/camera/color/image_raw/compressed`` (format ``"rgb8; jpeg compressed
+bgr8"``, or PNG) and ``/camera/depth_registered/image_raw/compressedDepth``
+(``"16UC1; compressedDepth png"`` or ``rvl``), encoded as the plugins encode
+them (:mod:`cmcnn_ros.ros.compressed`); no raw image topic is written then.
 """
 
 from __future__ import annotations
@@ -42,16 +50,51 @@ from typing import Any, Optional
 
 import numpy as np
 
+from cmcnn_ros.ros import compressed
 from cmcnn_ros.tools.bag_io import (CAMERA_FRAME_ID, CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COLOUR_TOPIC, DEPTH_TOPIC,
                                     IMAGE_TYPE, LABELS_TOPIC, STRING_TYPE, FrameLabels)
 
 STORAGES = ("mcap", "sqlite3")
+COMPRESSED_IMAGE_TYPE = compressed.COMPRESSED_IMAGE_TYPE
 COLOUR_ENCODING = "rgb8"  # Kinect v1 drivers (openni) publish rgb8
 DEPTH_ENCODING = "16UC1"
 
 
 class BagWriteError(ValueError):
     """Bad writer options or frames (sizes, dtypes, existing output)."""
+
+
+@dataclass(frozen=True)
+class Transports:
+    """How the images are written: raw, or as image_transport's compressed transports.
+
+    Attributes:
+        colour: ``"raw"`` or ``"compressed"``.
+        depth: ``"raw"`` or ``"compressedDepth"``.
+        colour_codec: ``"jpeg"`` or ``"png"`` (compressed colour).
+        jpeg_quality: 1-100 (the plugin's default is 95).
+        depth_codec: ``"png"`` or ``"rvl"`` (compressedDepth).
+    """
+
+    colour: str = "raw"
+    depth: str = "raw"
+    colour_codec: str = "jpeg"
+    jpeg_quality: int = compressed.JPEG_QUALITY
+    depth_codec: str = "png"
+
+    def validate(self) -> None:
+        """Raises:
+            BagWriteError: an unknown transport or codec, or a quality outside 1-100.
+        """
+        if self.colour not in compressed.COLOUR_TRANSPORTS:
+            raise BagWriteError(f"colour transport must be one of {compressed.COLOUR_TRANSPORTS}, got {self.colour!r}")
+        if self.depth not in compressed.DEPTH_TRANSPORTS:
+            raise BagWriteError(f"depth transport must be one of {compressed.DEPTH_TRANSPORTS}, got {self.depth!r}")
+        if self.colour_codec not in ("jpeg", "png") or self.depth_codec not in ("png", "rvl"):
+            raise BagWriteError(f"codecs: colour jpeg|png, depth png|rvl; got {self.colour_codec!r}, "
+                                f"{self.depth_codec!r}")
+        if not 1 <= int(self.jpeg_quality) <= 100:
+            raise BagWriteError(f"JPEG quality must be in 1-100, got {self.jpeg_quality}")
 
 
 @dataclass(frozen=True)
@@ -73,17 +116,21 @@ class RgbdBagWriter:
         path: output bag folder (must not exist unless ``overwrite``).
         storage: ``"mcap"`` (default) or ``"sqlite3"``.
         overwrite: replace an existing folder.
+        transports: raw images (default) or image_transport's compressed topics.
 
     Raises:
-        BagWriteError: the output exists (without ``overwrite``) or the storage is unknown.
+        BagWriteError: the output exists (without ``overwrite``), the storage or a transport is unknown.
     """
 
-    def __init__(self, path: "str | Path", storage: str = "mcap", overwrite: bool = False) -> None:
+    def __init__(self, path: "str | Path", storage: str = "mcap", overwrite: bool = False,
+                 transports: Transports = Transports()) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.typesys import Stores, get_typestore
 
         if storage not in STORAGES:
             raise BagWriteError(f"storage must be one of {STORAGES}, got {storage!r}")
+        transports.validate()
+        self.transports = transports
         self.path = Path(path)
         self.overwrite = overwrite
         if self.path.exists():
@@ -99,9 +146,14 @@ class RgbdBagWriter:
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         self._writer = Writer(self._tmpdir / self.path.name, version=9, storage_plugin=plugin)
         self._writer.open()
+        image_type = {"raw": IMAGE_TYPE}
         self._conns = {
-            "colour": self._writer.add_connection(COLOUR_TOPIC, IMAGE_TYPE, typestore=self._ts),
-            "depth": self._writer.add_connection(DEPTH_TOPIC, IMAGE_TYPE, typestore=self._ts),
+            "colour": self._writer.add_connection(compressed.transport_topic(COLOUR_TOPIC, transports.colour),
+                                                  image_type.get(transports.colour, COMPRESSED_IMAGE_TYPE),
+                                                  typestore=self._ts),
+            "depth": self._writer.add_connection(compressed.transport_topic(DEPTH_TOPIC, transports.depth),
+                                                 image_type.get(transports.depth, COMPRESSED_IMAGE_TYPE),
+                                                 typestore=self._ts),
             "info": self._writer.add_connection(CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, typestore=self._ts),
             "labels": self._writer.add_connection(LABELS_TOPIC, STRING_TYPE, typestore=self._ts),
         }
@@ -130,6 +182,25 @@ class RgbdBagWriter:
         fields["data"] = np.frombuffer(fields["data"], dtype=np.uint8)
         msg = self._ts.types[IMAGE_TYPE](header=self._header(stamp_ns), **fields)
         return self._ts.serialize_cdr(msg, IMAGE_TYPE)
+
+    def _compressed(self, stamp_ns: int, fmt: str, data: bytes) -> bytes:
+        msg = self._ts.types[COMPRESSED_IMAGE_TYPE](header=self._header(stamp_ns), format=fmt,
+                                                    data=np.frombuffer(data, dtype=np.uint8))
+        return self._ts.serialize_cdr(msg, COMPRESSED_IMAGE_TYPE)
+
+    def _colour(self, stamp_ns: int, rgb: np.ndarray) -> bytes:
+        t = self.transports
+        if t.colour == "raw":
+            return self._image(stamp_ns, rgb, COLOUR_ENCODING)
+        # What a driver publishing rgb8 through image_transport records.
+        return self._compressed(stamp_ns, *compressed.encode_colour(rgb, COLOUR_ENCODING, t.colour_codec,
+                                                                    t.jpeg_quality))
+
+    def _depth(self, stamp_ns: int, depth_mm: np.ndarray) -> bytes:
+        if self.transports.depth == "raw":
+            return self._image(stamp_ns, depth_mm, DEPTH_ENCODING)
+        return self._compressed(stamp_ns, *compressed.encode_depth(depth_mm, DEPTH_ENCODING,
+                                                                   self.transports.depth_codec))
 
     def _camera_info(self, stamp_ns: int, k: CameraIntrinsics) -> bytes:
         t = self._ts.types
@@ -167,8 +238,8 @@ class RgbdBagWriter:
         if labels.stamp_ns != stamp_ns:
             raise BagWriteError(f"labels stamp {labels.stamp_ns} != frame stamp {stamp_ns}")
         w = self._writer
-        w.write(self._conns["colour"], stamp_ns, self._image(stamp_ns, c[:, :, ::-1], COLOUR_ENCODING))
-        w.write(self._conns["depth"], stamp_ns, self._image(stamp_ns, d, DEPTH_ENCODING))
+        w.write(self._conns["colour"], stamp_ns, self._colour(stamp_ns, c[:, :, ::-1]))
+        w.write(self._conns["depth"], stamp_ns, self._depth(stamp_ns, d))
         if intrinsics is not None:
             w.write(self._conns["info"], stamp_ns, self._camera_info(stamp_ns, intrinsics))
         w.write(self._conns["labels"], stamp_ns,

@@ -23,6 +23,11 @@ End to end, with real ROS 2 (rclpy over Fast DDS on loopback):
 
 The node drops frames rather than queueing them (newest pair wins), so
 frames it skipped have no result; they are reported as "frames processed".
+
+A bag holding image_transport's compressed topics (a robot's recording, or
+``cmcnn-demo --compressed``) is replayed as recorded and the node subscribes
+to them (``colour_transport: compressed``, ``depth_transport:
+compressedDepth``), as it would on the robot.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros import resources
+from cmcnn_ros.ros.compressed import split_transport_topic
 from cmcnn_ros.ros.sync import ros_stamp_ns
 from cmcnn_ros.tools.bag_evaluate import write_outputs
 from cmcnn_ros.tools.scoring import PredictedFace, Scoreboard, format_report
@@ -136,10 +142,17 @@ def ros_env(domain_id: int) -> Dict[str, str]:
 
 def start_node(weights: Path, log_path: Path, env: Dict[str, str], num_threads: int = 0,
                colour_topic: str = COLOUR_TOPIC, depth_topic: str = DEPTH_TOPIC) -> subprocess.Popen:
-    """Start ``fer_node`` in its own process (autostart, use_sim_time), logging to ``log_path``."""
+    """Start ``fer_node`` in its own process (autostart, use_sim_time), logging to ``log_path``.
+
+    A topic of image_transport's compressed transports (``.../compressed``,
+    ``.../compressedDepth``) becomes the base topic plus the transport parameter.
+    """
+    colour_base, colour_transport = split_transport_topic(colour_topic)
+    depth_base, depth_transport = split_transport_topic(depth_topic) if depth_topic else ("''", "raw")
     cmd = [sys.executable, "-m", "cmcnn_ros.ros.fer_node", "--ros-args",
            "-p", f"model_path:={weights}", "-p", "use_sim_time:=true", "-p", f"num_threads:={num_threads}",
-           "-p", f"colour_topic:={colour_topic}", "-p", f"depth_topic:={depth_topic}",
+           "-p", f"colour_topic:={colour_base}", "-p", f"depth_topic:={depth_base}",
+           "-p", f"colour_transport:={colour_transport}", "-p", f"depth_transport:={depth_transport}",
            "-p", "publish_hri:=false"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_node
@@ -234,7 +247,8 @@ def run_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> Dict[s
     log_path = opts.output_dir / "fer_node.log"
     proc = start_node(weights, log_path, env, opts.node_threads, topics.colour, topics.depth or "")
     try:
-        collected, stats, t_ready = _replay_and_collect(bag, proc, log_path, opts)
+        collected, stats, t_ready = _replay_and_collect(bag, proc, log_path, opts,
+                                                        (topics.colour, topics.depth or topics.colour))
     finally:
         code = stop_node(proc)
     if code not in (0, -signal.SIGINT, 130):
@@ -253,8 +267,8 @@ def run_demo(opts: DemoOptions, write_bag: Optional[BagSource] = None) -> Dict[s
     return report.to_dict()
 
 
-def _replay_and_collect(bag: Path, proc: subprocess.Popen, log_path: Path,
-                        opts: DemoOptions) -> Tuple[Collected, Any, float]:
+def _replay_and_collect(bag: Path, proc: subprocess.Popen, log_path: Path, opts: DemoOptions,
+                        inputs: Tuple[str, str] = (COLOUR_TOPIC, DEPTH_TOPIC)) -> Tuple[Collected, Any, float]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -277,7 +291,7 @@ def _replay_and_collect(bag: Path, proc: subprocess.Popen, log_path: Path,
     spinner.start()
     replayer = BagReplayer(node, bag, ReplayOptions(rate=opts.rate))
     try:
-        wanted = [t for t in replayer.topics if t in (COLOUR_TOPIC, DEPTH_TOPIC)] or replayer.topics[:1]
+        wanted = [t for t in replayer.topics if t in inputs] or replayer.topics[:1]
         deadline = time.monotonic() + opts.startup_timeout_s
         # The node subscribes only once active (model loaded), so its subscriptions mean "ready".
         while True:

@@ -23,7 +23,7 @@ import numpy as np
 
 from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.tools.bag_io import FrameLabels, GroundTruthFace
-from cmcnn_ros.tools.bag_writer import STORAGES, CameraIntrinsics, RgbdBagWriter
+from cmcnn_ros.tools.bag_writer import STORAGES, CameraIntrinsics, RgbdBagWriter, Transports
 
 from .scene import FaceSpec, random_background, random_light, render_frame
 from .scenarios import SequencePlan, plan_sequence
@@ -93,6 +93,7 @@ class BagSummary:
     labels: Dict[str, int]
     subjects: List[str]
     storage: str
+    transports: str
     size_mb: float
     wall_s: float
 
@@ -104,8 +105,12 @@ class BagSummary:
 
 def write_synthetic_bag(path: "str | Path", duration_s: float = 10.0, fps: float = 10.0, num_faces: int = 3,
                         seed: int = 0, storage: str = "mcap", overwrite: bool = False,
-                        progress: bool = False, with_camera_info: bool = True) -> BagSummary:
+                        progress: bool = False, with_camera_info: bool = True,
+                        transports: Transports = Transports()) -> BagSummary:
     """Render a scripted multi-face sequence (:func:`plan_sequence`) into a labelled bag.
+
+    ``transports`` chooses raw images (default) or image_transport's compressed
+    topics, encoded as a robot's recording holds them.
 
     Raises:
         BagWriteError: bad options or an existing output without ``overwrite``.
@@ -114,7 +119,7 @@ def write_synthetic_bag(path: "str | Path", duration_s: float = 10.0, fps: float
     plan = plan_sequence(duration_s=duration_s, fps=fps, num_faces=num_faces, seed=seed)
     counts: Dict[str, int] = {}
     n_faces = 0
-    with RgbdBagWriter(path, storage=storage, overwrite=overwrite) as writer:
+    with RgbdBagWriter(path, storage=storage, overwrite=overwrite, transports=transports) as writer:
         for i, frame in render_plan(plan, progress=progress):
             labels = frame_labels(plan, i, frame)
             cam = frame.camera
@@ -127,7 +132,12 @@ def write_synthetic_bag(path: "str | Path", duration_s: float = 10.0, fps: float
     size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
     return BagSummary(path=out, frames=plan.num_frames, duration_s=plan.duration_s, fps=plan.fps,
                       faces_per_frame=n_faces / max(1, plan.num_frames), labels=dict(sorted(counts.items())),
-                      subjects=[str(f.subject_id) for f in plan.faces], storage=storage, size_mb=round(size, 1),
+                      subjects=[str(f.subject_id) for f in plan.faces], storage=storage,
+                      transports=("raw" if transports == Transports() else
+                                  f"colour {transports.colour} ({transports.colour_codec}"
+                                  + (f" q{transports.jpeg_quality}" if transports.colour_codec == "jpeg" else "")
+                                  + f"), depth {transports.depth} ({transports.depth_codec})"),
+                      size_mb=round(size, 1),
                       wall_s=round(time.monotonic() - t0, 2))
 
 
@@ -144,6 +154,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--storage", choices=STORAGES, default="mcap", help="rosbag2 storage (default mcap)")
     p.add_argument("--no-camera-info", action="store_true", help="leave out sensor_msgs/CameraInfo")
+    p.add_argument("--compressed", action="store_true",
+                   help="write image_transport's compressed topics instead of raw images, as a robot records "
+                        "them: BASE/compressed (JPEG) and BASE/compressedDepth (PNG)")
+    p.add_argument("--jpeg-quality", type=int, default=95,
+                   help="with --compressed: JPEG quality of the colour (default 95, the plugin's default)")
+    p.add_argument("--colour-codec", choices=("jpeg", "png"), default="jpeg", help="compressed colour codec")
+    p.add_argument("--depth-codec", choices=("png", "rvl"), default="png",
+                   help="compressedDepth codec (png: the plugin's default; rvl: newer distributions)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bag")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -155,10 +173,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.verbose)
     duration = args.duration if args.frames is None else args.frames / args.fps if args.fps > 0 else 0.0
+    transports = (Transports("compressed", "compressedDepth", args.colour_codec, args.jpeg_quality, args.depth_codec)
+                  if args.compressed else Transports())
     try:
         summary = write_synthetic_bag(args.out, duration_s=duration, fps=args.fps, num_faces=args.faces,
                                       seed=args.seed, storage=args.storage, overwrite=args.overwrite,
-                                      progress=not args.no_progress, with_camera_info=not args.no_camera_info)
+                                      progress=not args.no_progress, with_camera_info=not args.no_camera_info,
+                                      transports=transports)
     except ValueError as exc:  # BagWriteError, SceneError, ...
         logger.error("%s", exc)
         return 2

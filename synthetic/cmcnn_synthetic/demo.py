@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cmcnn_ros.tools import demo
+from cmcnn_ros.tools.bag_writer import Transports
 
 from .bags import write_synthetic_bag
 
@@ -38,13 +39,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, default=8.0, help="frame rate (default 8)")
     g.add_argument("--faces", type=int, default=3, help="faces at once, 1-4 (default 3)")
     g.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    g.add_argument("--compressed", action="store_true",
+                   help="write the bag with image_transport's compressed topics (JPEG quality 90 colour, PNG "
+                        "compressedDepth), as a robot records it; the node then reads those transports")
     return p
 
 
 def write_demo_bag(args: argparse.Namespace, path: Path) -> None:
     """Render the demo's synthetic bag into ``path`` (replaced) from the parsed options."""
+    transports = Transports("compressed", "compressedDepth", "jpeg", 90, "png") if args.compressed else Transports()
     summary = write_synthetic_bag(path, duration_s=args.duration, fps=args.fps, num_faces=args.faces,
-                                  seed=args.seed, overwrite=True, progress=not args.no_progress)
+                                  seed=args.seed, overwrite=True, progress=not args.no_progress,
+                                  transports=transports)
     logger.info("rendered %d frames, %.1f faces a frame", summary.frames, summary.faces_per_frame)
 
 
