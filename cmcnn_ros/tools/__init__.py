@@ -2,7 +2,8 @@
 rosbag I/O, the offline bag evaluator and its scoring, the bag replayer and the demo's ROS half."""
 
 import logging
-from typing import Optional, Union
+import sys
+from typing import Any, Iterable, Optional, Union
 
 
 def configure_logging(verbose: bool = False, quiet_level: int = logging.INFO, *,
@@ -34,3 +35,15 @@ def configure_logging(verbose: bool = False, quiet_level: int = logging.INFO, *,
     logging.basicConfig(level=resolved, format="%(asctime)s " + fmt if timestamps else fmt)
     # PyOpenGL (the synthetic renderer) logs platform noise at INFO.
     logging.getLogger("OpenGL").setLevel(logging.WARNING)
+
+
+def progress_bar(iterable: Optional[Iterable[Any]] = None, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm progress bar for long work, shown only when asked for and stderr is a terminal.
+
+    Every tool, the trainer and the renderer make their bars here: redirected
+    into a log (CI, ``nohup``, a launch file) a bar would write hundreds of
+    carriage-return updates, so it stays quiet there.
+    """
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=not enabled or not sys.stderr.isatty(), **kwargs)

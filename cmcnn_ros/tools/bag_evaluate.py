@@ -87,7 +87,7 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
         BagError: the bag or its topics are unusable.
         EvaluationError: bad options.
     """
-    from tqdm import tqdm
+    from . import progress_bar
 
     if options.every < 1:
         raise EvaluationError(f"--every must be >= 1, got {options.every}")
@@ -109,7 +109,7 @@ def evaluate_bag(bag: "str | Path", stream: Any, options: EvaluateOptions = Eval
                     topics.labels or "none", n_colour, len(labels))
         paired = unpaired = 0
         bad: Dict[str, int] = {}
-        bar = tqdm(total=total // options.every, desc="evaluating", unit="frame", disable=not options.progress)
+        bar = progress_bar(total=total // options.every, desc="evaluating", unit="frame", enabled=options.progress)
         try:
             for i, pair in enumerate(iter_frame_pairs(reader, topics, options.slop_s, labels)):
                 if i % options.every:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from cmcnn_ros.tools import configure_logging
+from cmcnn_ros.tools import configure_logging, progress_bar
 from cmcnn_ros import resources
 from cmcnn_ros.ros.compressed import split_transport_topic
 from cmcnn_ros.ros.sync import ros_stamp_ns
@@ -307,8 +307,7 @@ def _replay_and_collect(bag: Path, proc: subprocess.Popen, log_path: Path, opts:
         logger.info("fer_node ready after %.1f s; replaying %s at rate %.2f", t_ready, bag, opts.rate)
         bar = None
         if opts.progress:
-            from tqdm import tqdm
-            bar = tqdm(desc="replaying", unit="msg", leave=False)
+            bar = progress_bar(desc="replaying", unit="msg", leave=False)
 
         def progress(done: int, total: int) -> None:
             if bar is not None:

@@ -60,12 +60,12 @@ def render_plan(plan: SequencePlan, progress: bool = False) -> Iterator[Tuple[in
     Light and room are drawn once from the plan's seed so they stay put over
     the sequence; the per-frame seed only changes the sensor noise.
     """
-    from tqdm import tqdm
+    from cmcnn_ros.tools import progress_bar
 
     scene_rng = np.random.default_rng([0xBA6, plan.seed])
     light = random_light(scene_rng)
     background = random_background(scene_rng, max(f.z_m for f in plan.faces) + 0.1)
-    for i in tqdm(range(plan.num_frames), desc="rendering", unit="frame", disable=not progress):
+    for i in progress_bar(range(plan.num_frames), desc="rendering", unit="frame", enabled=progress):
         yield i, render_frame(face_specs_at(plan, i), light=light, background=background,
                               seed=plan.seed * 100_003 + i)
 

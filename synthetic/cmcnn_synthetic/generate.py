@@ -237,14 +237,14 @@ def generate_dataset(root: Path, jobs: Sequence[Job], options: RenderOptions, wo
     """
     if workers < 1:
         raise GenerateError(f"--workers must be >= 1, got {workers}")
-    from tqdm import tqdm
+    from cmcnn_ros.tools import progress_bar
 
     (root / "colour").mkdir(parents=True, exist_ok=True)
     (root / "depth").mkdir(parents=True, exist_ok=True)
     rows: List[List[str]] = []
     truths: List[List[str]] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(jobs), unit="frame", disable=not progress, desc="cmcnn-synth")
+    bar = progress_bar(total=len(jobs), unit="frame", enabled=progress, desc="cmcnn-synth")
     if workers == 1:
         _init_worker(options, str(root), single_thread_gl=False)
         results: Iterator[Tuple[List[str], List[str]]] = (_worker_job(j) for j in jobs)

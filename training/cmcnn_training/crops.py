@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.preprocessing.model_input import build_model_input, load, store
 from cmcnn_ros.preprocessing.params import PreprocessingParams
 from cmcnn_ros.preprocessing.pipeline import FacePreprocessor
+from cmcnn_ros.tools import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def _run_extraction(dataset: Any, params: PreprocessingParams, modalities: Tuple
         except Exception as exc:  # noqa: BLE001 - any pickling failure means "not shareable"
             logger.warning("dataset %s cannot be sent to worker processes (%s); extracting in-process",
                         type(dataset).__name__, exc)
-    bar = tqdm(total=n, desc="crops", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc="crops", unit="img", enabled=progress, leave=False)
     results: List[_Extracted] = []
     try:
         if blob is not None:

@@ -36,13 +36,13 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
 from cmcnn_ros.model.cmcnn import class_probabilities, model_temperature
 from cmcnn_ros.model.losses import soft_labels
 from cmcnn_ros.preprocessing.model_input import at_model_precision, store, zero_depth
 from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
+from cmcnn_ros.tools import progress_bar
 
 from .crops import CropSet
 
@@ -364,7 +364,7 @@ def train_one_epoch(model: nn.Module, loader: CropBatches, loss_fn: LossFn, opti
     t0 = time.perf_counter()
     total_loss, total_n = 0.0, 0
     correct: Dict[str, int] = {}
-    bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=not progress, unit="batch")
+    bar = progress_bar(loader, desc=f"{desc} {epoch}", leave=False, enabled=progress, unit="batch")
     for x, y in bar:
         target = y
         if targets is not None and targets.active:
@@ -415,7 +415,7 @@ def evaluate(model: nn.Module, loader: CropBatches, device: torch.device, progre
     t0 = time.perf_counter()
     ys: List[np.ndarray] = []
     probs: List[np.ndarray] = []
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+    for x, y in progress_bar(loader, desc=desc, leave=False, enabled=progress, unit="batch"):
         logits = model(x.to(device, non_blocking=True))
         probs.append(class_probabilities(logits, model_temperature(model)).cpu().numpy())
         ys.append(y.numpy())

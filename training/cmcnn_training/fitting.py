@@ -20,11 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
 from cmcnn_ros.model import cmcnn
 from cmcnn_ros.model.config import ModelConfig
 from cmcnn_ros.preprocessing.params import PreprocessingParams
+from cmcnn_ros.tools import progress_bar
 
 from . import distributed
 from .builders import build_loss, make_scheduler
@@ -193,8 +193,8 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
                 ema.averaged.load_state_dict(state.ema)
         first = state.epoch + 1 if resume_here else 1
         history = histories[stage]
-        bar = tqdm(range(first, epochs + 1), desc=f"{desc} {name}".strip(),
-                   disable=not cfg.progress or not job.is_main, unit="ep", initial=first - 1, total=epochs)
+        bar = progress_bar(range(first, epochs + 1), desc=f"{desc} {name}".strip(),
+                           enabled=cfg.progress and job.is_main, unit="ep", initial=first - 1, total=epochs)
         log_every = max(1, epochs // 10)
         for epoch in bar:
             stats = train_one_epoch(trained, batches, loss_fn, optimizer, device, epoch, mode=mode,

@@ -32,11 +32,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cmcnn_ros.atomic_io import atomic_open, write_json_atomic
 from cmcnn_ros.classes import BASIC_EXPRESSIONS, canonical_name
 from cmcnn_ros.device import resolve_device
+from cmcnn_ros.tools import progress_bar
 
 from ..builders import build_model_config, build_preprocessing
 from ..config import TrainConfig
@@ -287,7 +287,7 @@ class Progress:
         self.done = 0.0
         self.t0 = time.perf_counter()
         self.measured = 0.0
-        self.bar = tqdm(total=round(self.total, 1), unit="mod-ep", disable=not enabled, dynamic_ncols=True)
+        self.bar = progress_bar(total=round(self.total, 1), unit="mod-ep", enabled=enabled, dynamic_ncols=True)
 
     def advance(self, units: float, label: str) -> None:
         self.done += units
