@@ -264,3 +264,32 @@ def test_explain_cli_on_a_photo(tiny_root, tmp_path, capsys):
     assert "no face found" in capsys.readouterr().err
     assert explain_cli.main([str(frame), "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_explain_figure_layout_has_no_overlaps_and_no_map_without_depth():
+    """Issue 18: class names over the bars, panel title under the figure title, a Grad-CAM square over no depth."""
+    import skimage.data
+
+    from cmcnn_ros import resources
+    from cmcnn_ros.tools import explain_cli
+
+    rgb = skimage.data.astronaut()
+    faces, x, probs, maps, names, mods = explain_cli.explain(rgb[:, :, ::-1].copy(), None,
+                                                             resources.find_file(None, resources.DEFAULT_MODEL))
+    assert len(faces) == 1 and not faces[0].depth_valid
+    fig = explain_cli.explanation_figure(faces, x, probs, maps, names, mods)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    scores, panels = axes[-1], axes[:-1]
+    labels = scores.get_yaxis().get_tightbbox(renderer)
+    for ax in panels:                                     # the class names stay clear of every image panel
+        assert not labels.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+    assert labels.x1 <= scores.get_window_extent(renderer).x0 + 1   # ... and left of the bars
+    top = fig._suptitle.get_window_extent(renderer)
+    for ax in axes:
+        assert not top.overlaps(ax.title.get_window_extent(renderer)), ax.get_title()
+    depth_ax = panels[list(mods).index("depth")]
+    assert [t.get_text() for t in depth_ax.texts] == ["no depth"]
+    shown = depth_ax.images[0].get_array()
+    assert float(np.max(shown)) == 0.0                    # no heat map where there is no depth

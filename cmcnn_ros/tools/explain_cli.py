@@ -79,32 +79,44 @@ def explain(colour: np.ndarray, depth: Optional[np.ndarray], checkpoint: Path, d
     return faces, x.cpu().numpy(), probs, maps, list(ckpt.class_names), modalities
 
 
-def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[str], modalities: Sequence[str]) -> bytes:
-    """PNG bytes: a row per face, a column per modality (crop under its map), and a score bar chart."""
+def explanation_figure(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[str],
+                       modalities: Sequence[str]):
+    """The figure: a row per face, a column per modality (crop under its map), and a score bar chart.
+
+    Constrained layout keeps the score panel's class names beside (not over)
+    its bars and each panel title clear of the figure title; an input without
+    depth shows "no depth" and no heat map (a map over zeros would point at
+    nothing).
+    """
     import matplotlib
     matplotlib.use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from ..inference.gradcam import overlay
+    from ..modalities import DEPTH_MODALITIES
 
     n, m = len(faces), len(modalities)
-    fig = Figure(figsize=(2.2 * (m + 1.6), 2.4 * n), dpi=100)
+    fig = Figure(figsize=(2.3 * m + 3.6, 2.5 * n + 0.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(n, m + 2)
+    grid = fig.add_gridspec(n, m + 1, width_ratios=[1.0] * m + [1.6])
     for i, face in enumerate(faces):
         k = int(np.argmax(probs[i]))
         for j, mod in enumerate(modalities):
             ax = fig.add_subplot(grid[i, j])
-            ax.imshow(overlay(x[i, j], maps[mod][i]), interpolation="bilinear")
+            if mod in DEPTH_MODALITIES and not face.depth_valid:
+                ax.imshow(np.zeros_like(x[i, j]), cmap="gray", vmin=0.0, vmax=1.0)
+                ax.text(0.5, 0.5, "no depth", transform=ax.transAxes, ha="center", va="center", color="white",
+                        fontsize=10)
+            else:
+                ax.imshow(overlay(x[i, j], maps[mod][i]), interpolation="bilinear")
             ax.set_xticks([])
             ax.set_yticks([])
-            note = "" if mod != "depth" or face.depth_valid else " (no depth)"
-            ax.set_title(f"{mod}{note}", fontsize=9)
+            ax.set_title(mod, fontsize=9)
             if j == 0:
                 bx = ", ".join(str(int(v)) for v in face.box)
                 ax.set_ylabel(f"face {i + 1}\n({bx})", fontsize=8)
-        ax = fig.add_subplot(grid[i, m:])
+        ax = fig.add_subplot(grid[i, m])
         ypos = np.arange(len(class_names))
         ax.barh(ypos, probs[i], color=["tab:red" if c == k else "tab:grey" for c in range(len(class_names))])
         ax.set_yticks(ypos)
@@ -113,8 +125,13 @@ def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[
         ax.set_xlim(0, 1)
         ax.set_title(f"{class_names[k]} {probs[i, k]:.2f}", fontsize=9)
     fig.suptitle("Grad-CAM of the predicted class on each input (red = most used)", fontsize=10)
+    return fig
+
+
+def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[str], modalities: Sequence[str]) -> bytes:
+    """PNG bytes of :func:`explanation_figure`."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    explanation_figure(faces, x, probs, maps, class_names, modalities).savefig(buf, format="png")
     return buf.getvalue()
 
 
