@@ -172,14 +172,15 @@ class PreprocessingParams:
     landmark_roi_scale: float = 1.5
     box_roi_scale: float = 1.3
     landmark_min_presence: float = 0.5
-    # 1: no mesh-rejected detection is a face. No score bar separates them
-    # (benchmarks/bench_false_faces.py, results/false_faces_cpu2.json): the
-    # real faces the mesh rejected scored 0.61-0.63 (1 of 581 found on the pose
-    # sweep, at 40 deg yaw, 28 deg roll and 2.9 m; 2 of 1510 FER2013 test
-    # faces), the non-faces 0.61-0.80 (people-free pictures at several scales
-    # and turns). Keeping them all gave 2 false faces on the 26 shipped
-    # people-free pictures; dropping them gives 0 and costs those 3 faces.
-    # Old checkpoints load with it too: it drops detections, never changes a crop.
+    # 1: no mesh-rejected detection is a face, because no score bar tells them
+    # apart (benchmarks/bench_false_faces.py -> results/false_faces_cpu2.json):
+    # the real faces the mesh rejected scored 0.61-0.63 (1 of 581 found on the
+    # pose sweep, at 40 deg yaw, 28 deg roll and 2.9 m; 2 of 1510 found FER2013
+    # test faces), the 25 non-faces 0.61-0.80. Keeping them all gave 2 false
+    # faces on the 26 people-free pictures shipped with scikit-image and
+    # matplotlib and 24 on 780 scaled, mirrored and turned copies; dropping them
+    # gives 0 and 1 (that one passed the mesh) and costs those 3 faces. Old
+    # checkpoints load with it too: it drops detections, never changes a crop.
     blazeface_keep_unconfirmed_above: float = 1.0
 
     face_cascade: str = "haarcascade_frontalface_alt2.xml"
