@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -315,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fer2013 is not None:
         faces["fer2013"] = run_real_faces(single, args.fer2013, args.fer_usage, args.fer_limit)
     summary = {
-        "checkpoint": str(path),
+        "checkpoint": os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path),
         "blazeface_min_score": after.blazeface_min_score,
         "blazeface_keep_unconfirmed_above": {"before": 0.0, "after": after.blazeface_keep_unconfirmed_above},
         "excluded_pictures": EXCLUDED,
