@@ -1,7 +1,7 @@
 """Real-face path: BlazeFace + FaceMesh alignment, FER2013 and folder-per-class loaders, mixed training.
 
 Detection runs on real photographs that ship with scikit-image (the
-astronaut, a cat, coffee) and on our renderer's faces; the loaders read small
+astronaut, a cat, coffee, a rocket, a motorcycle) and on our renderer's faces; the loaders read small
 files in each real format that the tests write themselves (no FER2013 data
 is copied anywhere).
 """
@@ -63,6 +63,65 @@ def test_no_face_on_face_free_photographs():
     for name in ("coffee", "chelsea"):
         img = cv2.cvtColor(getattr(skimage.data, name)(), cv2.COLOR_RGB2BGR)
         assert pre.process(img) == [], name
+
+
+@pytest.fixture(scope="module")
+def rocket() -> np.ndarray:
+    return cv2.cvtColor(skimage.data.rocket(), cv2.COLOR_RGB2BGR)
+
+
+# Issue 20: on the rocket's fairing logo BlazeFace finds a "face" (score ~0.62) that FaceMesh rejects.
+KEEP_EVERY_CANDIDATE = PARAMS.replace(blazeface_keep_unconfirmed_above=0.0)
+
+
+def test_a_detection_the_mesh_rejects_is_no_face(rocket, astronaut):
+    (before,) = FacePreprocessor(KEEP_EVERY_CANDIDATE, ("grey",)).process(rocket)
+    assert before.alignment == "keypoints" and 0.6 < before.detection_score < 0.7
+    x, y, w, h = before.box
+    assert 295 < x < 320 and 125 < y < 150 and 20 < w < 35
+    assert PARAMS.blazeface_keep_unconfirmed_above == 1.0
+    pre = FacePreprocessor(PARAMS, ("grey",))
+    assert pre.process(rocket) == []
+    right = cv2.cvtColor(skimage.data.stereo_motorcycle()[1], cv2.COLOR_RGB2BGR)  # a headlight: the other one
+    assert [f.alignment for f in FacePreprocessor(KEEP_EVERY_CANDIDATE, ("grey",)).process(right)] == ["keypoints"]
+    assert pre.process(right) == []
+    # A real face is still found, confirmed by the mesh.
+    faces = pre.process(astronaut)
+    assert len(faces) == 1 and faces[0].alignment == "mesh" and faces[0].detection_score > 0.9
+
+
+def test_the_node_front_end_drops_the_candidate_on_a_still_scene(rocket):
+    from cmcnn_ros.inference import Recognizer
+    from cmcnn_ros.resources import find_checkpoint
+
+    # The shipped weights predate the setting: they load with the default, and the face finder's local
+    # searches between full detections (the node's video path) do not bring the candidate back.
+    rec = Recognizer.from_checkpoint(find_checkpoint(None), device="cpu", redetect_interval=5)
+    assert rec.params.blazeface_keep_unconfirmed_above == 1.0
+    assert [len(rec.recognize(rocket).faces) for _ in range(5)] == [0] * 5
+
+
+def test_a_rejected_detection_is_kept_only_above_the_bar(rocket):
+    (det,) = make_detector(PARAMS).detect(rocket)
+    at_bar = FacePreprocessor(PARAMS.replace(blazeface_keep_unconfirmed_above=det.score), ("grey",))
+    assert at_bar.process(rocket, detections=[det]) == []
+    below_bar = FacePreprocessor(PARAMS.replace(blazeface_keep_unconfirmed_above=math.nextafter(det.score, 0.0)),
+                                 ("grey",))
+    (kept,) = below_bar.process(rocket, detections=[det])
+    assert kept.alignment == "keypoints" and kept.detection_score == det.score and kept.eyes_found
+    # A given box is a face by the caller's word: never dropped, whatever the mesh says.
+    (given,) = FacePreprocessor(PARAMS, ("grey",)).process(rocket, boxes=[det.box])
+    assert given.alignment == "none" and given.box == det.box
+
+
+def test_the_bar_is_a_checked_setting_that_old_checkpoints_load_with():
+    legacy = {k: v for k, v in PARAMS.to_dict().items() if k != "blazeface_keep_unconfirmed_above"}
+    assert PreprocessingParams.from_checkpoint(legacy).blazeface_keep_unconfirmed_above == 1.0
+    assert make_detector(PARAMS.replace(blazeface_keep_unconfirmed_above=0.8)).keep_unconfirmed_above == 0.8
+    assert make_detector(HAAR_PAPER).keep_unconfirmed_above == 0.0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(PreprocessingError, match="blazeface_keep_unconfirmed_above"):
+            PARAMS.replace(blazeface_keep_unconfirmed_above=bad)
 
 
 def test_given_box_and_detection_give_the_same_crop_framing(astronaut):

@@ -9,7 +9,9 @@ detections carry (:attr:`~.detector.FaceDetector.has_keypoints`,
 * with keypoints (BlazeFace, the default; :class:`LandmarkAligner`): the eyes
   are the FaceMesh eye-contour centres (:mod:`.facemesh`) and the crop is
   framed by the mesh; when the mesh is implausible the detection's eye
-  keypoints give the roll and its box the framing (``method="keypoints"``).
+  keypoints give the roll and its box the framing (``method="keypoints"``),
+  and the preprocessing keeps such a face only above the detector's
+  ``keep_unconfirmed_above`` (BlazeFace's default: never).
 * boxes alone (the paper's Viola-Jones; :class:`Aligner`): OpenCV's Haar eye
   cascade on the upper part of the face box; the best left/right pair is
   chosen by geometry. When no plausible pair exists the roll falls back to 0

@@ -99,8 +99,8 @@ class BlazeFaceDetector:
 
     Args:
         params: preprocessing parameters (``blazeface_min_score``,
-            ``blazeface_nms_iou``, ``min_face_size``, ``max_face_size``,
-            ``detector_threads``).
+            ``blazeface_nms_iou``, ``blazeface_keep_unconfirmed_above``,
+            ``min_face_size``, ``max_face_size``, ``detector_threads``).
     """
 
     has_keypoints = True
@@ -108,6 +108,7 @@ class BlazeFaceDetector:
     def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
         self.params = params or PreprocessingParams()
         self.nms = NmsRule(self.params.blazeface_nms_iou, "iou")
+        self.keep_unconfirmed_above = self.params.blazeface_keep_unconfirmed_above
         self.model = TFLiteModel(MODEL_FILE, self.params.detector_threads)
         self.size = self.model.input_size
         self._anchors = _anchors()

@@ -123,10 +123,17 @@ class FaceDetector(Protocol):
             Haar eye alignment.
         nms: its duplicate rule, also applied by the tracker's face finder to
             the faces that local searches found again.
+        keep_unconfirmed_above: a detection that the landmark model rejects
+            (FaceMesh found no plausible face where the keypoints pointed) is
+            a candidate, not a face: the preprocessing keeps it only if its
+            score, on this detector's scale, is above this. 0 keeps every one;
+            a detector without keypoints gets no landmark verdict, so its
+            value is unused.
     """
 
     has_keypoints: bool
     nms: NmsRule
+    keep_unconfirmed_above: float
 
     def detect(self, image: Image, roi: Optional[Box] = None,
                size_range: Optional[Tuple[float, float]] = None) -> List[FaceDetection]:
