@@ -49,7 +49,7 @@ def test_launch_declares_arguments():
     declared = {node.args[0].value for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
     assert {"model_path", "device", "colour_topic", "depth_topic", "colour_transport", "depth_transport",
-            "params_file", "use_sim_time"} <= declared
+            "face_source", "params_file", "use_sim_time"} <= declared
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert {"LifecycleNode", "ChangeState", "OnStateTransition", "generate_launch_description"} <= names
@@ -60,7 +60,7 @@ def test_launch_passes_autostart_false_and_used_arguments():
     used = {node.args[0].value for node in ast.walk(tree)
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "LaunchConfiguration"}
     assert {"model_path", "device", "colour_topic", "depth_topic", "colour_transport", "depth_transport",
-            "params_file", "use_sim_time"} <= used
+            "face_source", "params_file", "use_sim_time"} <= used
     src = (ROOT / "launch" / "fer.launch.py").read_text()
     assert '"autostart": False' in src
     assert "TRANSITION_CONFIGURE" in src and "TRANSITION_ACTIVATE" in src
