@@ -39,6 +39,7 @@ def test_roi_box_turns_normalised_corners_into_pixels():
 def test_roi_box_refuses_what_cannot_be_a_face_in_this_image(corners, text):
     box, problem = roi_box(*corners, width=640, height=480)
     assert box is None and text in problem
+    assert ("pixels?" in problem) == (max(corners) > 2.0)
 
 
 def test_face_ids_must_name_topics():

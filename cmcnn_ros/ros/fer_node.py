@@ -170,8 +170,16 @@ class FerNode(LifecycleNode):
                        detail: Optional[str] = None) -> None:
         """Log ``text`` unless :class:`~cmcnn_ros.ros.diagnostics.LogThrottle` holds it back."""
         period = self._param("bad_message_log_period") if period is None else period
-        if self._throttle.allow(text, period, detail):
-            getattr(self.get_logger(), level)(text)
+        if not self._throttle.allow(text, period, detail):
+            return
+        # One call site per severity: rclpy refuses a call site whose severity changes between calls.
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warning":
+            logger.warning(text)
+        else:
+            logger.info(text)
 
     def _read_config(self) -> Dict[str, Any]:
         """Validate parameters read at configure.

@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequenc
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
 from cmcnn_ros.ros.hri import HRI_TRACKED_TOPIC, face_topic
-from cmcnn_ros.ros.sync import ros_stamp_ns
+from cmcnn_ros.ros.sync import ros_stamp_ns, stamp_ns
 
 try:  # only where hri_msgs is installed; face_source: ros4hri refuses to configure without it
     from hri_msgs.msg import IdsList as HriIdsList  # type: ignore[import-not-found]
@@ -96,8 +96,9 @@ def roi_box(xmin: float, ymin: float, xmax: float, ymax: float, width: int, heig
     if not all(math.isfinite(c) for c in coords):
         return None, f"roi {text} is not finite"
     if not all(-_EDGE_TOLERANCE <= c <= 1.0 + _EDGE_TOLERANCE for c in coords):
+        pixels = max(coords) > 2.0   # far beyond the image: most likely pixel coordinates
         return None, (f"roi {text} lies outside the image: REP-155 roi corners are normalised to [0, 1] "
-                      "of the image (is the detector publishing pixels?)")
+                      "of the image" + (" (is the detector publishing pixels?)" if pixels else ""))
     if not (xmax > xmin and ymax > ymin):
         return None, f"roi {text} is empty or inverted: (xmin, ymin) must be the top-left corner"
     x0, y0 = max(0, int(math.floor(xmin * width))), max(0, int(math.floor(ymin * height)))
@@ -289,7 +290,7 @@ class HriFaceInput:
             recognise, every usable id of the list, and how many listed faces
             were skipped (each in the log, throttled, or at debug level when routine).
         """
-        stamp = ros_stamp_ns(image_header)
+        stamp = stamp_ns(image_header.stamp)
         ids = usable_face_ids(tracked.ids)[0]
         faces, skipped = self.faces.faces_at(stamp, str(image_header.frame_id), shape, ids, slop_s)
         for s in skipped:
