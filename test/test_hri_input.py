@@ -47,6 +47,7 @@ def test_face_ids_must_name_topics():
     assert "cannot name a ROS topic" in face_id_problem("9lives")
     assert "cannot name a ROS topic" in face_id_problem("face/1")
     assert face_id_problem("") == "an empty face id"
+    assert "too long to name a ROS topic" in face_id_problem("a" * 300)
     ids, problems = usable_face_ids(["abc", "9lives", "abc", "", "f1"])
     assert ids == ["abc", "f1"] and len(problems) == 2
 

@@ -54,6 +54,8 @@ MIN_ROI_SIDE_PX = 8
 #: Seconds an announced face may go without any roi before that is reported (its first
 #: roi is normally missed: it is published before the id is listed).
 NO_ROI_GRACE_S = 1.0
+# rcl's topic names stop at 247 characters; /humans/faces/<id>/expression is the longest we use.
+MAX_ID_LENGTH = 247 - len("/humans/faces//expression")
 # A REP-155 id becomes a topic name token: letters, digits and underscores, not starting with a digit.
 _ID_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Coordinates a hair outside [0, 1] are float rounding, not a face outside the image.
@@ -67,6 +69,8 @@ def face_id_problem(face_id: str) -> Optional[str]:
     if not _ID_TOKEN.fullmatch(face_id):
         return (f"face id {face_id!r}, which cannot name a ROS topic (/humans/faces/<id>/roi takes letters, "
                 "digits and underscores, not starting with a digit)")
+    if len(face_id) > MAX_ID_LENGTH:
+        return f"a face id of {len(face_id)} characters, too long to name a ROS topic (at most {MAX_ID_LENGTH})"
     return None
 
 
@@ -267,8 +271,14 @@ class HriFaceInput:
             self._node.destroy_subscription(self._roi_subs.pop(fid))
         for fid in ids:
             if fid not in self._roi_subs:
-                self._roi_subs[fid] = self._node.create_subscription(
-                    HriRoi, face_topic(fid, "roi"), lambda m, fid=fid: self._roi(fid, m), INPUT_QOS)
+                try:
+                    self._roi_subs[fid] = self._node.create_subscription(
+                        HriRoi, face_topic(fid, "roi"), lambda m, fid=fid: self._roi(fid, m), INPUT_QOS)
+                except Exception as exc:  # noqa: BLE001 - rcl's own name rules (e.g. length): skip that face
+                    self._log("warning", f"{HRI_TRACKED_TOPIC} lists face id {fid!r}, but "
+                              f"{face_topic(fid, 'roi')} cannot be subscribed to "
+                              f"({str(exc).strip().splitlines()[0]}): that face is skipped",
+                              None)
         self._on_tracked(msg)
 
     def _roi(self, face_id: str, msg: Any) -> None:
