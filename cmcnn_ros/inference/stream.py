@@ -43,6 +43,17 @@ Box = Tuple[int, int, int, int]
 DEFAULT_MIN_CONFIDENCE = 0.0
 
 
+def check_min_confidence(value: float) -> float:
+    """``value`` as a ``min_confidence`` (a probability).
+
+    Raises:
+        TrackingError: outside [0, 1].
+    """
+    if not 0.0 <= value <= 1.0:
+        raise TrackingError(f"min_confidence must be in [0, 1], got {value}")
+    return float(value)
+
+
 @dataclass
 class StreamFace(FaceResult):
     """One face of one frame as the node publishes it: a :class:`FaceResult` with a track.
@@ -115,11 +126,9 @@ class ExpressionStream:
 
     def __init__(self, recognizer: Recognizer, tracker: Optional[FaceTracker] = None,
                  min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> None:
-        if not 0.0 <= min_confidence <= 1.0:
-            raise TrackingError(f"min_confidence must be in [0, 1], got {min_confidence}")
         self.recognizer = recognizer
         self.tracker = tracker if tracker is not None else FaceTracker()
-        self.min_confidence = float(min_confidence)
+        self.min_confidence = check_min_confidence(min_confidence)
         # The faces another detector follows (process_faces): its ids -> smoothed scores.
         self._followed: Dict[str, Optional[np.ndarray]] = {}
 
@@ -136,8 +145,7 @@ class ExpressionStream:
             TrackingError: a tracking parameter or ``min_confidence`` is out of range.
         """
         tracker = FaceTracker(iou_threshold, max_missed, smoothing)
-        if not 0.0 <= min_confidence <= 1.0:  # before the (slow) checkpoint load
-            raise TrackingError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        check_min_confidence(min_confidence)   # before the (slow) checkpoint load, like the tracker's
         recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
                                                 redetect_interval=redetect_interval)
         return cls(recognizer, tracker, min_confidence)
