@@ -291,6 +291,27 @@ FOLLOWER = textwrap.dedent("""
 """)
 
 
+def test_ros4hri_without_hri_msgs_is_one_line_at_configure(random_checkpoint, tmp_path):
+    """Without hri_msgs there is nothing to follow: configure says so in one line, the node stays up."""
+    import importlib.util
+
+    if importlib.util.find_spec("hri_msgs") is not None:
+        pytest.skip("hri_msgs is installed in this environment")
+    lease = claim_domain_id()
+    node = NodeProcess(lease.domain_id, tmp_path / "no_hri.log",
+                       {"model_path": str(random_checkpoint), "device": "cpu", "face_source": "ros4hri"})
+    try:
+        node.wait_for_log(r"configure failed: face_source 'ros4hri' needs hri_msgs \(ros4hri/hri_msgs, with "
+                          r"REP-155's NormalizedRegionOfInterest2D\) installed and sourced; install it or set "
+                          r"face_source: own", 60)
+        time.sleep(0.5)
+        assert node.proc.poll() is None
+    finally:
+        rc = node.stop()
+        lease.release()
+    assert rc == 0 and "Traceback" not in node.log(), node.log()
+
+
 def _iou(a, b) -> float:
     from cmcnn_ros.boxes import iou
 
