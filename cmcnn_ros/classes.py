@@ -23,6 +23,12 @@ EXPRESSIONS_WITH_NEUTRAL: Tuple[str, ...] = BASIC_EXPRESSIONS + ("neutral",)
 # Every name any ROS4HRI consumer may receive.
 ROS4HRI_EXPRESSIONS = frozenset(EXPRESSIONS_WITH_NEUTRAL)
 
+#: The expression of a face whose top class is below the node's ``min_confidence``: the
+#: scores and confidence are still published, the label is not, so nothing downstream acts on
+#: a guess. Not one of ``hri_msgs/Expression``'s constants (it has no "unknown"): libhri /
+#: pyhri read it as "no expression" (``Face::expression()`` empty) and log that they got it.
+UNKNOWN_EXPRESSION = "unknown"
+
 # Paper / database spellings -> ROS4HRI spelling (BU-3DFE uses AN DI FE HA SA SU NE).
 ALIASES: Dict[str, str] = {
     "anger": "angry", "an": "angry", "angry": "angry",
@@ -86,7 +92,8 @@ class ScoreSummary(NamedTuple):
     arousal: float
 
 
-def describe_scores(scores: Sequence[float], class_names: Sequence[str]) -> ScoreSummary:
+def describe_scores(scores: Sequence[float], class_names: Sequence[str],
+                    min_confidence: float = 0.0) -> ScoreSummary:
     """``(expression, confidence, valence, arousal)`` of one face's class scores.
 
     The one place the top class, its probability and the circumplex point are
@@ -94,10 +101,16 @@ def describe_scores(scores: Sequence[float], class_names: Sequence[str]) -> Scor
     scores, the stream again after smoothing, so what the node publishes and
     what the offline tools score are derived the same way. An empty vector
     gives ``("", 0.0, 0.0, 0.0)``.
+
+    Args:
+        min_confidence: a top class below this probability is reported as
+            :data:`UNKNOWN_EXPRESSION`; ``confidence``, valence and arousal keep
+            their values, so a consumer still sees how unsure the model was.
     """
     p = np.asarray(scores, dtype=np.float64).reshape(-1)
     if p.size == 0:
         return ScoreSummary("", 0.0, 0.0, 0.0)
     top = int(np.argmax(p))
     valence, arousal = valence_arousal(p, class_names)
-    return ScoreSummary(str(class_names[top]), float(p[top]), valence, arousal)
+    expression = str(class_names[top]) if p[top] >= min_confidence else UNKNOWN_EXPRESSION
+    return ScoreSummary(expression, float(p[top]), valence, arousal)

@@ -8,6 +8,7 @@ the node logs what to fix and stays 'unconfigured'.
     ros2 launch cmcnn_ros fer.launch.py model_path:=/path/to/model.pt \
         colour_topic:=/rgb/image_raw depth_topic:=/depth_to_rgb/image_raw
     ros2 launch cmcnn_ros fer.launch.py colour_transport:=compressed depth_transport:=compressedDepth
+    ros2 launch cmcnn_ros fer.launch.py face_source:=ros4hri   # behind hri_face_detect: its face ids
 """
 
 import os
@@ -38,6 +39,9 @@ def generate_launch_description():
                               description="raw or compressed (reads colour_topic/compressed)"),
         DeclareLaunchArgument("depth_transport", default_value="raw",
                               description="raw or compressedDepth (reads depth_topic/compressedDepth)"),
+        DeclareLaunchArgument("face_source", default_value="own",
+                              description="own (detect and track faces) or ros4hri (the faces and ids of "
+                                          "/humans/faces/tracked, e.g. from hri_face_detect)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "fer.yaml"),
                               description="node parameters (YAML)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
@@ -59,6 +63,7 @@ def generate_launch_description():
                 "depth_topic": LaunchConfiguration("depth_topic"),
                 "colour_transport": LaunchConfiguration("colour_transport"),
                 "depth_transport": LaunchConfiguration("depth_transport"),
+                "face_source": LaunchConfiguration("face_source"),
                 # a launch argument is a string; the parameter is a bool
                 "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
                 "autostart": False,

@@ -137,6 +137,27 @@ def test_stays_quiet_to_a_face_without_depth_and_low_confidence():
     assert r.decisions("greet") == []                     # happy >= 0.6 for 2 s, but a guess: no greeting
 
 
+def test_never_acts_on_an_unknown_expression():
+    """Issue 17.3: below fer_node's min_confidence a face is 'unknown': seen, never greeted or comforted."""
+    r = Run()
+    # A face that smiles confidently, then is only a guess for a while, then smiles again.
+    r.play(0.8, [obs("f", "happy", 0.9)])
+    r.play(0.2, [obs("f", "unknown", 0.45)])          # the hold of 'happy' is broken, not paused
+    quiet = r.decisions("stay_quiet")
+    assert [q["face_id"] for q in quiet] == ["f"] and quiet[0]["expression"] == "unknown"
+    assert quiet[0]["reason"] == "expression unknown: confidence 0.45 is below fer_node's min_confidence"
+    r.play(0.9, [obs("f", "happy", 0.9)])
+    assert r.decisions("greet") == []                 # 0.9 s of happy since the unknown frames
+    r.play(0.3, [obs("f", "happy", 0.9)])
+    assert [g["face_id"] for g in r.decisions("greet")] == ["f"]
+    # A face that stays unknown for long is still a face (no idle deactivation), never served.
+    r2 = Run(TreeSettings(idle_timeout_s=2.0))
+    r2.play(5.0, [obs("g", "unknown", 0.3), obs("h", "unknown", 0.2, depth_valid=False)])
+    assert r2.decisions("greet") == r2.decisions("comfort") == r2.decisions("deactivate_perception") == []
+    assert sorted(q["face_id"] for q in r2.decisions("stay_quiet")) == ["g", "h"]
+    assert faces_on_blackboard()["g"].expression == "unknown"
+
+
 def test_face_leaving_mid_greeting_aborts_with_a_log_line(caplog):
     r = Run(TreeSettings(say_duration_s=2.0))
     r.play(1.2, [obs("f", "happy", 0.9)])
@@ -224,6 +245,9 @@ def _msg(scores_len: int = 7, **face: Any) -> SimpleNamespace:
 def test_observations_from_message_accepts_a_good_message():
     out = observations_from_message(_msg())
     assert out == [FaceObservation("face_1", "happy", pytest.approx(0.9), True)]
+    # 'unknown' is not among the classes, but it is what fer_node sends below min_confidence
+    out = observations_from_message(_msg(expression="unknown", confidence=0.3))
+    assert out == [FaceObservation("face_1", "unknown", pytest.approx(0.3), True)]
 
 
 @pytest.mark.parametrize("kw, text", [
@@ -249,6 +273,7 @@ def test_repeated_face_id_is_rejected():
     ({"greet_min_confidence": 1.2}, "greet_min_confidence 1.2: a confidence threshold must be in"),
     ({"idle_timeout_s": 0.0}, "idle_timeout_s 0.0: durations must be positive"),
     ({"greet_expression": " "}, "greet_expression is empty"),
+    ({"comfort_expression": "unknown"}, "comfort_expression is 'unknown', fer_node's word for a guess"),
 ])
 def test_bad_settings_are_clear_errors(kw, text):
     with pytest.raises(TreeSettingsError, match=re.escape(text)):

@@ -49,7 +49,7 @@ def test_launch_declares_arguments():
     declared = {node.args[0].value for node in ast.walk(tree)
                 if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"}
     assert {"model_path", "device", "colour_topic", "depth_topic", "colour_transport", "depth_transport",
-            "params_file", "use_sim_time"} <= declared
+            "face_source", "params_file", "use_sim_time"} <= declared
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
     assert {"LifecycleNode", "ChangeState", "OnStateTransition", "generate_launch_description"} <= names
@@ -60,7 +60,7 @@ def test_launch_passes_autostart_false_and_used_arguments():
     used = {node.args[0].value for node in ast.walk(tree)
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "LaunchConfiguration"}
     assert {"model_path", "device", "colour_topic", "depth_topic", "colour_transport", "depth_transport",
-            "params_file", "use_sim_time"} <= used
+            "face_source", "params_file", "use_sim_time"} <= used
     src = (ROOT / "launch" / "fer.launch.py").read_text()
     assert '"autostart": False' in src
     assert "TRANSITION_CONFIGURE" in src and "TRANSITION_ACTIVATE" in src
@@ -156,3 +156,20 @@ def test_transport_parameters_take_image_transport_names(name, good, bad):
     assert parameter_problem(name, bad) == (f"parameter {name}: {bad!r} is not one of 'raw' or {good!r} "
                                             "(default 'raw')")
     assert "takes a string" in parameter_problem(name, 3)
+
+
+def test_face_source_and_min_confidence_are_declared_with_their_choices_and_range():
+    """Issue 17: face_source is a closed choice (start-up and set refuse others); min_confidence a probability."""
+    from cmcnn_ros.ros.parameters import PARAMETERS, parameter_problem
+
+    default, description, extra = PARAMETERS["face_source"]
+    assert default == "own" and "ros4hri" in description and "/humans/faces/tracked" in description
+    assert extra["additional_constraints"] == "one of: own, ros4hri"
+    assert parameter_problem("face_source", "ros4hri") is None
+    assert parameter_problem("face_source", "hri") == ("parameter face_source: 'hri' is not one of 'own' or "
+                                                       "'ros4hri' (default 'own')")
+    default, description, extra = PARAMETERS["min_confidence"]
+    assert default == 0.0 and "unknown" in description
+    r = extra["floating_point_range"][0]
+    assert (r.from_value, r.to_value) == (0.0, 1.0)
+    assert "is outside [0.0, 1.0]" in parameter_problem("min_confidence", 1.5)

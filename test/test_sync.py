@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, LatestSlot, SyncMonitor
+from cmcnn_ros.ros.sync import ApproximateTimeSync, ExactTimeSync, FollowSync, LatestSlot, SyncMonitor
 
 MS = 1_000_000
 
@@ -87,6 +87,85 @@ def test_three_inputs_like_message_filters():
     assert out == []
     s.add(1, 102 * MS)
     assert out == [(100 * MS, 102 * MS, 105 * MS)]
+
+
+def follow(slop=0.05, queue_size=10):
+    out = []
+    return out, FollowSync(queue_size, slop, lambda f, lead: out.append((f, lead)), frame_stamp=ident,
+                           lead_stamp=ident)
+
+
+def test_follow_pairs_each_lead_with_its_frame_when_the_detector_skips_frames():
+    """A detector slower than the camera lists every other image: only those are paired, at once."""
+    out, s = follow()
+    for i in range(6):
+        s.add_frame(i * 33 * MS)
+        if i % 2 == 0:
+            s.add_lead(i * 33 * MS)     # the detector's list of image i, after the image
+    assert out == [(0, 0), (66 * MS, 66 * MS), (132 * MS, 132 * MS)]
+    assert s.dropped_leads == 0
+
+
+def test_follow_waits_for_a_frame_that_comes_after_its_lead():
+    out, s = follow()
+    s.add_frame(0)
+    s.add_lead(0)
+    s.add_lead(33 * MS)                 # the list came before its image (depth lagging)
+    assert out == [(0, 0)]
+    s.add_frame(33 * MS)
+    assert out == [(0, 0), (33 * MS, 33 * MS)]
+
+
+def test_follow_never_shifts_by_a_frame_after_a_lost_image():
+    """The list of a lost image must not take the next image, or every later list would be one off."""
+    out, s = follow()
+    s.add_frame(0)
+    s.add_lead(0)
+    s.add_lead(33 * MS)                 # its image never arrived here
+    s.add_frame(66 * MS)                # within slop of the orphan list, but its own list is on the way
+    assert out == [(0, 0)]
+    s.add_lead(66 * MS)
+    s.add_frame(99 * MS)
+    s.add_lead(99 * MS)
+    assert out == [(0, 0), (66 * MS, 66 * MS), (99 * MS, 99 * MS)]
+    assert s.dropped_leads == 1
+
+
+def test_follow_takes_the_nearest_frame_when_stamps_differ_a_little():
+    out, s = follow()
+    s.add_frame(0)
+    s.add_lead(5 * MS)                  # a detector that stamps 5 ms late: a nearer image could still come
+    assert out == []
+    s.add_frame(33 * MS)
+    assert out == [(0, 5 * MS)]
+    s.add_lead(200 * MS)                # no image within slop: dropped once a later image shows it is lost
+    s.add_frame(300 * MS)
+    assert out == [(0, 5 * MS)] and s.dropped_leads == 1
+
+
+def test_follow_exact_policy_pairs_equal_stamps_only():
+    out, s = follow(slop=None)
+    s.add_frame(10)
+    s.add_lead(11)
+    s.add_frame(20)
+    s.add_lead(20)
+    assert out == [(20, 20)] and s.dropped_leads == 1
+    with pytest.raises(ValueError, match="slop"):
+        FollowSync(5, 0.0, print, frame_stamp=ident)
+
+
+def test_monitor_names_a_silent_third_input_and_its_stamp_gap():
+    clock = FakeClock()
+    m = SyncMonitor([("colour", "/c"), ("depth", "/d"), ("tracked", "/humans/faces/tracked")], slop=0.05,
+                    delay=3.0, clock=clock, subject="colour/depth pair with its tracked list")
+    clock.t = 2.9
+    m.observe(0, 1_000 * MS, "cam")
+    m.observe(1, 1_000 * MS, "cam")
+    clock.t = 3.0
+    assert m.diagnose().startswith("no synchronised colour/depth pair with its tracked list for 3.0 s: "
+                                   "no messages on the tracked topic '/humans/faces/tracked' (colour: 1, depth: 1")
+    m.observe(2, 1_400 * MS, "cam")
+    assert "colour and tracked stamps are 0.400 s apart at best, more than sync_slop 0.050 s" in m.diagnose()
 
 
 def test_latest_slot_keeps_newest_and_counts_drops():

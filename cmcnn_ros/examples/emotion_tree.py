@@ -10,6 +10,10 @@ another middleware.
 The expressions come from CM-CNN (Ni et al., IEEE TCDS 2023, Sections III-C
 to III-E); ``confidence`` is the probability of the top class (softmax of the
 fused head, ``CMCNN.predict_proba``): the thresholds below are on that scale.
+A face ``fer_node`` publishes as ``unknown`` (its confidence is below the
+node's ``min_confidence``) is there, but shows no expression: it breaks any
+expression being held, is never greeted or comforted, and gets a
+``stay_quiet`` decision instead.
 
 Tree (``build_tree``; priorities left to right, a higher one preempts)::
 
@@ -23,7 +27,7 @@ Tree (``build_tree``; priorities left to right, a higher one preempts)::
         ├── social (Selector, memory: a behaviour in progress is finished)
         │   ├── comfort              [ExpressionHeld(sad, 2 s)?            -> Say(comfort)]
         │   ├── greet                [ExpressionHeld(happy >= 0.6, 1 s)?   -> Say(greet)]
-        │   └── stay quiet           [Uncertain(no depth, low conf)?       -> StayQuiet]
+        │   └── stay quiet           [Uncertain(unknown, or no depth and low conf)? -> StayQuiet]
         └── idle (Running)
 
 Every decision goes to ``TreeIO.publish`` (the node publishes it as JSON and
@@ -42,6 +46,8 @@ from typing import Any, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import py_trees
 from py_trees.common import Access, Status
+
+from cmcnn_ros.classes import UNKNOWN_EXPRESSION
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +100,9 @@ class TreeSettings:
         for name in ("greet_expression", "comfort_expression"):
             if not getattr(self, name).strip():
                 raise TreeSettingsError(f"{name} is empty: set it to a class name such as happy or sad")
+            if getattr(self, name) == UNKNOWN_EXPRESSION:
+                raise TreeSettingsError(f"{name} is {UNKNOWN_EXPRESSION!r}, fer_node's word for a guess below "
+                                        "its min_confidence: set it to a class name such as happy or sad")
         return self
 
     @property
@@ -119,8 +128,8 @@ def observations_from_message(msg: Any) -> List[FaceObservation]:
 
     Raises:
         BadEmotions: the message disagrees with itself (``scores`` vs
-            ``classes`` length, an expression not among the classes, a
-            confidence outside [0, 1], an empty or repeated ``face_id``).
+            ``classes`` length, an expression neither among the classes nor
+            ``unknown``, a confidence outside [0, 1], an empty or repeated ``face_id``).
     """
     classes = [str(c) for c in msg.classes]
     out: List[FaceObservation] = []
@@ -133,8 +142,9 @@ def observations_from_message(msg: Any) -> List[FaceObservation]:
             raise BadEmotions(f"face {fid!r} has {n} scores for {len(classes)} classes {classes}: scores and "
                               "classes disagree (a mismatched producer or model?)")
         expression = str(face.expression)
-        if expression not in classes:
-            raise BadEmotions(f"face {fid!r} has expression {expression!r}, not one of classes {classes}")
+        if expression not in classes and expression != UNKNOWN_EXPRESSION:
+            raise BadEmotions(f"face {fid!r} has expression {expression!r}, not one of classes {classes} "
+                              f"nor {UNKNOWN_EXPRESSION!r}")
         confidence = float(face.confidence)
         if not 0.0 <= confidence <= 1.0:  # also false for NaN
             raise BadEmotions(f"face {fid!r} has confidence {confidence}, outside [0, 1]")
@@ -516,13 +526,22 @@ class Say(_TreeBehaviour):
 
 
 def is_uncertain(state: FaceState, settings: TreeSettings) -> bool:
-    """No usable depth and a low confidence: a guess the tree does not act on."""
-    return not state.depth_valid and state.confidence < settings.quiet_max_confidence
+    """A guess the tree does not act on: fer_node said ``unknown``, or no usable depth and a low confidence."""
+    return state.expression == UNKNOWN_EXPRESSION or (
+        not state.depth_valid and state.confidence < settings.quiet_max_confidence)
+
+
+def uncertainty_reason(state: FaceState, settings: TreeSettings) -> str:
+    """Why :func:`is_uncertain` holds for a face, for the ``stay_quiet`` decision."""
+    if state.expression == UNKNOWN_EXPRESSION:
+        return f"expression unknown: confidence {state.confidence:.2f} is below fer_node's min_confidence"
+    return f"no usable depth and confidence {state.confidence:.2f} < {settings.quiet_max_confidence:g}"
 
 
 class Uncertain(_TreeBehaviour):
-    """SUCCESS for a face not yet noted whose depth is invalid and confidence below
-    ``quiet_max_confidence``: the tree should not act on such a guess."""
+    """SUCCESS for a face not yet noted that :func:`is_uncertain` calls a guess
+    (``unknown``, or invalid depth and confidence below ``quiet_max_confidence``):
+    the tree should not act on it."""
 
     def __init__(self, io: TreeIO, settings: TreeSettings, log: Any) -> None:
         super().__init__("no depth and low confidence?", io, settings, log, keys=(FACES, TARGET.format("quiet")))
@@ -548,8 +567,7 @@ class StayQuiet(_TreeBehaviour):
             return Status.FAILURE
         state.quiet_noted = True
         self.io.publish({"decision": "stay_quiet", **state.summary(now),
-                         "reason": f"no usable depth and confidence {state.confidence:.2f} < "
-                                   f"{self.settings.quiet_max_confidence:g}"})
+                         "reason": uncertainty_reason(state, self.settings)})
         return Status.SUCCESS
 
 

@@ -150,8 +150,20 @@ class FaceTracker:
         return out
 
     def _smooth(self, prev: Optional[np.ndarray], raw: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        if raw is None or prev is None or self.smoothing == 0.0:
-            return raw
-        if prev.shape != raw.shape:
-            raise TrackingError(f"score length changed from {prev.shape} to {raw.shape}")
-        return (self.smoothing * prev + (1.0 - self.smoothing) * raw).astype(np.float32)
+        return smooth_scores(prev, raw, self.smoothing)
+
+
+def smooth_scores(prev: Optional[np.ndarray], raw: Optional[np.ndarray], smoothing: float) -> Optional[np.ndarray]:
+    """One EMA step of a face's scores: ``smoothing * prev + (1 - smoothing) * raw`` (``raw`` when either is None).
+
+    The one score smoothing of the package: the tracker's tracks and the faces
+    another detector follows (:meth:`ExpressionStream.process_faces`) use it alike.
+
+    Raises:
+        TrackingError: the score length changed within a face.
+    """
+    if raw is None or prev is None or smoothing == 0.0:
+        return raw
+    if prev.shape != raw.shape:
+        raise TrackingError(f"score length changed from {prev.shape} to {raw.shape}")
+    return (smoothing * prev + (1.0 - smoothing) * raw).astype(np.float32)

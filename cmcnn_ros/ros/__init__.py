@@ -3,10 +3,12 @@
 Two kinds of module live here. Those that import rclpy make up the node:
 ``fer_node`` (lifecycle, worker, publishing), ``parameters`` (declared once,
 with ranges), ``inputs`` (colour/depth subscriptions and pairing),
-``messages`` (stream results -> ``EmotionArray``, debug image) and ``hri``
-(ROS4HRI topics). The others are ROS-free implementations of ROS rules, so the
+``messages`` (stream results -> ``EmotionArray``, debug image), ``hri``
+(ROS4HRI output) and ``hri_input`` (a ROS4HRI detector's faces, for
+``face_source: ros4hri``). The others are ROS-free implementations of ROS rules, so the
 bag tools and tests use them without a ROS install: ``sync``
-(message_filters' pairing, the latest-slot hand-off, stamps), ``params_file``
+(message_filters' pairing, a detector's list with its image, the latest-slot
+hand-off, stamps), ``params_file``
 (rcl's params-file and node-key rules), ``conversions`` (``sensor_msgs/Image``
 encodings <-> NumPy) and ``diagnostics`` (the counters behind
 ``/diagnostics``, the log throttle).

@@ -86,6 +86,7 @@ class PipelineStats:
             self.bad_messages = 0
             self.zero_stamps = 0
             self.faces = 0
+            self.faces_skipped = 0
             self.last_error = ""
 
     def on_pair(self, dropped: bool) -> None:
@@ -106,6 +107,11 @@ class PipelineStats:
         with self._lock:
             self.bad_messages += 1
             self.last_error = reason
+
+    def on_faces_skipped(self, count: int) -> None:
+        """Faces another detector announced that could not be processed (stale or bad roi, see the log)."""
+        with self._lock:
+            self.faces_skipped += int(count)
 
     def on_zero_stamp(self) -> None:
         with self._lock:
@@ -129,6 +135,7 @@ class PipelineStats:
                 "bad messages": str(self.bad_messages),
                 "zero stamps": str(self.zero_stamps),
                 "faces published": str(self.faces),
+                "followed faces skipped": str(self.faces_skipped),
                 "last bad message": self.last_error,
             }
 

@@ -12,6 +12,13 @@ publishes: parameters live in :mod:`~cmcnn_ros.ros.parameters`, subscriptions
 in :mod:`~cmcnn_ros.ros.inputs`, message building in
 :mod:`~cmcnn_ros.ros.messages`, ROS4HRI output in :mod:`~cmcnn_ros.ros.hri`.
 
+Behind a ROS4HRI face detector (``face_source: ros4hri``) the node detects
+nothing: each ``/humans/faces/tracked`` list is paired with the colour/depth
+pair of its image (:class:`~cmcnn_ros.ros.sync.FollowSync`), the listed
+faces' ``/humans/faces/<id>/roi`` give the boxes
+(:mod:`~cmcnn_ros.ros.hri_input`), and the expressions go out under the
+detector's ids, without a tracked list of the node's own.
+
 Colour and depth arrive raw or through ``image_transport``'s compressed
 transports (``colour_transport: compressed``, ``depth_transport:
 compressedDepth``): the node then subscribes to the ``CompressedImage`` topic
@@ -57,13 +64,14 @@ from cmcnn_ros.inference.tracking import TrackingError
 from cmcnn_ros.preprocessing.params import PreprocessingError
 from cmcnn_ros.ros import conversions, messages
 from cmcnn_ros.ros.diagnostics import LogThrottle, PipelineStats
-from cmcnn_ros.ros.hri import HriPublisher
+from cmcnn_ros.ros.hri import HRI_TRACKED_TOPIC, HriPublisher
+from cmcnn_ros.ros.hri_input import HriFaceInput
 from cmcnn_ros.ros.inputs import InputTopic, input_topic, subscribe_rgbd, transport_problems
 from cmcnn_ros.ros.parameters import (CHOICES, NODE_NAME, PARAMETERS, RCLPY_PARAMETERS, FerConfigError, model_file,
                                       parameter_problem)
 from cmcnn_ros.ros.params_file import (ParamsFileError, closest_name, load_params_file, params_files_in,
                                        sections_for_node)
-from cmcnn_ros.ros.sync import LatestSlot, SyncMonitor, ros_stamp_ns
+from cmcnn_ros.ros.sync import FollowSync, LatestSlot, SyncMonitor, ros_stamp_ns
 
 RESULT_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                         reliability=QoSReliabilityPolicy.RELIABLE,
@@ -102,6 +110,10 @@ class FerNode(LifecycleNode):
         self._emotions_pub: Any = None
         self._debug_pub: Any = None
         self._hri = HriPublisher(self)
+        self._face_source = "own"     # as configured
+        self._hri_input = HriFaceInput(self, self._on_tracked,
+                                       lambda level, text, detail: self._log_throttled(level, text, detail=detail))
+        self._follow: Optional[FollowSync] = None   # ros4hri: tracked lists -> their colour/depth pairs
         self._subs: List[Any] = []
         self._inputs: List[InputTopic] = []
         self._sync: Any = None
@@ -147,14 +159,27 @@ class FerNode(LifecycleNode):
                 problem = parameter_problem(param.name, param.value)
                 if problem:
                     return SetParametersResult(successful=False, reason=problem)
+        for param in params:
+            # A robot may tighten or relax the threshold while running; the next frame uses it.
+            if param.name == "min_confidence" and self._stream is not None \
+                    and parameter_problem(param.name, param.value) is None:
+                self._stream.min_confidence = float(param.value)
         return SetParametersResult(successful=True)
 
     def _log_throttled(self, level: str, text: str, period: Optional[float] = None,
                        detail: Optional[str] = None) -> None:
         """Log ``text`` unless :class:`~cmcnn_ros.ros.diagnostics.LogThrottle` holds it back."""
         period = self._param("bad_message_log_period") if period is None else period
-        if self._throttle.allow(text, period, detail):
-            getattr(self.get_logger(), level)(text)
+        if not self._throttle.allow(text, period, detail):
+            return
+        # One call site per severity: rclpy refuses a call site whose severity changes between calls.
+        logger = self.get_logger()
+        if level == "error":
+            logger.error(text)
+        elif level == "warning":
+            logger.warning(text)
+        else:
+            logger.info(text)
 
     def _read_config(self) -> Dict[str, Any]:
         """Validate parameters read at configure.
@@ -180,6 +205,10 @@ class FerNode(LifecycleNode):
                 resolve_device(cfg["device"])
             except DeviceError as exc:
                 raise FerConfigError(f"parameter device: {exc}") from exc
+            if cfg["face_source"] == "ros4hri" and not HriFaceInput.available():
+                raise FerConfigError("face_source 'ros4hri' needs hri_msgs (ros4hri/hri_msgs, with REP-155's "
+                                     "NormalizedRegionOfInterest2D) installed and sourced; install it or set "
+                                     "face_source: own")
             stream = self._load_stream(path, cfg)
         except (FerConfigError, TrackingError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
@@ -187,6 +216,7 @@ class FerNode(LifecycleNode):
         from cmcnn_ros.msg import EmotionArray
 
         self._stream = stream
+        self._face_source = str(cfg["face_source"])
         self._model_path = str(path)
         self._device = str(stream.recognizer.device)
         self._emotions_pub = self.create_lifecycle_publisher(EmotionArray, "~/emotions", RESULT_QOS)
@@ -194,7 +224,8 @@ class FerNode(LifecycleNode):
             self._debug_pub = self.create_lifecycle_publisher(Image, "~/debug_image", qos_profile_sensor_data)
         self._state_label = "inactive"
         self.get_logger().info(f"configured: model {self._model_path} on {self._device}, "
-                               f"classes {stream.class_names}, image decoding {conversions.backend_name()}")
+                               f"classes {stream.class_names}, image decoding {conversions.backend_name()}, "
+                               f"faces from {self._face_source}")
         return TransitionCallbackReturn.SUCCESS
 
     @staticmethod
@@ -209,7 +240,8 @@ class FerNode(LifecycleNode):
             return ExpressionStream.from_checkpoint(
                 str(path), device=cfg["device"], num_threads=cfg["num_threads"] or None,
                 redetect_interval=cfg["redetect_interval"], iou_threshold=cfg["tracking_iou_threshold"],
-                max_missed=cfg["tracking_max_missed"], smoothing=cfg["score_smoothing"])
+                max_missed=cfg["tracking_max_missed"], smoothing=cfg["score_smoothing"],
+                min_confidence=cfg["min_confidence"])
         except TrackingError:
             raise
         except PreprocessingError as exc:  # e.g. a missing or corrupt face-detector model file
@@ -238,6 +270,8 @@ class FerNode(LifecycleNode):
         described = [f"{i.kind} {self.resolve_topic_name(i.topic)} ({i.transport})" for i in self._inputs]
         if len(described) == 1:
             described.append("depth (none)")
+        if self._follow is not None:
+            described.append(f"faces from {HRI_TRACKED_TOPIC} and /humans/faces/<id>/roi")
         self.get_logger().info(f"active: {', '.join(described)}, sync {cfg['sync_policy']} via {self._sync_backend}")
         return super().on_activate(state)
 
@@ -280,10 +314,22 @@ class FerNode(LifecycleNode):
         depth = input_topic("depth", depth_topic, str(cfg["depth_transport"])) if depth_topic else None
         self._inputs = [colour] + ([depth] if depth is not None else [])
         self._topics = tuple(self.resolve_topic_name(i.topic) for i in self._inputs) + (None,)
-        self._monitor = SyncMonitor([(i.kind, self.resolve_topic_name(i.topic)) for i in self._inputs], slop=slop,
-                                    delay=float(cfg["sync_warning_delay"]))
-        sub = subscribe_rgbd(self, colour, depth, slop, int(cfg["sync_queue_size"]), self._on_pair, self._observe)
+        watched = [(i.kind, self.resolve_topic_name(i.topic)) for i in self._inputs]
+        on_pair = self._on_pair
+        if self._face_source == "ros4hri":
+            # The detector's tracked list is a third input: a frame is processed once its list arrived.
+            self._follow = FollowSync(int(cfg["sync_queue_size"]), slop, self._on_followed,
+                                      frame_stamp=lambda pair: ros_stamp_ns(pair[0]))
+            follow = self._follow
+            on_pair = lambda c, d: follow.add_frame((c, d))  # noqa: E731
+            watched.append(("tracked", HRI_TRACKED_TOPIC))
+        self._monitor = SyncMonitor(watched, slop=slop, delay=float(cfg["sync_warning_delay"]),
+                                    subject="colour/depth pair" if self._follow is None
+                                    else f"colour/depth pair with its {HRI_TRACKED_TOPIC} list")
+        sub = subscribe_rgbd(self, colour, depth, slop, int(cfg["sync_queue_size"]), on_pair, self._observe)
         self._subs, self._sync, self._sync_backend = sub.subscriptions, sub.synchroniser, sub.backend
+        if self._follow is not None:
+            self._hri_input.start()
 
     def _observe(self, index: int, msg: Any) -> None:
         stamp = ros_stamp_ns(msg)
@@ -299,6 +345,19 @@ class FerNode(LifecycleNode):
         if self._monitor is not None:
             self._monitor.paired()
         dropped = self._slot.put((colour, depth))
+        self._stats.on_pair(dropped)
+
+    def _on_tracked(self, msg: Any) -> None:
+        """A ROS4HRI tracked list (its faces' roi subscriptions exist): wait for its image."""
+        if self._monitor is not None:
+            self._monitor.observe(len(self._inputs), ros_stamp_ns(msg), msg.header.frame_id)
+        if self._follow is not None:
+            self._follow.add_lead(msg)
+
+    def _on_followed(self, pair: Tuple[Any, Optional[Any]], tracked: Any) -> None:
+        if self._monitor is not None:
+            self._monitor.paired()
+        dropped = self._slot.put((pair[0], pair[1], tracked))
         self._stats.on_pair(dropped)
 
     def _check_sync(self) -> None:
@@ -320,7 +379,8 @@ class FerNode(LifecycleNode):
             self._warn_timer = None
         for sub in self._subs:
             self.destroy_subscription(sub)
-        self._subs, self._sync, self._monitor, self._inputs = [], None, None, []
+        self._hri_input.stop()
+        self._subs, self._sync, self._monitor, self._inputs, self._follow = [], None, None, [], None
         self._running.clear()
         self._slot.close()
         if self._worker is not None:
@@ -347,14 +407,20 @@ class FerNode(LifecycleNode):
                 self._stats.on_bad(f"{type(exc).__name__}: {exc}")
                 self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
 
-    def _process(self, colour_msg: Any, depth_msg: Optional[Any]) -> None:
+    def _process(self, colour_msg: Any, depth_msg: Optional[Any], tracked: Optional[Any] = None) -> None:
         t0 = time.monotonic()
         stamp = ros_stamp_ns(colour_msg)
         if stamp == 0:
             self._stats.on_zero_stamp()
         try:
             colour, depth = conversions.frame_pair(colour_msg, depth_msg, self._topics[:2])
-            result = self._stream.process(colour, depth, depth_scale=1.0)
+            if tracked is None:
+                result = self._stream.process(colour, depth, depth_scale=1.0)
+            else:  # face_source ros4hri: the detector's faces of this image, under its ids
+                faces, ids, skipped = self._hri_input.faces_for(tracked, colour_msg.header, colour.shape[:2],
+                                                                float(self._param("sync_slop")))
+                self._stats.on_faces_skipped(skipped)
+                result = self._stream.process_faces(colour, faces, ids, depth, depth_scale=1.0)
         except NonFiniteScoresError as exc:  # never publish a NaN/inf score
             reason = str(exc)
             self._stats.on_bad(reason)
@@ -376,18 +442,23 @@ class FerNode(LifecycleNode):
         latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else processing_ms
         self._stats.on_processed(latency_ms, processing_ms, len(result.faces))
         if self._param("publish_hri"):
-            self._hri.publish(msg.header, result.faces, result.tracked_ids)
+            self._hri.publish(msg.header, result.faces, result.tracked_ids,
+                              publish_tracked=self._face_source == "own")
         if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
             self._debug_pub.publish(messages.debug_image(colour_msg.header, colour, class_names, result.faces))
 
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         kv = {"lifecycle state": self._state_label, "model path": self._model_path or "(not loaded)",
+              "face source": self._face_source,
               "device": self._device or "(not loaded)", "sync": self._sync_backend or "(inactive)",
               "inputs": ", ".join(f"{i.kind} {i.transport}" for i in self._inputs) or "(inactive)",
               "image decoding": conversions.backend_name(),
               "cv_bridge fallbacks": str(conversions.bridge_fallbacks())}
         kv.update(self._stats.key_values())
+        follow = self._follow
+        if follow is not None:
+            kv["tracked lists without their image"] = str(follow.dropped_leads)
         if self._monitor is not None:
             kv.update({f"{name} received": str(n) for name, n in self._monitor.counts().items()})
         stall = self._monitor.diagnose() if self._monitor is not None else None

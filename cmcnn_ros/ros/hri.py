@@ -6,6 +6,10 @@ A ROS4HRI consumer (libhri, pyhri) learns face ids from ``/humans/faces/tracked`
 publisher is created when the face appears and destroyed when its track
 ends, so a retired face's topic disappears. Active only where ``hri_msgs``
 is installed.
+
+Behind another face detector (``face_source: ros4hri``) the ids are that
+detector's and so is ``/humans/faces/tracked``: only the expressions are
+published here (``publish_tracked=False``), so the robot keeps one list of faces.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ HRI_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
 HRI_TRACKED_TOPIC = "/humans/faces/tracked"
 
 
+def face_topic(face_id: str, leaf: str) -> str:
+    """A face's REP-155 topic, e.g. ``/humans/faces/<face_id>/roi`` or ``.../expression``."""
+    return f"/humans/faces/{face_id}/{leaf}"
+
+
 class HriPublisher:
     """The ROS4HRI publishers of one node.
 
@@ -46,14 +55,19 @@ class HriPublisher:
         """Something was published and not yet released."""
         return bool(self._faces) or self._tracked is not None
 
-    def publish(self, header: Any, faces: Sequence[Any], tracked_ids: Sequence[str]) -> None:
+    def publish(self, header: Any, faces: Sequence[Any], tracked_ids: Sequence[str],
+                publish_tracked: bool = True) -> None:
         """Each face's expression, then the ids of every tracked face.
 
         Args:
             header: the colour image's header.
             faces: this frame's faces (``face_id``, ``expression``, ``valence``,
                 ``arousal``, ``confidence``: a ``StreamFace`` or an ``Emotion``).
+                An ``unknown`` expression (below ``min_confidence``) goes out as
+                it is, with its confidence.
             tracked_ids: every live track; publishers of other faces are destroyed.
+            publish_tracked: publish ``tracked_ids`` on ``/humans/faces/tracked``
+                (false when another detector owns that list).
         """
         if HriExpression is None:
             return
@@ -61,8 +75,7 @@ class HriPublisher:
         for face in faces:
             pub = self._faces.get(face.face_id)
             if pub is None:
-                pub = self._node.create_publisher(HriExpression, f"/humans/faces/{face.face_id}/expression",
-                                                  HRI_QOS)
+                pub = self._node.create_publisher(HriExpression, face_topic(face.face_id, "expression"), HRI_QOS)
                 self._faces[face.face_id] = pub
             out = HriExpression()
             out.header = header
@@ -70,7 +83,8 @@ class HriPublisher:
             out.valence, out.arousal, out.confidence = (float(face.valence), float(face.arousal),
                                                         float(face.confidence))
             pub.publish(out)
-        self.publish_tracked(header, tracked_ids)
+        if publish_tracked:
+            self.publish_tracked(header, tracked_ids)
 
     def publish_tracked(self, header: Any, ids: Sequence[str]) -> None:
         if HriIdsList is None:

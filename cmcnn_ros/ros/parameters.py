@@ -20,12 +20,16 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 
 from cmcnn_ros import resources
 from cmcnn_ros.device import DEVICE_CHOICES_TEXT, DEVICE_PATTERN
+from cmcnn_ros.inference.stream import DEFAULT_MIN_CONFIDENCE
 from cmcnn_ros.inference.tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL,
                                           DEFAULT_SMOOTHING)
 from cmcnn_ros.ros.compressed import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS
 from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S
 
 NODE_NAME = "fer_node"
+#: Where the faces come from: the node's own detector and tracker, or a ROS4HRI detector's
+#: /humans/faces/tracked and /humans/faces/<id>/roi (its ids).
+FACE_SOURCES = ("own", "ros4hri")
 
 
 # name -> (default, description, extra descriptor fields). Declared once here;
@@ -37,6 +41,12 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                        "Read on configure.", {}),
     "num_threads": (0, "Torch CPU threads; 0 keeps the library default. Read on configure.",
                     {"integer_range": [IntegerRange(from_value=0, to_value=256, step=1)]}),
+    "face_source": ("own", "Where faces come from. own: the node detects and tracks them and publishes its own "
+                           "/humans/faces/tracked. ros4hri: behind a ROS4HRI face detector (e.g. hri_face_detect, "
+                           "on the same colour images): no detection, the faces and ids of /humans/faces/tracked "
+                           "and /humans/faces/<id>/roi, expressions under those ids, no tracked list of its own "
+                           "(needs hri_msgs). Read on configure.",
+                    {"additional_constraints": "one of: " + ", ".join(FACE_SOURCES)}),
     "redetect_interval": (DEFAULT_REDETECT_INTERVAL,
                           "Frames between full-frame face detections; in between, each tracked face "
                           "is searched for only around its last box (much cheaper). New faces appear "
@@ -72,6 +82,11 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                             {"integer_range": [IntegerRange(from_value=0, to_value=1000, step=1)]}),
     "score_smoothing": (DEFAULT_SMOOTHING, "Per-face EMA weight of the previous scores in [0, 1); 0 = no smoothing.",
                         {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=0.99)]}),
+    "min_confidence": (DEFAULT_MIN_CONFIDENCE,
+                       "A face whose top class probability (calibrated, after smoothing) is below this is "
+                       "published with its scores and confidence but expression 'unknown' (also on ROS4HRI), "
+                       "so nothing downstream acts on a guess; 0 = always the top class. Takes effect at once.",
+                       {"floating_point_range": [FloatingPointRange(from_value=0.0, to_value=1.0)]}),
     "publish_debug_image": (False, "Publish an annotated bgr8 image on ~/debug_image (drawn only "
                                    "while someone subscribes). Read on configure.", {}),
     "publish_hri": (True, "Also publish hri_msgs/Expression on /humans/faces/<face_id>/expression "
@@ -90,6 +105,7 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
 
 # String parameters with a closed set of values (checked at start-up and on every set).
 CHOICES: Dict[str, Tuple[str, str]] = {
+    "face_source": ("|".join(FACE_SOURCES), " or ".join(repr(t) for t in FACE_SOURCES)),
     "sync_policy": (r"approximate|exact", "'approximate' or 'exact'"),
     "colour_transport": ("|".join(COLOUR_TRANSPORTS), " or ".join(repr(t) for t in COLOUR_TRANSPORTS)),
     "depth_transport": ("|".join(DEPTH_TRANSPORTS), " or ".join(repr(t) for t in DEPTH_TRANSPORTS)),

@@ -15,6 +15,10 @@ thread-safe; stamps are integer nanoseconds from a caller-supplied function.
 :class:`LatestSlot` is the "never build a backlog" hand-off between the sync
 callback and the processing thread: it holds only the newest pair and counts
 the ones overwritten before processing.
+
+:class:`FollowSync` pairs another stream that follows the camera (a ROS4HRI
+face detector's per-frame ``/humans/faces/tracked``) with the synchronised
+pair of the image it was computed on.
 """
 
 from __future__ import annotations
@@ -140,6 +144,92 @@ class ApproximateTimeSync(_TimeSyncBase):
         return None
 
 
+class FollowSync:
+    """Pairs each message of a stream that follows the camera with the frame it belongs to.
+
+    A detector running on the same camera (ROS4HRI's ``hri_face_detect``)
+    publishes one message per image it processed, stamped with that image's
+    stamp (REP-155), some time after the image; it skips images when it is
+    slower than the camera. Each such *lead* message is paired with the
+    buffered *frame* (a synchronised colour/depth pair) nearest to it in stamp
+    (equal stamps under the exact policy, at most ``slop`` apart otherwise),
+    and only once no later message of either stream could be nearer: a frame
+    at or after the lead's stamp has arrived (later frames are further away),
+    and the lead is at or after the frame's stamp or a later lead has arrived.
+    So a lead whose own frame was lost is never paired with the next frame
+    while that frame's own lead is on its way, which would put every later
+    lead one frame off. Paired frames and the frames before them leave the
+    buffer; leads that can no longer be paired are dropped and counted.
+    Thread-safe; ROS-free (stamps from ``stamp_fn``).
+
+    Args:
+        queue_size: frames and leads kept while waiting (>= 1, oldest dropped first).
+        slop: largest stamp difference in seconds; None pairs equal stamps only.
+        callback: called with ``(frame, lead)`` per pair, outside the lock.
+        frame_stamp, lead_stamp: message -> integer nanoseconds.
+
+    Raises:
+        ValueError: queue_size < 1 or slop <= 0.
+    """
+
+    def __init__(self, queue_size: int, slop: Optional[float], callback: Callable[[Any, Any], None],
+                 frame_stamp: StampFn, lead_stamp: StampFn = ros_stamp_ns) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if slop is not None and not slop > 0:
+            raise ValueError(f"slop must be > 0 seconds, got {slop}")
+        self.slop_ns = 0 if slop is None else int(round(slop * 1e9))
+        self._callback = callback
+        self._frame_stamp, self._lead_stamp = frame_stamp, lead_stamp
+        self._frames: Deque[Tuple[int, Any]] = deque(maxlen=int(queue_size))
+        self._leads: Deque[Tuple[int, Any]] = deque(maxlen=int(queue_size))
+        self._lock = threading.Lock()
+        self.dropped_leads = 0
+
+    def add_frame(self, frame: Any) -> None:
+        self._add(self._frames, self._frame_stamp(frame), frame)
+
+    def add_lead(self, lead: Any) -> None:
+        self._add(self._leads, self._lead_stamp(lead), lead)
+
+    def _add(self, queue: Deque[Tuple[int, Any]], stamp: int, msg: Any) -> None:
+        with self._lock:
+            if queue is self._leads and len(queue) == queue.maxlen:
+                self.dropped_leads += 1
+            queue.append((stamp, msg))
+            pairs = self._settle()
+        for frame, lead in pairs:
+            self._callback(frame, lead)
+
+    def _settle(self) -> List[Tuple[Any, Any]]:
+        pairs: List[Tuple[Any, Any]] = []
+        while self._leads:
+            lead_t, lead = self._leads[0]
+            near = [(abs(t - lead_t), i) for i, (t, _) in enumerate(self._frames) if abs(t - lead_t) <= self.slop_ns]
+            newest_frame = max((t for t, _ in self._frames), default=None)
+            if not near:
+                if newest_frame is not None and newest_frame > lead_t + self.slop_ns:
+                    self._leads.popleft()      # its frame was lost or already taken: it cannot pair any more
+                    self.dropped_leads += 1
+                    continue
+                break                          # its frame may still come
+            gap, index = min(near)
+            frame_t = self._frames[index][0]
+            if any(abs(t - frame_t) < gap for t, _ in list(self._leads)[1:]):
+                self._leads.popleft()          # a later lead is nearer to that frame: it takes it
+                self.dropped_leads += 1
+                continue
+            frames_final = newest_frame >= lead_t
+            leads_final = lead_t >= frame_t or len(self._leads) > 1
+            if not (frames_final and leads_final):
+                break
+            self._leads.popleft()
+            for _ in range(index):             # frames before the paired one: no later lead wants them
+                self._frames.popleft()
+            pairs.append((self._frames.popleft()[1], lead))
+        return pairs
+
+
 class LatestSlot(Generic[T]):
     """A one-item mailbox: ``put`` replaces, ``take`` waits for the newest.
 
@@ -214,14 +304,17 @@ class SyncMonitor:
     camera that stops is reported as silent rather than as "not matching".
 
     Args:
-        inputs: ``(name, topic)`` per input, e.g. ``[("colour", "/camera/color/image_raw"), ...]``.
+        inputs: ``(name, topic)`` per input, e.g. ``[("colour", "/camera/color/image_raw"), ...]``;
+            stamps of every other input are compared with the first one's.
         slop: the synchroniser's slop in seconds (None for the exact policy).
         delay: seconds without a synchronised set before warning.
         clock: monotonic time source (for tests).
+        subject: what a synchronised set is, for the warning.
     """
 
     def __init__(self, inputs: Sequence[Tuple[str, str]], slop: Optional[float], delay: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, subject: str = "colour/depth pair") -> None:
+        self._subject = subject
         self._inputs = [_InputSeen(n, t) for n, t in inputs]
         self._slop = slop
         self._delay = float(delay)
@@ -270,8 +363,8 @@ class SyncMonitor:
             if now - since < self._delay:
                 return None
             waited = now - since
-            head = ("no synchronised colour/depth pair" if self._last_pair is None
-                    else "no synchronised colour/depth pair since the last one")
+            head = (f"no synchronised {self._subject}" if self._last_pair is None
+                    else f"no synchronised {self._subject} since the last one")
             reasons: List[str] = []
             never = [s for s in self._inputs if s.count == 0]
             # Inputs that sent messages once but nothing for `delay` seconds.
@@ -311,14 +404,15 @@ class SyncMonitor:
         stamped = [[t for t in s.stamps if t] for s in self._inputs]
         if any(not st for st in stamped) or len(stamped) < 2:
             return []
-        closest = min(abs(a - b) for a, b in itertools.product(stamped[0], stamped[1])) / 1e9
-        names = f"{self._inputs[0].name} and {self._inputs[1].name}"
-        if self._slop is None:
-            if closest > 0:
-                return [f"{names} stamps are never equal (closest {closest * 1e3:.1f} ms apart) "
-                        "under sync_policy 'exact'; use 'approximate'"]
-            return []
-        if closest >= self._slop:
-            return [f"{names} stamps are {closest:.3f} s apart at best, more than "
-                    f"sync_slop {self._slop:.3f} s; raise sync_slop or fix the clocks"]
-        return []
+        out: List[str] = []
+        for other, seen in zip(stamped[1:], self._inputs[1:]):
+            closest = min(abs(a - b) for a, b in itertools.product(stamped[0], other)) / 1e9
+            names = f"{self._inputs[0].name} and {seen.name}"
+            if self._slop is None:
+                if closest > 0:
+                    out.append(f"{names} stamps are never equal (closest {closest * 1e3:.1f} ms apart) "
+                               "under sync_policy 'exact'; use 'approximate'")
+            elif closest >= self._slop:
+                out.append(f"{names} stamps are {closest:.3f} s apart at best, more than "
+                           f"sync_slop {self._slop:.3f} s; raise sync_slop or fix the clocks")
+        return out

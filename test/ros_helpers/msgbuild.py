@@ -1,8 +1,9 @@
 """Build a ROS 2 message package into a prefix inside a test (CMake + rosidl from the venv's wheels).
 
 The same steps as ``scripts/setup.sh`` uses for ``msg/*.msg``, for packages that exist only in a test:
-the ROS4HRI test builds its own ``hri_msgs`` (REP-155 ``Expression`` and ``IdsList``) this way, so the
-node's ROS4HRI output is checked against real generated messages without the package shipping them.
+the ROS4HRI test builds its own ``hri_msgs`` (REP-155 ``Expression``, ``IdsList`` and
+``NormalizedRegionOfInterest2D``) this way, so the node's ROS4HRI output and input are checked against
+real generated messages without the package shipping them.
 """
 
 from __future__ import annotations
