@@ -15,8 +15,9 @@ DEMO_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
+# The linter first (seconds): a style error fails the run before the suite starts.
 test: setup
-	@source $(ENV_FILE) && python -m pytest $(PYTEST_ARGS)
+	@source $(ENV_FILE) && ruff check . && python -m pytest $(PYTEST_ARGS)
 
 demo: setup
 	@source $(ENV_FILE) && cmcnn-demo $(DEMO_ARGS)

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from cmcnn_ros.tools import configure_logging  # noqa: E402
+from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.atomic_io import atomic_open
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL

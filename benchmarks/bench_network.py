@@ -47,9 +47,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cmcnn_ros.tools import configure_logging  # noqa: E402
-from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
-from cmcnn_ros.model import CMCNN, cmcnn, preset_config  # noqa: E402
+from cmcnn_ros.tools import configure_logging
+from cmcnn_ros.atomic_io import write_json_atomic
+from cmcnn_ros.model import CMCNN, cmcnn, preset_config
 
 logger = logging.getLogger("bench_network")
 VARIANTS = ("eager", "fused", "fused_cl", "jit")

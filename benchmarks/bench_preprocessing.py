@@ -32,9 +32,9 @@ from skimage import data
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from cmcnn_ros.tools import configure_logging  # noqa: E402
-from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
-from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams, to_grey  # noqa: E402
+from cmcnn_ros.tools import configure_logging
+from cmcnn_ros.atomic_io import write_json_atomic
+from cmcnn_ros.preprocessing import FacePreprocessor, PreprocessingParams, to_grey
 
 logger = logging.getLogger("bench_preprocessing")
 
@@ -175,7 +175,8 @@ def main(argv: Sequence[str] = None) -> int:
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json_out:
         write_json_atomic(args.json_out, {
-            "frame": "640x480", "runs": args.runs, "threads": args.threads, "clock": args.clock, "modalities": args.modalities,
+            "frame": "640x480", "runs": args.runs, "threads": args.threads, "clock": args.clock,
+            "modalities": args.modalities,
             "params": params.to_dict(), "opencv": cv2.__version__, "machine": platform.processor() or
             platform.machine(), "cpu_count": os.cpu_count(), "load_average_before_after": [load_before[0], load[0]],
             "results": results})

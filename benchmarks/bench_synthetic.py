@@ -27,7 +27,7 @@ from typing import Dict, List, Sequence
 import cv2
 import numpy as np
 
-from cmcnn_ros.tools import configure_logging  # noqa: E402
+from cmcnn_ros.tools import configure_logging
 from cmcnn_ros.boxes import iou
 from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
 from cmcnn_synthetic.generate import RenderOptions, generate_dataset, plan_jobs, render_job

@@ -49,15 +49,15 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "training"))
 
-from cmcnn_ros.atomic_io import write_json_atomic  # noqa: E402
-from cmcnn_ros.model import cmcnn, preset_config  # noqa: E402
-from cmcnn_ros.model.losses import make_loss  # noqa: E402
-from cmcnn_ros.preprocessing.model_input import store  # noqa: E402
-from cmcnn_ros.preprocessing.params import PreprocessingParams  # noqa: E402
-from cmcnn_ros.preprocessing.texture import TextureImages  # noqa: E402
-from cmcnn_ros.tools import configure_logging  # noqa: E402
-from cmcnn_training.crops import CropSet  # noqa: E402
-from cmcnn_training.engine import AugmentConfig, CropBatches, TrainTargets, train_one_epoch  # noqa: E402
+from cmcnn_ros.atomic_io import write_json_atomic
+from cmcnn_ros.model import cmcnn, preset_config
+from cmcnn_ros.model.losses import make_loss
+from cmcnn_ros.preprocessing.model_input import store
+from cmcnn_ros.preprocessing.params import PreprocessingParams
+from cmcnn_ros.preprocessing.texture import TextureImages
+from cmcnn_ros.tools import configure_logging
+from cmcnn_training.crops import CropSet
+from cmcnn_training.engine import AugmentConfig, CropBatches, TrainTargets, train_one_epoch
 
 logger = logging.getLogger("bench_training")
 MODALITIES = ("grey", "lbp", "depth")

@@ -26,7 +26,7 @@ def share_dirs() -> List[Path]:
         from ament_index_python.packages import get_package_share_directory
 
         dirs.append(Path(get_package_share_directory("cmcnn_ros")))
-    except Exception:  # noqa: BLE001 - ament_index absent or the package is not installed with colcon
+    except Exception:
         pass
     dirs.append(SOURCE_ROOT)
     return dirs

@@ -212,7 +212,7 @@ def test_evaluator_counts_and_confusion(synthetic_bag, random_checkpoint, tmp_pa
     assert cm.sum() == report.matched
     assert cm.sum(axis=1).tolist() == [report.per_class[c]["support"] for c in report.class_names]
     assert report.correct == int(np.trace(cm))
-    assert {c: n for c, n in summary.labels.items()} == {c: v["gt_faces"] for c, v in report.per_class.items()
+    assert dict(summary.labels.items()) == {c: v["gt_faces"] for c, v in report.per_class.items()
                                                          if v["gt_faces"]}
     assert {"decode", "preprocess", "network", "total"} <= set(report.latency_ms)
     assert report.latency_ms["total"]["n"] == 4 and report.latency_ms["total"]["p95"] >= \

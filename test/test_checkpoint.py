@@ -157,7 +157,8 @@ def test_non_finite_weights_are_refused(tmp_path):
     raw = torch.load(path, weights_only=True)
     raw["state_dict"]["fc.weight"][0, 0] = float("nan")
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match=r"1 non-finite \(NaN or inf\) weights in 1 tensors \(e.g. \['fc.weight'\]\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"1 non-finite \(NaN or inf\) weights in 1 tensors \(e.g. \['fc.weight'\]\)"):
         load_checkpoint(path)
     raw["state_dict"]["fc.weight"][0, 0] = 0.0
     first = sorted(k for k, v in raw["state_dict"].items() if v.is_floating_point())[0]

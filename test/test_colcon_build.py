@@ -22,11 +22,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import REPO_ROOT, env_file_environment  # noqa: E402
-from ros_helpers.frames import photo_frame  # noqa: E402
-from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, image_msg, wait_until  # noqa: E402
+from conftest import REPO_ROOT, env_file_environment
+from ros_helpers.frames import photo_frame
+from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, image_msg, wait_until
 
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image
 
 COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
 PATH_VARS = ("PYTHONPATH", "LD_LIBRARY_PATH", "AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH")
@@ -140,7 +140,7 @@ def test_installed_fer_node_reaches_active_and_answers_a_frame(colcon_ws, tmp_pa
             ns = time.time_ns()
             pub_c.publish(image_msg(colour, "bgr8", ns))
             pub_d.publish(image_msg(depth, "16UC1", ns))
-            if wait_until(lambda: any(r.header.stamp.sec * 10**9 + r.header.stamp.nanosec == ns
+            if wait_until(lambda: any(r.header.stamp.sec * 10**9 + r.header.stamp.nanosec == ns  # noqa: B023
                                       for _, r in results), 10):
                 answer = next(r for _, r in results if r.header.stamp.sec * 10**9 + r.header.stamp.nanosec == ns)
                 break

@@ -89,7 +89,8 @@ def test_kinect_folder_errors(tmp_path):
         KinectFolderDataset(bad)
     hdr = _kinect_folder(tmp_path / "hdr")
     (hdr / "labels.csv").write_text("colour,lable,subject\ncolour/a.png,happy,s1\n")
-    with pytest.raises(DatasetError, match=r"malformed header.*unknown columns \['lable'\].*missing columns \['label'\]"):
+    with pytest.raises(DatasetError,
+                       match=r"malformed header.*unknown columns \['lable'\].*missing columns \['label'\]"):
         KinectFolderDataset(hdr)
     lab = _kinect_folder(tmp_path / "lab")
     with pytest.raises(DatasetError, match=r"line 4: label 'neutral' \(neutral\) is not in the requested classes"):

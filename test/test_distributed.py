@@ -91,7 +91,7 @@ def test_torchrun_two_cpu_processes_train_and_write_one_checkpoint(tiny_root, tm
 def test_ddp_keeps_the_ranks_weights_identical(tmp_path):
     """Each rank trains on different rows; after the steps both hold the same weights (gradients averaged)."""
     script = tmp_path / "ddp_check.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(textwrap.dedent("""
         import json, sys, torch
         import numpy as np
         from cmcnn_ros.model import cmcnn
@@ -105,8 +105,8 @@ def test_ddp_keeps_the_ranks_weights_identical(tmp_path):
         n = 32
         rng = np.random.default_rng(0)
         crops = CropSet(modalities=("grey", "depth"),
-                        images={{"grey": rng.integers(0, 255, (n, 32, 32), dtype=np.uint8),
-                                 "depth": rng.random((n, 32, 32)).astype(np.float16)}},
+                        images={"grey": rng.integers(0, 255, (n, 32, 32), dtype=np.uint8),
+                                 "depth": rng.random((n, 32, 32)).astype(np.float16)},
                         depth_valid=np.ones(n, bool), labels=np.array(["happy"] * n), subjects=np.array(["s"] * n),
                         intensities=np.full(n, -1), sources=np.array([""] * n), box_sources=np.array([""] * n),
                         dataset_index=np.arange(n))
@@ -126,9 +126,9 @@ def test_ddp_keeps_the_ranks_weights_identical(tmp_path):
         rows = [torch.zeros(1) for _ in range(2)]
         torch.distributed.all_gather(rows, seen)
         if job.rank == 0:
-            json.dump({{"max_diff": float((both[0] - both[1]).abs().max()),
+            json.dump({"max_diff": float((both[0] - both[1]).abs().max()),
                        "moved": float((flat - flat.mean()).abs().sum()),
-                       "rows": [float(r) for r in rows]}}, open(sys.argv[1], "w"))
+                       "rows": [float(r) for r in rows]}, open(sys.argv[1], "w"))
         distributed.shutdown()
     """))
     result = tmp_path / "result.json"

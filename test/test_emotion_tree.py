@@ -237,7 +237,8 @@ def test_producer_restart_forgets_faces_and_rereads_state(caplog):
 
 
 def _msg(scores_len: int = 7, **face: Any) -> SimpleNamespace:
-    f = dict(face_id="face_1", expression="happy", confidence=0.9, scores=[0.1] * scores_len, depth_valid=True)
+    f = {"face_id": "face_1", "expression": "happy", "confidence": 0.9, "scores": [0.1] * scores_len,
+         "depth_valid": True}
     f.update(face)
     return SimpleNamespace(classes=list(CLASSES), faces=[SimpleNamespace(**f)])
 

@@ -28,13 +28,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_helpers.rosproc import (ROOT, NodeProcess, RosClient, claim_domain_id, image_msg,  # noqa: E402
+from ros_helpers.rosproc import (ROOT, NodeProcess, RosClient, claim_domain_id, image_msg,
                                  ros_env, wait_until)
 
-from cmcnn_ros.msg import Emotion, EmotionArray  # noqa: E402  (built by scripts/setup.sh)
-from lifecycle_msgs.srv import GetState  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Empty, String  # noqa: E402
+from cmcnn_ros.msg import Emotion, EmotionArray
+from lifecycle_msgs.srv import GetState
+from sensor_msgs.msg import Image
+from std_msgs.msg import Empty, String
 
 COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
 EMOTIONS = "/fer_node/emotions"

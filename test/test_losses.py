@@ -45,7 +45,8 @@ def test_soft_labels_sigma_1_is_the_gaussian():
 def test_cross_entropy_by_hand():
     assert cross_entropy(LOGITS, torch.tensor([2])).item() == pytest.approx(-math.log(5 / 8), rel=1e-12)
     soft = torch.tensor([[0.0, 0.5, 0.5]], dtype=torch.float64)
-    assert cross_entropy(LOGITS, soft).item() == pytest.approx(-0.5 * math.log(2 / 8) - 0.5 * math.log(5 / 8), rel=1e-12)
+    assert cross_entropy(LOGITS, soft).item() == pytest.approx(-0.5 * math.log(2 / 8) - 0.5 * math.log(5 / 8),
+                                                               rel=1e-12)
     smoothed = cross_entropy(LOGITS, torch.tensor([2]), label_smoothing=0.3).item()
     y = [0.1, 0.1, 0.8]
     assert smoothed == pytest.approx(-sum(yk * math.log(pk) for yk, pk in zip(y, P)), rel=1e-12)

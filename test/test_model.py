@@ -37,13 +37,14 @@ SUBSETS = [
     ("grey", "gabor", "depth"),
 ]
 # Tiny widths and 32x32 inputs keep every case to milliseconds; 32 -> 16 -> 8 -> 4 -> 2.
-SMALL = dict(input_size=32, depth_widths=(2, 3, 4, 4), texture_widths=(2, 3, 4, 4), depth_kernels=(3, 3, 3, 3),
-             texture_kernels=(3, 3, 3, 3))
+SMALL = {"input_size": 32, "depth_widths": (2, 3, 4, 4), "texture_widths": (2, 3, 4, 4), "depth_kernels": (3, 3, 3, 3),
+             "texture_kernels": (3, 3, 3, 3)}
 
 
 def _model(modalities, fusion="cmfn", **kw):
     torch.manual_seed(0)
-    return cmcnn(ModelConfig(modalities=modalities, fusion=fusion, num_classes=kw.pop("num_classes", 7), **{**SMALL, **kw}))
+    return cmcnn(ModelConfig(modalities=modalities, fusion=fusion, num_classes=kw.pop("num_classes", 7),
+                             **{**SMALL, **kw}))
 
 
 @pytest.mark.parametrize("fusion", ["cmfn", "concat"])
@@ -199,7 +200,8 @@ def test_bad_input_is_a_clear_error():
 def test_fen_parameters_cover_fen_and_head():
     model = _model(("grey", "depth"))
     ids = {id(p) for p in model.fen_parameters("depth")}
-    assert ids == {id(p) for p in model.fens["depth"].parameters()} | {id(p) for p in model.fen_heads["depth"].parameters()}
+    own = list(model.fens["depth"].parameters()) + list(model.fen_heads["depth"].parameters())
+    assert ids == {id(p) for p in own}
     with pytest.raises(ModelConfigError):
         model.fen_parameters("lbp")
 

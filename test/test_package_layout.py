@@ -44,11 +44,12 @@ def test_node_and_tools_import_without_offline_code():
             f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"
             "print(json.dumps({'cmcnn_ros': sys.modules['cmcnn_ros'].__file__,\n"
-            f"                  'loaded': sorted(n for n in sys.modules if n.split('.')[0] in {OFFLINE + RENDERER!r}),\n"
-            f"                  'shipped': [n for n in {FORMER_OFFLINE_MODULES!r} if importlib.util.find_spec(n)]}}))\n")
+            f"    'loaded': sorted(n for n in sys.modules if n.split('.')[0] in {OFFLINE + RENDERER!r}),\n"
+            f"    'shipped': [n for n in {FORMER_OFFLINE_MODULES!r} if importlib.util.find_spec(n)]}}))\n")
     env = dict(env_file_environment())  # a copy: the helper caches its dict
     # This checkout's cmcnn_ros first, whatever the venv's editable install points at.
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH",
+                                                                               "").split(os.pathsep) if p])
     proc = subprocess.run([str(Path(env["VIRTUAL_ENV"]) / "bin" / "python"), "-c", code], env=env, cwd="/",
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

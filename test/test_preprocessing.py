@@ -286,7 +286,8 @@ def test_hog_and_gabor_images(astronaut: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------- depth
 
-def face_depth_frame(distance_m: float, holes: float = 0.0, seed: int = 0) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+def face_depth_frame(distance_m: float, holes: float = 0.0, seed: int = 0) -> Tuple[np.ndarray, Tuple[int, int,
+                                                                                                      int, int]]:
     """Depth of one synthetic face (ellipsoid + nose) at ``distance_m`` seen by a pinhole camera.
 
     Returns the 480x640 float32 depth and the face box, both scaling with 1/distance.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import gzip
 import math
-import shutil
 from pathlib import Path
 
 import cv2

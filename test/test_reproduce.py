@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -44,7 +43,7 @@ def _args(root, work, out, cache, *extra):
 def _section(report: str, heading: str):
     """First-column -> line of the markdown table under ``heading``."""
     text = report.split(heading, 1)[1].split("\n## ", 1)[0]
-    return {l.split("|")[1].strip(): l for l in text.splitlines() if l.startswith("| ")}
+    return {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
 
 
 def _mtimes(folder: Path):

@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_helpers.frames import build_frames, load_frames  # noqa: E402
-from ros_helpers.rosproc import ROOT, NodeProcess, RosClient, claim_domain_id, ros_env, wait_until  # noqa: E402
+from ros_helpers.frames import build_frames, load_frames
+from ros_helpers.rosproc import ROOT, NodeProcess, RosClient, claim_domain_id, ros_env, wait_until
 
-from cmcnn_ros.msg import EmotionArray  # noqa: E402
-from cmcnn_ros.ros import compressed  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from cmcnn_ros.msg import EmotionArray
+from cmcnn_ros.ros import compressed
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import CompressedImage, Image
 
 COLOUR, DEPTH = "/robot/color/image_raw", "/robot/depth_registered/image_raw"
 
@@ -64,7 +64,8 @@ def test_node_answers_a_compressed_stream_and_skips_damaged_messages(tmp_path, r
             pub = _publish(lease.domain_id, npz, out, codec, duration=3.0)
             assert pub.wait(90) == 0
             sent = json.loads(out.read_text())["stamps_ns"]
-            assert wait_until(lambda: sum(stamp_of(m) in sent for _, m in results) >= len(sent) // 2, 15), \
+            assert wait_until(lambda: sum(stamp_of(m) in sent for _, m in results) >= len(sent) // 2,  # noqa: B023
+                              15), \
                 node.log()[-3000:]
             answered = [m for _, m in results if stamp_of(m) in sent]
             for m in answered:
@@ -100,7 +101,8 @@ def test_node_answers_a_compressed_stream_and_skips_damaged_messages(tmp_path, r
             (jpeg, ("16UC1; compressedDepth png", png[1][12:]),
              r"compressedDepth image on '/robot/depth_registered/image_raw/compressedDepth': the payload is a bare "
              r"PNG without the 12-byte compressedDepth header"),
-            (("yuv422; h264 compressed", jpeg[1]), png, r"compressed colour image on .*: unknown format string 'yuv422; h264 compressed'.*"
+            (("yuv422; h264 compressed", jpeg[1]), png,
+             r"compressed colour image on .*: unknown format string 'yuv422; h264 compressed'.*"
                                                         r"republish node \(in_transport compressed"),
         ]
         for colour, depth, reason in bad:

@@ -25,11 +25,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_helpers.frames import photo_frame  # noqa: E402
-from ros_helpers.msgbuild import build_message_package, prefix_env  # noqa: E402
-from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, image_msg, ros_env, wait_until  # noqa: E402
+from ros_helpers.frames import photo_frame
+from ros_helpers.msgbuild import build_message_package, prefix_env
+from ros_helpers.rosproc import NodeProcess, RosClient, claim_domain_id, image_msg, ros_env, wait_until
 
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import Image
 
 # REP-155 (ROS4HRI): hri_msgs/Expression and hri_msgs/IdsList, fields as the REP lists them.
 REP155_MESSAGES = {
@@ -334,18 +334,19 @@ def test_behind_a_ros4hri_face_detector_it_answers_that_detectors_faces_under_it
                        {"model_path": str(random_checkpoint), "device": "cpu", "colour_topic": COLOUR,
                         "depth_topic": DEPTH, "face_source": "ros4hri", "min_confidence": 0.5,
                         "diagnostics_period": 0.5}, env=env)
-    pipes = dict(env=env, cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pipes = {"env": env, "cwd": ROOT, "text": True, "stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+             "stderr": subprocess.PIPE}
     follower = subprocess.Popen([sys.executable, "-c", FOLLOWER], **pipes)
     detector = subprocess.Popen([sys.executable, "-c", DETECTOR, COLOUR, DEPTH, json.dumps(FACE_IDS)], **pipes)
     client = RosClient(lease.domain_id)
-    everyone = {f: "ok" for f in FACE_IDS}
+    everyone = dict.fromkeys(FACE_IDS, "ok")
     frames = [
         {"listed": FACE_IDS, "rois": everyone},                                       # warm-up: rois go unheard
         {"listed": FACE_IDS, "rois": everyone},
         {"listed": FACE_IDS + ["9lives"], "rois": {**everyone, "ghost": "ok"}},       # bad id; a face never listed
         {"listed": FACE_IDS, "rois": {**everyone, "cleo": "outside"}},                # a roi outside the image
         {"listed": FACE_IDS, "rois": {f: "ok" for f in FACE_IDS if f != "dan"}},      # dan kept, not seen now
-        {"listed": FACE_IDS[:4], "rois": {f: "ok" for f in FACE_IDS[:4]}},            # eve has left
+        {"listed": FACE_IDS[:4], "rois": dict.fromkeys(FACE_IDS[:4], "ok")},            # eve has left
     ]
     sent = []
     try:

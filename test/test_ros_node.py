@@ -21,19 +21,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_helpers.frames import build_frames, load_frames  # noqa: E402
-from ros_helpers.rosproc import (ROOT, NodeProcess, RosClient, claim_domain_id, image_msg,  # noqa: E402
+from ros_helpers.frames import build_frames, load_frames
+from ros_helpers.rosproc import (ROOT, NodeProcess, RosClient, claim_domain_id, image_msg,
                                  ros_env, wait_until)
 
-import rclpy  # noqa: E402
+import rclpy
 
-from cmcnn_ros.msg import EmotionArray  # noqa: E402  (built by scripts/setup.sh; source .ros_prefix/env.sh)
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from lifecycle_msgs.msg import State, Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from cmcnn_ros.msg import EmotionArray
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from sensor_msgs.msg import Image
 
 COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
 EMOTIONS = "/fer_node/emotions"

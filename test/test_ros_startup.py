@@ -17,10 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_helpers.rosproc import ROOT, NodeProcess, RosClient, claim_domain_id, ros_env, wait_until  # noqa: E402
+from ros_helpers.rosproc import ROOT, NodeProcess, RosClient, claim_domain_id, ros_env, wait_until
 
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
 
 
 def _shipped_yaml_with(**values) -> str:

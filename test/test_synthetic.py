@@ -138,7 +138,8 @@ def test_haar_detector_finds_frontal_face_at_one_metre():
 
 def test_multiple_faces_each_get_truth():
     faces = [FaceSpec(s, lab, k, position_m=(x, 0.0, z), expression_seed=s)
-             for s, lab, k, x, z in ((1, "happy", 4, -0.35, 1.2), (2, "sad", 2, 0.0, 1.6), (3, "neutral", 0, 0.35, 1.0))]
+             for s, lab, k, x, z in ((1, "happy", 4, -0.35, 1.2), (2, "sad", 2, 0.0, 1.6), (3, "neutral", 0,
+                                                                                            0.35, 1.0))]
     f = render_frame(faces, camera=SMALL, seed=9)
     assert [t.label for t in f.faces] == ["happy", "sad", "neutral"]
     centres = [t.box[0] + t.box[2] / 2 for t in f.faces]

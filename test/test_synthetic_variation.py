@@ -82,7 +82,7 @@ def test_wide_gives_each_subject_its_own_recipe():
 def test_wide_keeps_the_defining_action_units_and_the_class():
     protos = {c: _prototype(c) for c in BASIC_EXPRESSIONS}
     for label in BASIC_EXPRESSIONS:
-        idx = np.nonzero(_expand({k: 1.0 for k in DEFINING[label]}))[0]
+        idx = np.nonzero(_expand(dict.fromkeys(DEFINING[label], 1.0)))[0]
         floor = DEFINING_FLOOR * protos[label][idx]
         for s in SUBJECTS:
             for level in (1, 4):
@@ -136,10 +136,11 @@ def test_wide_appearance_and_light_cover_wider_ranges():
     # Classic albedo stays what it was; wide is another look of the same subject.
     assert not np.array_equal(subject_albedo(3), subject_albedo(3, "wide"))
     lights = {v: [random_light(np.random.default_rng(k), v) for k in range(300)] for v in ("classic", "wide")}
-    assert max(abs(l.azimuth_deg) for l in lights["classic"]) <= 45
-    assert max(abs(l.azimuth_deg) for l in lights["wide"]) > 65
-    assert min(l.ambient for l in lights["wide"]) < 0.1 < 0.18 <= min(l.ambient for l in lights["classic"])
-    assert min(l.elevation_deg for l in lights["wide"]) < -15
+    assert max(abs(light.azimuth_deg) for light in lights["classic"]) <= 45
+    assert max(abs(light.azimuth_deg) for light in lights["wide"]) > 65
+    ambient = {k: min(light.ambient for light in v) for k, v in lights.items()}
+    assert ambient["wide"] < 0.1 < 0.18 <= ambient["classic"]
+    assert min(light.elevation_deg for light in lights["wide"]) < -15
 
 
 # ------------------------------------------------------------------ depth

@@ -17,7 +17,8 @@ from cmcnn_ros.device import DEVICE_CHOICES, resolve_device
 TRAINER = Path(__file__).resolve().parents[1] / "training" / "cmcnn_training"
 
 #: The modules of cmcnn-evaluate and cmcnn-reproduce, and the trainer modules they share.
-NON_TRAIN_MODULES = ("cmcnn_training.evaluate", "cmcnn_training.calibrate", "cmcnn_training.reproduce.cli", "cmcnn_training.reproduce.sweep",
+NON_TRAIN_MODULES = ("cmcnn_training.evaluate", "cmcnn_training.calibrate", "cmcnn_training.reproduce.cli",
+                     "cmcnn_training.reproduce.sweep",
                      "cmcnn_training.reproduce.report", "cmcnn_training.distributed", "cmcnn_training.mixing",
                      "cmcnn_training.datasets.protocols")
 

@@ -44,13 +44,14 @@ def run_args(root: Path, out: Path, cache: Path) -> list:
     return ["--config", "quick", "--root", str(root), "--output-dir", str(out), "--cache-dir", str(cache),
             "--no-progress", "--epochs", str(EPOCHS), "--pretrain-epochs", "2", "--ema-decay", "0.9",
             "--label-smoothing", "0.1", "--mixup-alpha", "0.4", "--augment-photometric",
-            "--class-weights", "sqrt_inverse", "--val", "kinect", "--tta-flip", "--calibrate", "--amp", "bf16", "--workers", "0"]
+            "--class-weights", "sqrt_inverse", "--val", "kinect", "--tta-flip", "--calibrate", "--amp", "bf16",
+            "--workers", "0"]
 
 
 def saved_epoch(path: Path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not written yet
+    except Exception:
         return None, 0
     fit = state["fit"] or {}
     return fit.get("stage"), fit.get("epoch", 0)

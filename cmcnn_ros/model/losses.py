@@ -83,7 +83,8 @@ def _check_hard_target(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if not isinstance(target, torch.Tensor):
         target = torch.as_tensor(target)
     if target.dim() != 1 or target.is_floating_point() or target.dtype == torch.bool:
-        raise LossError(f"hard targets must be an integer tensor of shape (B,), got {target.dtype} {tuple(target.shape)}")
+        raise LossError(f"hard targets must be an integer tensor of shape (B,), got {target.dtype} "
+                        f"{tuple(target.shape)}")
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         raise LossError(f"targets must be class indices in [0, {num_classes}), got range "
                         f"[{int(target.min())}, {int(target.max())}]")

@@ -246,7 +246,8 @@ class PreprocessingParams:
                  name, "must be a finite number")
 
         need(0.0 <= self.crop_margin <= 1.0, "crop_margin", "must be in [0, 1]")
-        need(isinstance(self.detector, str) and self.detector in DETECTORS, "detector", f"must be one of {tuple(DETECTORS)}")
+        need(isinstance(self.detector, str) and self.detector in DETECTORS, "detector",
+             f"must be one of {tuple(DETECTORS)}")
         need(0.0 < self.blazeface_min_score < 1.0, "blazeface_min_score", "must be in (0, 1)")
         need(0.0 < self.blazeface_nms_iou < 1.0, "blazeface_nms_iou", "must be in (0, 1)")
         need(0.0 <= self.blazeface_keep_unconfirmed_above <= 1.0, "blazeface_keep_unconfirmed_above",

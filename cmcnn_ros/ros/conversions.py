@@ -81,7 +81,7 @@ def _ros2_cv_bridge() -> Optional[Any]:
         get_package_share_directory("cv_bridge")
         from cv_bridge import CvBridge  # type: ignore[import-not-found]
         return CvBridge()
-    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+    except Exception:
         return None
 
 
@@ -192,7 +192,7 @@ def _decode(msg: Any, enc: _Encoding) -> np.ndarray:
         return _decode_numpy(msg, enc)
     try:
         arr = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
-    except Exception as exc:  # noqa: BLE001 - whatever cv_bridge raises, the message is valid
+    except Exception as exc:
         # The message passed _validate, so the NumPy path decodes it. Seen: ROS 2
         # cv_bridge calls ndarray.newbyteorder() on big-endian images, which numpy 2 removed.
         n = BRIDGE_FALLBACKS.add(f"{type(exc).__name__}: {exc}")

@@ -403,7 +403,7 @@ class FerNode(LifecycleNode):
                 continue
             try:
                 self._process(*pair)
-            except Exception as exc:  # noqa: BLE001 - keep serving later frames
+            except Exception as exc:
                 self._stats.on_bad(f"{type(exc).__name__}: {exc}")
                 self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
 
@@ -499,7 +499,7 @@ def main(args: Optional[List[str]] = None) -> None:
         raise SystemExit(2) from None
     try:
         rclpy.init(args=args)
-    except Exception as exc:  # noqa: BLE001 - RCLError: what rcl could not parse, in one line
+    except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = re.sub(r",? at [\w/.]+:\d+", "", first)  # rcl's source locations
         _fatal(f"cannot start: {first}; check the --ros-args arguments")

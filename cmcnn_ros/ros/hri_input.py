@@ -274,7 +274,7 @@ class HriFaceInput:
                 try:
                     self._roi_subs[fid] = self._node.create_subscription(
                         HriRoi, face_topic(fid, "roi"), lambda m, fid=fid: self._roi(fid, m), INPUT_QOS)
-                except Exception as exc:  # noqa: BLE001 - rcl's own name rules (e.g. length): skip that face
+                except Exception as exc:
                     self._log("warning", f"{HRI_TRACKED_TOPIC} lists face id {fid!r}, but "
                               f"{face_topic(fid, 'roi')} cannot be subscribed to "
                               f"({str(exc).strip().splitlines()[0]}): that face is skipped",

@@ -77,7 +77,7 @@ class _TimeSyncBase:
         self.queue_size = int(queue_size)
         self._callback = callback
         self._stamp = stamp_fn
-        self._queues: List[Dict[int, Any]] = [dict() for _ in range(num_inputs)]
+        self._queues: List[Dict[int, Any]] = [{} for _ in range(num_inputs)]
         self._lock = threading.Lock()
 
     def add(self, index: int, msg: Any) -> None:

@@ -343,7 +343,8 @@ def _named(types: Dict[str, str], name: str, what: str, transports: Sequence[str
                     f"--{what}-topic, or republish it with image_transport to raw or {transport} and record that")
             return topic
     images = sorted(t for t, ty in types.items() if ty in IMAGE_TYPES)
-    raise BagError(f"{what} topic {name!r} is not in the bag (nor {' or '.join(transport_topic(name, t) for t in transports)}); "
+    others = " or ".join(transport_topic(name, t) for t in transports)
+    raise BagError(f"{what} topic {name!r} is not in the bag (nor {others}); "
                    f"its image topics: {images}; all topics: {sorted(types)}")
 
 

@@ -304,7 +304,7 @@ class BagReplayer:
             # subscribers acknowledge the tail of the bag before tearing down.
             try:
                 pub.wait_for_all_acked(Duration(seconds=2.0))
-            except Exception:  # noqa: BLE001 - best effort for best-effort QoS / odd RMWs
+            except Exception:
                 pass
             self.node.destroy_publisher(pub)
         if self._clock_pub is not None:

@@ -155,7 +155,7 @@ def start_node(weights: Path, log_path: Path, env: Dict[str, str], num_threads: 
            "-p", f"colour_transport:={colour_transport}", "-p", f"depth_transport:={depth_transport}",
            "-p", "publish_hri:=false"]
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_node
+    log = open(log_path, "wb")
     logger.info("starting %s (log: %s)", " ".join(cmd[:3]), log_path)
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
                             start_new_session=True)

@@ -128,7 +128,8 @@ def explanation_figure(faces, x: np.ndarray, probs: np.ndarray, maps, class_name
     return fig
 
 
-def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[str], modalities: Sequence[str]) -> bytes:
+def render(faces, x: np.ndarray, probs: np.ndarray, maps, class_names: Sequence[str],
+           modalities: Sequence[str]) -> bytes:
     """PNG bytes of :func:`explanation_figure`."""
     buf = io.BytesIO()
     explanation_figure(faces, x, probs, maps, class_names, modalities).savefig(buf, format="png")

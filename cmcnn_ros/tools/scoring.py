@@ -132,7 +132,7 @@ class Scoreboard:
         self.frames_labelled = 0
         self.false_positives = 0
         self.unknown_truth: Dict[str, int] = {}
-        self.predicted_counts: Dict[str, int] = {c: 0 for c in self.class_names}
+        self.predicted_counts: Dict[str, int] = dict.fromkeys(self.class_names, 0)
         self.latency: Dict[str, List[float]] = {}
 
     def add_latency(self, timings_ms: Dict[str, float]) -> None:

@@ -307,7 +307,7 @@ def region_masks() -> RegionMasks:
     # brow edge, so the band centre sits a little below them).
     brow_dist = np.full(n, np.inf)
     brow_frac = np.zeros(n)
-    for ids, inner_first in ((list(range(21, 16, -1)), True), (list(range(22, 27)), True)):
+    for ids, _inner_first in ((list(range(21, 16, -1)), True), (list(range(22, 27)), True)):
         pts = lm[ids, :2] + np.array([0.0, -0.25])
         # Extend the outer end down and outward the way brows taper.
         d, f = _polyline_distance(xy, pts)

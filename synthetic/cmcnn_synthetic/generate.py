@@ -338,7 +338,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, help="output folder (generic Kinect layout)")
     p.add_argument("--subjects", type=int, default=10, help="number of subjects")
-    p.add_argument("--subject-offset", type=int, default=0, help="first subject id (disjoint ranges = disjoint subjects)")
+    p.add_argument("--subject-offset", type=int, default=0,
+                   help="first subject id (disjoint ranges = disjoint subjects)")
     p.add_argument("--per-class", type=int, default=1, help="frames per subject x class x intensity")
     p.add_argument("--frames", type=int, default=None, help="draw this many frames at random from the design instead")
     p.add_argument("--classes", type=int, choices=(6, 7), default=7, help="6 basic expressions, or 7 with neutral")

@@ -236,7 +236,7 @@ _CACHE = _RendererCache()
 
 def _pyrender():
     try:
-        import pyrender  # noqa: WPS433 (import here: OpenGL platform must be chosen first)
+        import pyrender
     except Exception as exc:  # ImportError, or OpenGL platform errors raised at import
         raise RenderError(
             "pyrender with a working OpenGL platform is required for synthetic rendering: "

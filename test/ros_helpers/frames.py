@@ -74,7 +74,7 @@ def synthetic_frames(count: int, seed: int = 0) -> Optional[Tuple[np.ndarray, np
     try:
         from cmcnn_ros.classes import EXPRESSIONS_WITH_NEUTRAL
         from cmcnn_synthetic.scene import PoseRange, random_face_spec, render_frame
-    except Exception:  # noqa: BLE001 - renderer not importable
+    except Exception:
         return None
     try:
         poses = PoseRange(yaw_deg=10.0, pitch_deg=8.0, roll_deg=8.0, distance_m=(0.7, 1.1))
@@ -89,7 +89,7 @@ def synthetic_frames(count: int, seed: int = 0) -> Optional[Tuple[np.ndarray, np
             depths.append(frame.depth_mm)
             labels.append(label)
         return np.stack(colours), np.stack(depths), labels
-    except Exception as exc:  # noqa: BLE001 - e.g. no OSMesa
+    except Exception as exc:
         logger.warning("synthetic renderer unusable (%s)", exc)
         return None
 

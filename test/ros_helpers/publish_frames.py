@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from ros_helpers.frames import load_frames  # noqa: E402
-from ros_helpers.rosproc import image_msg, stamp_msg  # noqa: E402
+from ros_helpers.frames import load_frames
+from ros_helpers.rosproc import image_msg, stamp_msg
 
 
 def main(argv=None) -> int:

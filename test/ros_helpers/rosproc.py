@@ -194,7 +194,7 @@ class RosClient:
     def _spin(self) -> None:
         try:
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races
+        except Exception:
             pass
 
     def collector(self, msg_type: Any, topic: str, qos: Any = 10) -> Tuple[Any, List[Tuple[int, Any]]]:

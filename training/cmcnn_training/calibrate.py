@@ -121,7 +121,7 @@ def run_calibration(args: argparse.Namespace) -> Dict[str, Any]:
 
     report(f"{args.dataset}-held-out", z[report_rows], labels[report_rows], "faces that did not fit T")
     report(f"{args.dataset}-all", z, labels, f"all, {len(fit_rows)} of them fitted T")
-    for k, raw in enumerate(args.report):
+    for raw in args.report:
         entry = parse_val(raw, None)
         p_set, y_set = set_probabilities(ckpt, params, entry.dataset, entry.root, entry.options, entry.box_mode, args)
         report(f"{entry.dataset}-{Path(entry.root).name}", log_probs(p_set), y_set, "never fitted T")

@@ -311,7 +311,7 @@ def _run_extraction(dataset: Any, params: PreprocessingParams, modalities: Tuple
     if workers > 0 and n >= 2 * workers:
         try:
             blob = pickle.dumps(dataset)
-        except Exception as exc:  # noqa: BLE001 - any pickling failure means "not shareable"
+        except Exception as exc:
             logger.warning("dataset %s cannot be sent to worker processes (%s); extracting in-process",
                         type(dataset).__name__, exc)
     bar = progress_bar(total=n, desc="crops", unit="img", enabled=progress, leave=False)

@@ -15,8 +15,8 @@ the dataset has them. Output: ``metrics.json``
 (accuracy, per class, per intensity, confusion matrix, plus per-band
 accuracy for every extra per-sample column of the dataset's ``labels.csv``
 and the pose/distance columns of the synthetic generator's ``truth.csv``;
-the top band of ``|yaw|``, ``|pitch|``, ``|roll|`` is marked ``(extreme)``) and ``confusion_matrix.png``; a one-line JSON
-summary is printed on stdout.
+the top band of ``|yaw|``, ``|pitch|``, ``|roll|`` is marked ``(extreme)``)
+and ``confusion_matrix.png``; a one-line JSON summary is printed on stdout.
 
 Example::
 

@@ -138,8 +138,8 @@ def fit(crops: CropSet, rows: np.ndarray, label_index: np.ndarray, model_config:
                            cfg.label_smoothing, cfg.mixup_alpha, cfg.mixup_p)
     augment = AugmentConfig(enabled=cfg.augment, photometric=cfg.augment_photometric)
     batch_args = (crops, rows, label_index, model_config.modalities, cfg.batch_size)
-    batch_kwargs = dict(shuffle=True, seed=seed, augment=augment, depth_dropout=cfg.depth_dropout,
-                        preprocessing=params, drop_last=True)
+    batch_kwargs = {"shuffle": True, "seed": seed, "augment": augment, "depth_dropout": cfg.depth_dropout,
+                        "preprocessing": params, "drop_last": True}
     job = distributed.current()
     if job.enabled:
         # torchrun: each rank trains on its shard of the fold's training rows; DDP averages the gradients.

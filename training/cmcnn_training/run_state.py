@@ -150,7 +150,7 @@ class RunState:
             self.fold = int(payload["fold"])
             self.done_folds = list(payload["done_folds"])
             saved = payload["config"]
-        except Exception as exc:  # noqa: BLE001 - any failure to read means the same thing to the user
+        except Exception as exc:
             raise ResumeError(f"{self.path} is corrupt or unreadable ({type(exc).__name__}: {exc}); delete it "
                               "to restart the run from epoch 0 (run_config.json keeps its settings)") from None
         _check_same(saved, fingerprint(self.cfg), self.path)
@@ -192,7 +192,7 @@ def resume_config(run_dir: str | Path, given: Optional[Dict[str, Any]] = None) -
                           "nothing to resume")
     try:
         saved = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg = build_config({k: v for k, v in saved.items()})
+        cfg = build_config(dict(saved.items()))
     except (OSError, ValueError, TypeError) as exc:
         raise ResumeError(f"{cfg_path} is corrupt or unreadable ({exc}); start the run again") from None
     given = dict(given or {})

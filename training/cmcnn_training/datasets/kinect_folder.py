@@ -120,7 +120,7 @@ class KinectFolderDataset(RecordDataset):
         self.depth_unit_m = self.intrinsics["depth_unit_m"] if self.intrinsics else 0.001
         records = self._read_labels(root, class_names, skip_other_labels, check_files)
         super().__init__(root, records, class_names)
-        logger.info("%s: %d samples, %d subjects", root, len(records), len(set(r.subject for r in records)))
+        logger.info("%s: %d samples, %d subjects", root, len(records), len({r.subject for r in records}))
 
     @staticmethod
     def _read_labels(root: Path, classes: tuple, skip_other: bool, check_files: bool) -> List[Record]:
@@ -158,7 +158,7 @@ class KinectFolderDataset(RecordDataset):
                     where = f"{path} line {line}"
                     if len(row) != len(cols):
                         raise DatasetError(f"{where}: {len(row)} fields, header has {len(cols)}")
-                    get = lambda c: row[pos[c]].strip() if c in pos else ""  # noqa: E731
+                    get = lambda c: row[pos[c]].strip() if c in pos else ""  # noqa: E731, B023
                     colour = get("colour")
                     if not colour:
                         raise DatasetError(f"{where}: empty colour path")

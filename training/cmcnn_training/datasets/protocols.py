@@ -164,12 +164,12 @@ def protocol_selection(dataset: Any, name: str, run: int = 0, seed: int = 0,
             protocol needing intensities on a dataset without them.
     """
     spec = _spec(name)
-    labels = [canonical_name(l) for l in dataset.labels]
+    labels = [canonical_name(lb) for lb in dataset.labels]
     subjects = [str(s) for s in dataset.subjects]
     intens = list(getattr(dataset, "intensities", None) or [None] * len(labels))
     keep = np.ones(len(labels), dtype=bool)
     if spec.classes is not None:
-        keep &= np.array([l in spec.classes for l in labels], dtype=bool)
+        keep &= np.array([lb in spec.classes for lb in labels], dtype=bool)
     if spec.intensities is not None:
         known = np.array([i is not None for i in intens], dtype=bool)
         if spec.needs_intensity and not known[keep].any():

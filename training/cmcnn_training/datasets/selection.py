@@ -43,7 +43,7 @@ def select_samples(dataset: RecordDataset, cfg: TrainConfig) -> Tuple[List[int],
     Raises:
         TrainingError: nothing is left, or fewer than two classes.
     """
-    labels = [canonical_name(l) for l in dataset.labels]
+    labels = [canonical_name(lb) for lb in dataset.labels]
     subjects = [str(s) for s in dataset.subjects]
     candidates = range(len(labels))
     if cfg.protocol:

@@ -45,7 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="dataset loader (kinect, bu3dfe, bosphorus, ...; default kinect)")
     p.add_argument("--root", default=None, help="dataset root folder")
     p.add_argument("--protocol", default=None, help="dataset protocol (P1, P2, paper-P1, paper-P2, all)")
-    p.add_argument("--rows", nargs="+", default=None, metavar="ROW", help="rows to run (default: all the dataset allows)")
+    p.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                   help="rows to run (default: all the dataset allows)")
     p.add_argument("--rerun", nargs="+", default=[], metavar="ROW", help="retrain these finished rows")
     p.add_argument("--folds", type=int, default=None, help="subject-independent folds")
     p.add_argument("--epochs", type=int, default=None, help="fusion-training epochs per fold")
@@ -57,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
     p.add_argument("--workers", type=int, default=None, help="crop-extraction processes")
     p.add_argument("--cache-dir", default=None, help="crop cache folder (default cache/crops)")
-    p.add_argument("--work-dir", default="runs/reproduce", help="per-row results and checkpoints (default: %(default)s)")
+    p.add_argument("--work-dir", default="runs/reproduce",
+                   help="per-row results and checkpoints (default: %(default)s)")
     p.add_argument("--out", default="runs/reproduce/report", help="report folder (default: %(default)s)")
     p.add_argument("--note", default="", help="free text about the data (e.g. how it was rendered), shown in the "
                                                "report's protocol section")

@@ -579,7 +579,7 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
             L.append("![Accuracy per intensity](intensity.png)")
             L.append("")
 
-    illum_rows = [n for n in ("illum:G", "illum:D", "illum:G+D+CMFN", "illum:G+L+D+CMFN")]
+    illum_rows = ["illum:G", "illum:D", "illum:G+D+CMFN", "illum:G+L+D+CMFN"]
     if any(_doc(docs, n) for n in illum_rows):
         L.append("## Illumination shift")
         L.append("")
@@ -661,7 +661,8 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         d = docs.get(n)
         spec = resolve(n)
         rows.append([n, "+".join(spec.modalities), spec.fusion if len(spec.modalities) > 1 else "—", spec.loss,
-                     f"{spec.gamma:g}" if spec.loss != "ce" else "—", f"{spec.sigma:g}" if spec.loss == "soft_focal" else "—",
+                     f"{spec.gamma:g}" if spec.loss != "ce" else "—",
+                     f"{spec.sigma:g}" if spec.loss == "soft_focal" else "—",
                      spec.split, f"{d['train_seconds'] / 60:.1f}" if d else NOT_RUN])
     L += _table(["row", "inputs", "fusion", "loss", "gamma", "sigma", "split", "training (min)"], rows)
     L.append("")
@@ -674,10 +675,12 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
              "preset is the paper's 10 folds, 148 px, 300 epochs (a GPU job):")
     L.append("")
     L.append("```bash")
-    L.append("cmcnn-reproduce --preset paper --dataset bu3dfe --root data/BU-3DFE --protocol P1 --work-dir runs/rep_bu_p1 --out runs/rep_bu_p1/report")
-    L.append("cmcnn-reproduce --preset paper --dataset bu3dfe --root data/BU-3DFE --protocol P2 --work-dir runs/rep_bu_p2 --out runs/rep_bu_p2/report")
-    L.append("cmcnn-reproduce --preset paper --dataset bosphorus --root data/Bosphorus --protocol P1 --work-dir runs/rep_bos --out runs/rep_bos/report")
-    L.append("cmcnn-reproduce --preset paper --dataset kinect --root data/vt-kfer --work-dir runs/rep_vtkfer --out runs/rep_vtkfer/report")
+    for dataset, root, protocol, run in (("bu3dfe", "data/BU-3DFE", " --protocol P1", "rep_bu_p1"),
+                                         ("bu3dfe", "data/BU-3DFE", " --protocol P2", "rep_bu_p2"),
+                                         ("bosphorus", "data/Bosphorus", " --protocol P1", "rep_bos"),
+                                         ("kinect", "data/vt-kfer", "", "rep_vtkfer")):
+        L.append(f"cmcnn-reproduce --preset paper --dataset {dataset} --root {root}{protocol} --work-dir runs/{run} "
+                 f"--out runs/{run}/report")
     L.append("```")
     L.append("")
     L.append("Datasets without depth (FER2013) run the 2-D rows only; the illumination rows need the synthetic "

@@ -100,12 +100,13 @@ class SweepConfig:
 #: Named sweeps. ``cpu`` is what docs/reproduction/report.md was made with;
 #: ``paper`` is the paper's protocol (Section IV-A/B) for a machine with a GPU.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "ci": dict(folds=2, crop_size=32, model_preset="tiny", epochs=2, pretrain_epochs=1, lr_step=2,
-               batch_size=16, rows=["G", "G+L+D+CMFN"], workers=0),
-    "cpu": dict(folds=3, crop_size=48, model_preset="tiny", epochs=8, pretrain_epochs=2, lr_step=3,
-                batch_size=32),
-    "paper": dict(folds=10, crop_size=148, model_preset="paper", epochs=300, pretrain_epochs=20, lr_step=100,
-                  batch_size=32, augment=False, threads=None),
+    "ci": {"folds": 2, "crop_size": 32, "model_preset": "tiny", "epochs": 2, "pretrain_epochs": 1, "lr_step": 2,
+               "batch_size": 16, "rows": ["G", "G+L+D+CMFN"], "workers": 0},
+    "cpu": {"folds": 3, "crop_size": 48, "model_preset": "tiny", "epochs": 8, "pretrain_epochs": 2, "lr_step": 3,
+                "batch_size": 32},
+    "paper": {"folds": 10, "crop_size": 148, "model_preset": "paper", "epochs": 300, "pretrain_epochs": 20,
+              "lr_step": 100,
+                  "batch_size": 32, "augment": False, "threads": None},
 }
 
 
@@ -200,7 +201,7 @@ def prepare_data(sweep: SweepConfig, rows_requested: Optional[Sequence[str]], pr
         raise SweepError("no face of this dataset has usable depth, so the depth rows cannot run; "
                          "leave them out with --rows")
     label_of = {c: i for i, c in enumerate(class_names)}
-    label_index = np.array([label_of[canonical_name(l)] for l in crops.labels], dtype=np.int64)
+    label_index = np.array([label_of[canonical_name(lb)] for lb in crops.labels], dtype=np.int64)
     try:
         splits = make_splits(crops.subjects, base)
     except TrainingError as exc:
@@ -484,7 +485,8 @@ def run_sweep(sweep: SweepConfig, work_dir: str | Path, rerun: Sequence[str] = (
     write_json_atomic(work.root / "sweep.json", {
         "command": command, "note": note, "sweep": asdict(sweep), "rows": [r.name for r in rows], "skipped": skipped,
         "class_names": data.class_names, "samples": data.samples, "crops": len(data.crops),
-        "crop_stats": data.crops.stats, "crop_cache": data.cache_path, "subjects": sorted(set(data.crops.subjects.tolist())),
+        "crop_stats": data.crops.stats, "crop_cache": data.cache_path,
+        "subjects": sorted(set(data.crops.subjects.tolist())),
         "folds_test_subjects": [sorted(set(data.crops.subjects[te].tolist())) for _, te in data.splits]})
     if sweep.threads:
         torch.set_num_threads(sweep.threads)
