@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -441,23 +442,30 @@ def _fmt_diff(c: Dict[str, Any]) -> str:
     return NOT_RUN if c["diff"] is None else f"{c['diff']:+.1f} ± {c['std']:.1f}"
 
 
-def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], docs: Docs, command: str = "",
-                 sweep_seconds: Optional[float] = None, note: str = "") -> Path:
-    """Write ``OUT/report.md`` and its PNGs from the finished rows; returns the report path.
+@dataclass
+class ReportContext:
+    """What every section of the report reads: the sweep's metadata, the finished rows and where to write."""
 
-    ``note``: free text about the data (e.g. the command that rendered it), shown under the protocol.
-    """
-    from cmcnn_ros.plots import plot_confusion_matrix
+    out: Path
+    work: Path
+    meta: Dict[str, Any]
+    docs: Docs
+    sweep: Dict[str, Any]
+    classes: List[str]
+    expected: List[str]
+    done: List[str]
+    partial: bool
+    levels: List[str]
+    top: List[str]
+    command: str
+    sweep_seconds: Optional[float]
+    note: str
 
-    out, work = Path(out), Path(work_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sweep = meta["sweep"]
-    classes = meta["class_names"]
-    expected = list(meta["rows"])
-    done = [n for n in expected if n in docs]
-    partial = len(done) < len(expected)
-    levels = _levels(docs)
-    top = [lv for lv in levels if lv in ("3", "4")]
+
+def _section_header(ctx: ReportContext) -> List[str]:
+    """The title, a partial-report warning and the command that made the sweep."""
+    partial, done, expected, docs = ctx.partial, ctx.done, ctx.expected, ctx.docs
+    meta, command, sweep_seconds = ctx.meta, ctx.command, ctx.sweep_seconds
     L: List[str] = []
     L.append("# Reproducing CM-CNN's Section IV (Tables I-III, Figs. 6-8)")
     L.append("")
@@ -478,6 +486,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         L.append(f"{command}   # this report")
     L.append("```")
     L.append("")
+    return L
+
+
+def _section_protocol(ctx: ReportContext) -> List[str]:
+    """What was run and what it cannot show."""
+    meta, sweep, classes, note = ctx.meta, ctx.sweep, ctx.classes, ctx.note
+    L: List[str] = []
     n_subj = len(meta.get("subjects", []))
     L.append("## Protocol and its limits")
     L.append("")
@@ -508,7 +523,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         "the closest analogue of the paper's P1/P2.",
         "",
     ]
+    return L
 
+
+def _section_claims(ctx: ReportContext) -> List[str]:
+    """The paper's claims, each a fold-paired comparison."""
+    docs = ctx.docs
+    L: List[str] = []
     claims = evaluate_claims(docs)
     L.append("## The paper's claims")
     L.append("")
@@ -531,7 +552,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         L.append(f"Rank agreement of the {sp[1]} ablation rows with the paper's BU-3DFE P1 column: Spearman "
                  f"rho = {sp[0]:.2f}.")
         L.append("")
+    return L
 
+
+def _section_loss_table(ctx: ReportContext) -> List[str]:
+    """Table I (losses) and what sigma = 0.1 does."""
+    docs, top, work = ctx.docs, ctx.top, ctx.work
+    L: List[str] = []
     L.append("## Table I: loss functions (full model G+L+D+CMFN)")
     L.append("")
     rows = []
@@ -548,7 +575,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     L.append("")
     L += ["- " + s for s in sigma_note(docs, work)]
     L.append("")
+    return L
 
+
+def _section_ablation_tables(ctx: ReportContext) -> List[str]:
+    """Tables II and III (modalities, fusion) and their figure."""
+    docs, top, out = ctx.docs, ctx.top, ctx.out
+    L: List[str] = []
     L.append("## Tables II and III: modalities and fusion")
     L.append("")
     L.append("\"Without CMFN\" rows concatenate the max- and average-pooled FEN features (the paper's "
@@ -564,7 +597,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     if ablation_figure(docs, out / "ablation.png"):
         L.append("![Ablation rows beside the paper](ablation.png)")
         L.append("")
+    return L
 
+
+def _section_per_intensity(ctx: ReportContext) -> List[str]:
+    """Accuracy per expression intensity (when the data has intensities)."""
+    docs, levels, out = ctx.docs, ctx.levels, ctx.out
+    L: List[str] = []
     if levels:
         L.append("## Per intensity")
         L.append("")
@@ -578,7 +617,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         if intensity_figure(docs, levels, out / "intensity.png"):
             L.append("![Accuracy per intensity](intensity.png)")
             L.append("")
+    return L
 
+
+def _section_illumination(ctx: ReportContext) -> List[str]:
+    """The illumination-shift rows (when they ran)."""
+    docs, out = ctx.docs, ctx.out
+    L: List[str] = []
     illum_rows = ["illum:G", "illum:D", "illum:G+D+CMFN", "illum:G+L+D+CMFN"]
     if any(_doc(docs, n) for n in illum_rows):
         L.append("## Illumination shift")
@@ -596,7 +641,15 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
         if illumination_figure(docs, out / "illumination.png"):
             L.append("![Illumination shift](illumination.png)")
             L.append("")
+    return L
 
+
+def _section_confusion(ctx: ReportContext) -> List[str]:
+    """Fig. 6: the full model's pooled confusion matrix."""
+    docs, out, classes = ctx.docs, ctx.out, ctx.classes
+    from cmcnn_ros.plots import plot_confusion_matrix
+
+    L: List[str] = []
     L.append("## Fig. 6: confusion matrix of the full model")
     L.append("")
     full = _doc(docs, FULL)
@@ -615,7 +668,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     else:
         L.append(NOT_RUN)
     L.append("")
+    return L
 
+
+def _section_tsne(ctx: ReportContext) -> List[str]:
+    """Fig. 7: t-SNE of f_v and silhouette scores."""
+    docs, work, out, classes, sweep = ctx.docs, ctx.work, ctx.out, ctx.classes, ctx.sweep
+    L: List[str] = []
     L.append("## Fig. 7: t-SNE of the fused embedding f_v")
     L.append("")
     from threadpoolctl import threadpool_limits
@@ -638,7 +697,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     else:
         L.append(NOT_RUN)
     L.append("")
+    return L
 
+
+def _section_gradcam(ctx: ReportContext) -> List[str]:
+    """Fig. 8: Grad-CAM on the grey input."""
+    meta, work, out, classes = ctx.meta, ctx.work, ctx.out, ctx.classes
+    L: List[str] = []
     L.append("## Fig. 8: Grad-CAM on the grey input")
     L.append("")
     where = gradcam_figure(meta, work, classes, out / "fig8_gradcam.png")
@@ -653,7 +718,13 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     else:
         L.append(NOT_RUN)
     L.append("")
+    return L
 
+
+def _section_rows(ctx: ReportContext) -> List[str]:
+    """Every row: inputs, fusion, loss and training time."""
+    expected, docs, meta = ctx.expected, ctx.docs, ctx.meta
+    L: List[str] = []
     L.append("## Rows")
     L.append("")
     rows = []
@@ -669,6 +740,12 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     if meta.get("skipped"):
         L.append("Left out: " + "; ".join(meta["skipped"]))
         L.append("")
+    return L
+
+
+def _section_real_databases(ctx: ReportContext) -> List[str]:
+    """The commands for the paper's databases."""
+    L: List[str] = []
     L.append("## Running it on the real databases")
     L.append("")
     L.append("With a licensed copy (docs/DATASETS.md), the same command runs the paper's protocols; the `paper` "
@@ -686,6 +763,44 @@ def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], do
     L.append("Datasets without depth (FER2013) run the 2-D rows only; the illumination rows need the synthetic "
              "benchmark's per-frame light (`truth.csv`).")
     L.append("")
+    return L
+
+
+#: The report, top to bottom.
+SECTIONS = (
+    _section_header,
+    _section_protocol,
+    _section_claims,
+    _section_loss_table,
+    _section_ablation_tables,
+    _section_per_intensity,
+    _section_illumination,
+    _section_confusion,
+    _section_tsne,
+    _section_gradcam,
+    _section_rows,
+    _section_real_databases,
+)
+
+
+def write_report(out: str | Path, work_dir: str | Path, meta: Dict[str, Any], docs: Docs, command: str = "",
+                 sweep_seconds: Optional[float] = None, note: str = "") -> Path:
+    """Write ``OUT/report.md`` and its PNGs from the finished rows; returns the report path.
+
+    ``note``: free text about the data (e.g. the command that rendered it), shown under the protocol.
+    """
+    out, work = Path(out), Path(work_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    expected = list(meta["rows"])
+    done = [n for n in expected if n in docs]
+    levels = _levels(docs)
+    ctx = ReportContext(out=out, work=work, meta=meta, docs=docs, sweep=meta["sweep"], classes=meta["class_names"],
+                        expected=expected, done=done, partial=len(done) < len(expected), levels=levels,
+                        top=[lv for lv in levels if lv in ("3", "4")], command=command, sweep_seconds=sweep_seconds,
+                        note=note)
+    lines: List[str] = []
+    for section in SECTIONS:
+        lines += section(ctx)
     path = out / "report.md"
-    write_text_atomic(path, "\n".join(L))
+    write_text_atomic(path, "\n".join(lines))
     return path
