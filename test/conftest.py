@@ -45,8 +45,9 @@ Tests that need the env file fail with a clear message when
 The ``ros`` marker
 ------------------
 ``ROS_TESTS`` below lists, by hand, the tests that need ROS 2 (rclpy, the
-generated ``cmcnn_ros.msg``, other message packages, ``.ros_prefix/env.sh`` or
-node processes); this file marks them ``ros``. ``make test`` runs every test,
+generated ``cmcnn_ros.msg``, other message packages, what ``make setup``
+builds (``.venv``, ``.ros_prefix/env.sh``) or node processes); this file marks
+them ``ros``. ``make test`` runs every test,
 marked or not. ``make test-distro`` runs ``pytest -m "not ros"`` in a venv
 with ROS 2 Jazzy's library versions and no ROS (``scripts/test_distro.sh``).
 A new test that takes a ROS fixture (``ros_domain_id``, ``ros_env``,
@@ -194,9 +195,12 @@ ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
                                           "test_replayer_decompresses_a_ros1_robot_bag"}),
     # sensor_msgs' own Image class (the rosbags classes are ROS-free)
     "test_conversions.py": frozenset({"test_works_with_rclpy_messages"}),
-    # the env file, setup.sh's message build, the colcon-style CMake install
+    # what `make setup` builds: the env file, scripts/setup.sh runs (which find
+    # their interpreter through .venv), the colcon-style CMake install
     "test_foundation.py": frozenset({"test_venv_layout_has_no_generic_training_module",
-                                     "test_second_setup_run_rebuilds_nothing", "test_colcon_style_install_layout"}),
+                                     "test_second_setup_run_rebuilds_nothing",
+                                     "test_setup_stops_clearly_when_a_tool_is_missing",
+                                     "test_colcon_style_install_layout"}),
     # the generated messages, and cmcnn_ros.ros.messages (sensor_msgs)
     "test_messages.py": frozenset({"test_generated_module_imports_from_fresh_shell",
                                    "test_round_trip_between_processes",
@@ -208,6 +212,9 @@ ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
                                      "test_absolute_model_path", "test_node_key_matching_agrees_with_rclpy",
                                      "test_numeric_parameters_have_range_descriptors",
                                      "test_transport_parameters_take_image_transport_names"}),
+    # the node's declared defaults (cmcnn_ros.ros.parameters) against the ROS-free ones
+    "test_stream.py": frozenset({"test_stream_defaults_are_the_nodes"}),
+    "test_sync.py": frozenset({"test_sync_defaults_shared_by_node_and_bag_tools"}),
 }
 # Fixtures that only make sense with ROS: a test that takes one (directly or
 # through another fixture) and is not in ROS_TESTS stops collection.
