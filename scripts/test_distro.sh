@@ -9,7 +9,8 @@
 # goes straight to pytest):
 #   1. python  : the interpreter of .venv (the same Python as `make test`),
 #                else CMCNN_PYTHON, else the first python3.11/3.12/3.10/python3;
-#                3.10-3.12, because numpy 1.26.4 has no wheels for 3.13
+#                3.10-3.12: numpy 1.26.4 has no wheels for 3.13, and on 3.12
+#                pip builds matplotlib 3.6.3 from source (wheels up to 3.11)
 #   2. venv    : .venv-distro (created once; recreated for another interpreter)
 #   3. python packages: requirements.txt without the ROS 2 wheels (ros-*) and
 #                without the packages requirements-distro.txt pins (a filtered
@@ -97,7 +98,9 @@ started=$SECONDS
 step "python" ""
 python_fits() {
   # 3.10-3.12: the distribution's pins (numpy 1.26.4, scipy 1.11.4) have no
-  # wheels for 3.13 and do not build there.
+  # wheels for 3.13 and do not build there. (Noble itself runs 3.12, where
+  # matplotlib 3.6.3 has no wheel: pip builds it from source, which needs a
+  # C++ compiler and minutes; 3.11 installs wheels only.)
   "$1" - <<'PY' >/dev/null 2>&1
 import sys, venv, ensurepip  # noqa: F401  (venv+ensurepip: Debian splits them out)
 sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)

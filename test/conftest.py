@@ -47,9 +47,9 @@ The ``ros`` marker
 ``ROS_TESTS`` below lists, by hand, the tests that need ROS 2 (rclpy, the
 generated ``cmcnn_ros.msg``, other message packages, what ``make setup``
 builds (``.venv``, ``.ros_prefix/env.sh``) or node processes); this file marks
-them ``ros``. ``make test`` runs every test,
-marked or not. ``make test-distro`` runs ``pytest -m "not ros"`` in a venv
-with ROS 2 Jazzy's library versions and no ROS (``scripts/test_distro.sh``).
+them ``ros``. ``make test`` runs every test, marked or not. ``make
+test-distro`` runs ``pytest -m "not ros"`` in a venv with ROS 2 Jazzy's
+library versions and no ROS (``scripts/test_distro.sh``).
 A new test that takes a ROS fixture (``ros_domain_id``, ``ros_env``,
 ``run_python``, ``start_python``) must be listed, or collection stops and
 says so; one that imports ROS inside its body fails under ``make test-distro``.
@@ -179,8 +179,9 @@ def start_python_snippet(code: str, env: Dict[str, str]) -> subprocess.Popen:
 ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
     # colcon build over the Kilted wheels, then the built node runs
     "test_colcon_build.py": None,
-    # the demo's ROS half: node, replayer and viewer processes on DDS
-    "test_demo.py": None,
+    # the demo end to end: node and replayer processes on DDS (its argument
+    # checks are ROS-free)
+    "test_demo.py": frozenset({"test_demo_end_to_end", "test_demo_with_default_weights_recognises_expressions"}),
     # the behaviour-tree node (rclpy) against fer_node
     "test_emotion_tree_ros.py": None,
     # fer_node processes with rclpy publishers/clients in the test
