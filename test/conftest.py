@@ -179,9 +179,11 @@ def start_python_snippet(code: str, env: Dict[str, str]) -> subprocess.Popen:
 ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
     # colcon build over the Kilted wheels, then the built node runs
     "test_colcon_build.py": None,
-    # the demo end to end: node and replayer processes on DDS (its argument
-    # checks are ROS-free)
-    "test_demo.py": frozenset({"test_demo_end_to_end", "test_demo_with_default_weights_recognises_expressions"}),
+    # the demo end to end (node and replayer processes on DDS), and the runtime
+    # demo, which checks for rclpy before its arguments; cmcnn-demo's weights
+    # check is ROS-free
+    "test_demo.py": frozenset({"test_demo_end_to_end", "test_demo_with_default_weights_recognises_expressions",
+                               "test_runtime_demo_without_a_bag_says_how_to_get_one"}),
     # the behaviour-tree node (rclpy) against fer_node
     "test_emotion_tree_ros.py": None,
     # fer_node processes with rclpy publishers/clients in the test
