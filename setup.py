@@ -101,7 +101,9 @@ setup(
         "scikit-image>=0.21",
         "PyYAML>=6.0",
         "tqdm>=4.60",
-        "matplotlib>=3.7",
+        # 3.6: Ubuntu 24.04 (ROS 2 Jazzy) ships 3.6.3, and `make test-distro`
+        # passes with it; a higher bound would make pip replace it on a robot.
+        "matplotlib>=3.6",
         "ai-edge-litert>=2.3",
     ],
     extras_require=EXTRAS_REQUIRE,

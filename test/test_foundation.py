@@ -74,6 +74,48 @@ def test_package_xml_validates_and_lists_dependencies() -> None:
     assert REQUIRED_DEPS["test"] <= test, REQUIRED_DEPS["test"] - test
 
 
+def _setup_py_requirements() -> List[str]:
+    """setup.py's ``install_requires`` and every extra's requirements, as written."""
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text(encoding="utf-8"))
+    found: List[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "EXTRAS_REQUIRE"
+                                                for t in node.targets):
+            found += [r for reqs in ast.literal_eval(node.value).values() for r in reqs]
+        elif isinstance(node, ast.keyword) and node.arg == "install_requires":
+            found += ast.literal_eval(node.value)
+    return found
+
+
+def _pins(path: Path) -> Dict[str, str]:
+    """Canonical package name -> pinned version of a requirements file (``name==version`` lines)."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(\S+)", text)
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(3)
+    return pins
+
+
+@pytest.mark.parametrize("pins_file", ["requirements.txt", "requirements-distro.txt"])
+def test_setup_py_bounds_admit_the_tested_versions(pins_file: str) -> None:
+    """`pip install .` keeps the versions the tests ran with: requirements.txt's, and on a
+    Jazzy robot Ubuntu 24.04's (requirements-distro.txt, `make test-distro`), instead of
+    replacing the distribution's numpy or matplotlib under ROS."""
+    from packaging.requirements import Requirement
+
+    pins = _pins(REPO_ROOT / pins_file)
+    requirements = [Requirement(r) for r in _setup_py_requirements()]
+    assert len(requirements) >= 10 and "numpy" in pins, (requirements, pins)
+    names = {re.sub(r"[-_.]+", "-", r.name).lower(): r for r in requirements}
+    if pins_file == "requirements.txt":   # every bound is checked against a real pin
+        assert set(names) <= set(pins), f"setup.py names packages requirements.txt does not pin: {set(names) - set(pins)}"
+    refused = [f"{r} refuses {name}=={pins[name]}" for name, r in names.items()
+               if name in pins and not r.specifier.contains(pins[name], prereleases=True)]
+    assert not refused, f"setup.py against {pins_file}: {refused}"
+
+
 def test_entry_points_agree_everywhere() -> None:
     """docs/ARCHITECTURE.md, setup.py and CMakeLists.txt name the same commands.
 
