@@ -211,7 +211,8 @@ ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
     # imports fer_node (rclpy) with the env file's environment
     "test_package_layout.py": frozenset({"test_node_and_tools_import_without_offline_code"}),
     # cmcnn_ros.ros.parameters (rcl_interfaces' range descriptors), and rclpy itself
-    "test_ros_config.py": frozenset({"test_yaml_mirrors_declared_parameters", "test_missing_default_model_is_a_clear_error",
+    "test_ros_config.py": frozenset({"test_yaml_mirrors_declared_parameters",
+                                     "test_missing_default_model_is_a_clear_error",
                                      "test_absolute_model_path", "test_node_key_matching_agrees_with_rclpy",
                                      "test_numeric_parameters_have_range_descriptors",
                                      "test_transport_parameters_take_image_transport_names"}),
