@@ -103,6 +103,10 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "ai-edge-litert>=2.3",
+        # the default inference backend and torch's ONNX exporter (inference/backends.py)
+        "onnxruntime>=1.20",
+        "onnx>=1.17",
+        "onnxscript>=0.5",
     ],
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": RUNTIME_ENTRY_POINTS + OFFLINE_ENTRY_POINTS},

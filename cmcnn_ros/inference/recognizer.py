@@ -32,6 +32,7 @@ from ..preprocessing.detector import FaceDetection, FaceDetector
 from ..preprocessing.images import Image, as_frame
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
+from .backends import DEFAULT_BACKEND, make_backend
 
 logger = logging.getLogger(__name__)
 
@@ -177,11 +178,15 @@ class Recognizer:
         params: preprocessing parameters from the checkpoint.
         modalities: model input channel order.
         device: torch device the network runs on.
+        backend: what runs the network (:mod:`~cmcnn_ros.inference.backends`:
+            ``torch`` or ``onnxruntime``; ``backend.description`` says which and how).
+        model: the fused PyTorch network (the reference every backend is checked against).
     """
 
     def __init__(self, model: CMCNN, class_names: Sequence[str], params: PreprocessingParams,
                  device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
-                 source: Optional[str] = None, redetect_interval: int = 1) -> None:
+                 source: Optional[str] = None, redetect_interval: int = 1,
+                 backend: str = DEFAULT_BACKEND) -> None:
         """Wrap a network and its preprocessing.
 
         Args:
@@ -193,9 +198,12 @@ class Recognizer:
             source: where the model came from (for logs and diagnostics).
             redetect_interval: frames between full-frame face detections on
                 video (see :class:`FaceFinder`); 1 = every frame, stateless.
+            backend: ``auto``, ``torch`` or ``onnxruntime`` (see
+                :func:`~cmcnn_ros.inference.backends.make_backend`).
 
         Raises:
             RecognizerError: inconsistent classes, bad device or thread count.
+            BackendError: the backend cannot run here (``onnxruntime`` missing...).
         """
         if len(class_names) != model.num_classes:
             raise RecognizerError(
@@ -218,18 +226,19 @@ class Recognizer:
         self.source = source or "<in-memory model>"
         self.preprocessor = FacePreprocessor(params, self.modalities)
         self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval)
-        # BatchNorm folded into the convs: same outputs, fewer passes over the
-        # full-resolution maps (measured in benchmarks/bench_network.py).
-        self.model = model.eval().fuse_for_inference().to(self.device)
+        self.backend = make_backend(model, self.device, backend, num_threads)
+        self.model = self.backend.model
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
-                        num_threads: Optional[int] = None, redetect_interval: int = 1) -> "Recognizer":
+                        num_threads: Optional[int] = None, redetect_interval: int = 1,
+                        backend: str = DEFAULT_BACKEND) -> "Recognizer":
         """Build from a checkpoint written by ``cmcnn-train``.
 
         Raises:
             CheckpointError: missing, truncated or inconsistent file (says what to fix).
             RecognizerError: bad device, or preprocessing parameters that do not validate.
+            BackendError: the backend cannot run here.
         """
         loaded: LoadedCheckpoint = load_checkpoint(path, map_location="cpu")
         try:
@@ -237,7 +246,7 @@ class Recognizer:
         except (PreprocessingError, TypeError, ValueError) as exc:
             raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
         return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
-                   source=str(path), redetect_interval=redetect_interval)
+                   source=str(path), redetect_interval=redetect_interval, backend=backend)
 
     # ------------------------------------------------------------------ API
     def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
@@ -295,16 +304,14 @@ class Recognizer:
         timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return RecognitionResult(faces=results, timings=timings)
 
-    @torch.inference_mode()
     def classify(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities for a stacked input ``(B, M, S, S)``.
+        """Class probabilities for a stacked input ``(B, M, S, S)`` (all faces of a frame: one batch).
 
         A face whose depth is unusable already carries an all-zero depth
         channel (the preprocessing's missing-depth convention, the same input
         depth dropout trains on), so nothing is special-cased here.
         """
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-        return self.model.predict_proba(x).float().cpu().numpy()
+        return self.backend(inputs)
 
     def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
         """The one place a face's crops and scores become its result (what the stream and node pass on)."""

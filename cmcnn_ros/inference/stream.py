@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..classes import describe_scores
+from .backends import DEFAULT_BACKEND
 from .recognizer import FaceResult, Recognizer
 from .tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING,
                        FaceTracker)
@@ -105,16 +106,16 @@ class ExpressionStream:
     def from_checkpoint(cls, path: Union[str, Path], device: str = "auto", num_threads: Optional[int] = None,
                         redetect_interval: int = DEFAULT_REDETECT_INTERVAL,
                         iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_missed: int = DEFAULT_MAX_MISSED,
-                        smoothing: float = DEFAULT_SMOOTHING) -> "ExpressionStream":
+                        smoothing: float = DEFAULT_SMOOTHING, backend: str = DEFAULT_BACKEND) -> "ExpressionStream":
         """A stream over a checkpoint, with the node's defaults.
 
         Raises:
-            CheckpointError, RecognizerError: as :meth:`Recognizer.from_checkpoint`.
+            CheckpointError, RecognizerError, BackendError: as :meth:`Recognizer.from_checkpoint`.
             TrackingError: a tracking parameter is out of range.
         """
         tracker = FaceTracker(iou_threshold, max_missed, smoothing)
         recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
-                                                redetect_interval=redetect_interval)
+                                                redetect_interval=redetect_interval, backend=backend)
         return cls(recognizer, tracker)
 
     @property
