@@ -27,8 +27,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..classes import describe_scores
+from ..parallel import DEFAULT_LANES
 from .backends import DEFAULT_BACKEND
-from .recognizer import FaceResult, Recognizer
+from .recognizer import FaceResult, PreparedFrame, Recognizer
 from .tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING,
                        FaceTracker)
 
@@ -106,7 +107,8 @@ class ExpressionStream:
     def from_checkpoint(cls, path: Union[str, Path], device: str = "auto", num_threads: Optional[int] = None,
                         redetect_interval: int = DEFAULT_REDETECT_INTERVAL,
                         iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_missed: int = DEFAULT_MAX_MISSED,
-                        smoothing: float = DEFAULT_SMOOTHING, backend: str = DEFAULT_BACKEND) -> "ExpressionStream":
+                        smoothing: float = DEFAULT_SMOOTHING, backend: str = DEFAULT_BACKEND,
+                        preprocessing_threads: int = DEFAULT_LANES) -> "ExpressionStream":
         """A stream over a checkpoint, with the node's defaults.
 
         Raises:
@@ -115,7 +117,8 @@ class ExpressionStream:
         """
         tracker = FaceTracker(iou_threshold, max_missed, smoothing)
         recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
-                                                redetect_interval=redetect_interval, backend=backend)
+                                                redetect_interval=redetect_interval, backend=backend,
+                                                preprocessing_threads=preprocessing_threads)
         return cls(recognizer, tracker)
 
     @property
@@ -130,10 +133,14 @@ class ExpressionStream:
         self.tracker.reset()
         self.recognizer.face_finder.reset()
 
+    def stop_threads(self) -> None:
+        """End the recognizer's helper threads (a paused node keeps none); the next frame starts them again."""
+        self.recognizer.stop_threads()
+
     def process(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
                 depth_scale: Optional[float] = None,
                 boxes: Optional[Sequence[Sequence[float]]] = None) -> StreamResult:
-        """Recognise, track and smooth one frame.
+        """Recognise, track and smooth one frame: :meth:`finish` of :meth:`prepare`.
 
         Args:
             colour, depth, depth_scale, boxes: as :meth:`Recognizer.recognize`.
@@ -142,14 +149,36 @@ class ExpressionStream:
             RecognizerError: the frame is malformed (nothing is tracked then).
             NonFiniteScoresError: the network gave NaN/inf scores (nothing is tracked then).
         """
-        result = self.recognizer.recognize(colour, depth, depth_scale=depth_scale, boxes=boxes)
+        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes))
+
+    def prepare(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
+                depth_scale: Optional[float] = None,
+                boxes: Optional[Sequence[Sequence[float]]] = None) -> PreparedFrame:
+        """Find, align and crop the faces of the next frame (:meth:`Recognizer.prepare`).
+
+        Frames go through :meth:`prepare` in camera order; :meth:`finish` takes
+        the prepared frames in the same order and may skip some (a node that
+        falls behind), on another thread.
+
+        Raises:
+            RecognizerError: the frame is malformed.
+        """
+        return self.recognizer.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes)
+
+    def finish(self, prepared: PreparedFrame) -> StreamResult:
+        """The network, the tracks and the smoothing for a prepared frame: what is published.
+
+        Raises:
+            NonFiniteScoresError: the network gave NaN/inf scores (nothing is tracked then).
+        """
+        result = self.recognizer.finish(prepared)
         faces = result.faces
         tracked = self.tracker.update([f.box for f in faces], [f.scores for f in faces])
         out: List[StreamFace] = []
         for face, track in zip(faces, tracked):
             scores = track.scores   # float32; smoothed when smoothing is on (the tracker always gets scores)
             out.append(StreamFace.from_result(
-                face, face_id=track.face_id, is_new=track.is_new, box=clip_box(face.box, colour.shape[:2]),
+                face, face_id=track.face_id, is_new=track.is_new, box=clip_box(face.box, prepared.shape),
                 scores=scores, **describe_scores(scores, self.class_names)._asdict()))
         return StreamResult(faces=out, tracked_ids=[t.face_id for t in self.tracker.tracks],
                             retired_ids=list(self.tracker.removed), timings=dict(result.timings))
