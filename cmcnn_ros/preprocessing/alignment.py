@@ -64,14 +64,17 @@ _EYE_MAX_FRACTION = 0.38
 _PUPIL_HALF = (0.3, 0.25)
 _PUPIL_PERCENTILE = 10.0
 _PUPIL_MAX_SHIFT = 0.3
-# When the region a FaceMesh pass ran on already agrees with the region its
-# landmarks give (centre within 5 % of the side, side within 10 %, roll within
-# 6 deg), a second pass on that region would see almost the same input and is
-# skipped. Measured on the 580 faces BlazeFace finds in the pose sweep
-# (benchmarks/bench_detection.py): 24 % of detected faces skip it and the eye
-# error stays at p50 4.9 % / p90 8.6 % of the eye distance (always two
-# passes: 4.9 % / 8.6 %; always one: 5.0 % / 10.1 %). On video the region
-# comes from the previous frame's landmarks and most faces need one pass.
+# On video, FaceMesh follows a face on the region its previous landmarks give
+# (LandmarkAligner.track); when the landmarks it finds there give nearly the
+# same region again (centre within 5 % of the side, side within 10 %, roll
+# within 6 deg), a second pass on that region would see almost the same input
+# and is skipped. Faces seeded by the detector's keypoints always get the
+# second pass: that region differs from the landmarks' by 6 % of its side at
+# the median on the pose sweep (benchmarks/bench_detection.py), so the rule
+# would skip it for only a quarter of them, and a single image keeps the
+# crop it always had (on the sweep, skipping under these bounds left the eye
+# error at p50 4.9 % / p90 8.6 % of the eye distance; never passing twice
+# gives 5.0 % / 10.1 %).
 _TRUST_SHIFT = 0.05
 _TRUST_SCALE = 0.10
 _TRUST_ROLL = math.radians(6.0)
@@ -352,9 +355,9 @@ class LandmarkAligner:
     face crop) has no roll estimate: the first pass runs on the box's square x
     ``box_roi_scale`` at roll 0. The mesh then runs again on the region its
     first landmarks give (mesh square x ``landmark_roi_scale``, rotated by the
-    mesh's eye line), unless that region already agrees with the first one
-    (:func:`trusted`). On video, :meth:`track` runs the mesh on the region the
-    previous frame's landmarks give, as MediaPipe's face mesh tracks a face.
+    mesh's eye line). On video, :meth:`track` runs the mesh on the region the
+    previous frame's landmarks give, as MediaPipe's face mesh tracks a face,
+    once when the landmarks confirm that region (:func:`trusted`).
     The crop is the mesh's square (forehead to chin) plus ``crop_margin``,
     rotated by the eye line (eq. 1), so every source of boxes yields the same
     framing for the same face.
@@ -392,7 +395,7 @@ class LandmarkAligner:
         else:
             region = Region(x + w / 2.0, y + h / 2.0, p.box_roi_scale * max(w, h), 0.0)
         mesh = self.mesh.run(rgb, region)
-        if mesh.plausible and not trusted(region, self._next_region(mesh)):
+        if mesh.plausible:
             # Second pass on the region the first landmarks give (MediaPipe's tracking
             # region): eye error p90 10.1 -> 8.6 % of the eye distance on the sweep, and
             # detected and given boxes end on the same kind of region.

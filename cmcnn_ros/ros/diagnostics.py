@@ -94,6 +94,11 @@ class PipelineStats:
             self.dropped += int(dropped)
             self.input_rate.tick()
 
+    def on_dropped(self) -> None:
+        """A prepared frame replaced before the publishing stage took it (counted with the dropped pairs)."""
+        with self._lock:
+            self.dropped += 1
+
     def on_processed(self, latency_ms: float, processing_ms: float, faces: int) -> None:
         with self._lock:
             self.processed += 1
