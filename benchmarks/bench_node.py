@@ -79,6 +79,8 @@ class BenchNode:
 
     def __init__(self, name: str, model: Path, workdir: Path, cpus: set, num_threads: int,
                  source: Optional[Path] = None) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
         from cmcnn_ros.msg import EmotionArray
 
         self.name = name
@@ -95,6 +97,15 @@ class BenchNode:
             os.sched_setaffinity(self.node.proc.pid, cpus)
         self.client = RosClient(self.lease.domain_id, f"bench_node_subscriber_{name}")
         _, self.results = self.client.collector(EmotionArray, "/fer_node/emotions")
+        _, self.diagnostics = self.client.collector(DiagnosticArray, "/diagnostics")
+
+    def profile(self) -> Dict[str, str]:
+        """The node's own last diagnostics: processing p50/p95 and (this revision) the p50 of each stage."""
+        if not self.diagnostics:
+            return {}
+        kv = {v.key: v.value for v in self.diagnostics[-1][1].status[0].values}
+        return {k: kv[k] for k in ("processing p50 (ms)", "processing p95 (ms)", "stage p50 (ms)",
+                                   "dropped pairs") if k in kv}
 
     def wait_active(self) -> None:
         self.node.wait_for_log(r"\] \[fer_node\]: active:", 120)
@@ -131,7 +142,9 @@ def run_scenario(node: BenchNode, frames: Path, rate: float, duration: float, wa
     lat = np.array([(t - stamp_of(m)) / 1e6 for t, m in window])
     span = (stamps[-1] - t_measure) / 1e9
     faces = np.array([len(m.faces) for _, m in window]) if window else np.zeros(1)
-    return {
+    # The node's diagnostics cover its last 300 frames (10 s at 30 Hz): this scenario.
+    time.sleep(1.2)
+    return {"profile": node.profile(),
         "input_rate_hz": sent["rate_hz"],
         "processed_rate_hz": len(window) / span if span > 0 else 0.0,
         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
@@ -233,6 +246,14 @@ def main(argv=None) -> int:
         print(f"| {r['node']} | {r['faces']} | {r['input_rate_hz']:.1f} | {r['processed_rate_hz']:.1f} | "
               f"{r['latency_p50_ms']:.1f} | {r['latency_p95_ms']:.1f} | {r['latency_max_ms']:.1f} | "
               f"{r['mean_faces']:.2f} |")
+    print("node's own profile (diagnostics, p50 ms; per-face stages summed over the faces; transport = "
+          "latency p50 - processing p50):")
+    for r in best_rows(rows):
+        prof = r.get("profile", {})
+        transport = (r["latency_p50_ms"] - float(prof["processing p50 (ms)"])) if "processing p50 (ms)" in prof else None
+        print(f"  {r['node']} {r['faces']} face(s): processing p50 {prof.get('processing p50 (ms)', '?')}, "
+              f"p95 {prof.get('processing p95 (ms)', '?')}; stages: {prof.get('stage p50 (ms)', '-')}; "
+              f"transport + waiting {transport:.1f}" if transport is not None else f"  {r['node']}: no diagnostics")
     for name, m in memory.items():
         print(f"{name}: RSS over {m['seconds']:.0f} s with 5 faces: {m['rss_start_mb']:.0f} -> {m['rss_end_mb']:.0f} MB "
               f"(max {m['rss_max_mb']:.0f}, slope {m['rss_slope_mb_per_min']:+.2f} MB/min)")

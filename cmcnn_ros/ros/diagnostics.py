@@ -87,6 +87,7 @@ class PipelineStats:
             self.zero_stamps = 0
             self.faces = 0
             self.last_error = ""
+            self.stages: Dict[str, LatencyWindow] = {}
 
     def on_pair(self, dropped: bool) -> None:
         with self._lock:
@@ -106,6 +107,12 @@ class PipelineStats:
             self.processed_rate.tick()
             self.latency.add(latency_ms)
             self.processing.add(processing_ms)
+
+    def on_stages(self, timings: Dict[str, float]) -> None:
+        """Milliseconds of each stage of one published frame (decode, detect, align, ..., publish)."""
+        with self._lock:
+            for name, ms in timings.items():
+                self.stages.setdefault(name, LatencyWindow()).add(ms)
 
     def on_bad(self, reason: str) -> None:
         with self._lock:
@@ -135,6 +142,8 @@ class PipelineStats:
                 "zero stamps": str(self.zero_stamps),
                 "faces published": str(self.faces),
                 "last bad message": self.last_error,
+                "stage p50 (ms)": ", ".join(f"{name} {window.percentiles((50,))[0]:.1f}"
+                                            for name, window in self.stages.items() if window.percentiles()),
             }
 
 

@@ -87,6 +87,7 @@ class _Prepared(NamedTuple):
     stamp: int             # colour stamp (ns)
     started: float         # time.monotonic() when its processing began
     frame: PreparedFrame
+    decode_ms: float       # converting the two messages to arrays
 
 
 class FerNode(LifecycleNode):
@@ -426,6 +427,7 @@ class FerNode(LifecycleNode):
             self._stats.on_zero_stamp()
         try:
             colour, depth = conversions.frame_pair(colour_msg, depth_msg, self._topics[:2])
+            decode_ms = (time.monotonic() - t0) * 1e3
             frame = self._stream.prepare(colour, depth, depth_scale=1.0)
         except ValueError as exc:  # ImageConversionError, RecognizerError
             reason = str(exc)
@@ -433,7 +435,7 @@ class FerNode(LifecycleNode):
             self._log_throttled("warning", f"skipping bad frame (stamp {stamp / 1e9:.3f}): {reason}",
                                 detail=reason)
             return None
-        return _Prepared(colour_msg.header, colour, stamp, t0, frame)
+        return _Prepared(colour_msg.header, colour, stamp, t0, frame, decode_ms)
 
     def _publish(self, job: _Prepared) -> None:
         """Stage 2: the network, tracks and smoothing of a prepared frame, then its messages."""
@@ -445,14 +447,18 @@ class FerNode(LifecycleNode):
             self._log_throttled("error", f"skipping frame (stamp {job.stamp / 1e9:.3f}): {reason}", detail=reason)
             return
         class_names = self._stream.class_names
+        t0 = time.monotonic()
         msg = messages.emotion_array(job.header, class_names, result.faces)
+        t1 = time.monotonic()
         pub = self._emotions_pub
         if pub is None or not self._running.is_set():
             return
         pub.publish(msg)
-        processing_ms = (time.monotonic() - job.started) * 1e3
+        t2 = time.monotonic()
+        processing_ms = (t2 - job.started) * 1e3
         latency_ms = (self.get_clock().now().nanoseconds - job.stamp) / 1e6 if job.stamp else processing_ms
         self._stats.on_processed(latency_ms, processing_ms, len(result.faces))
+        self._stats.on_stages(_stage_times(job.decode_ms, result.timings, (t1 - t0) * 1e3, (t2 - t1) * 1e3))
         if self._param("publish_hri"):
             self._hri.publish(msg.header, result.faces, result.tracked_ids)
         if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
@@ -482,6 +488,15 @@ class FerNode(LifecycleNode):
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
+
+
+def _stage_times(decode_ms: float, timings: Dict[str, float], message_ms: float,
+                 publish_ms: float) -> Dict[str, float]:
+    """The profile of one frame, in pipeline order; per-face stages are summed over the faces."""
+    crops = sum(v for k, v in timings.items() if k not in ("convert", "detect", "align", "preprocess", "network",
+                                                            "total"))
+    return {"decode": decode_ms, "detect": timings.get("detect", 0.0), "align": timings.get("align", 0.0),
+            "crops": crops, "network": timings.get("network", 0.0), "message": message_ms, "publish": publish_ms}
 
 
 def _fatal(text: str) -> None:
