@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -78,7 +79,7 @@ class BenchNode:
     """One fer_node process (this checkout, or an exported revision) with its own domain and listener."""
 
     def __init__(self, name: str, model: Path, workdir: Path, cpus: set, num_threads: int,
-                 source: Optional[Path] = None) -> None:
+                 source: Optional[Path] = None, params: Optional[Dict[str, Any]] = None) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
 
         from cmcnn_ros.msg import EmotionArray
@@ -90,12 +91,13 @@ class BenchNode:
             # The exported tree first: its cmcnn_ros is imported, the built messages still resolve
             # (cmcnn_ros extends its __path__ over every cmcnn_ros folder on sys.path).
             env["PYTHONPATH"] = os.pathsep.join([str(source)] + env["PYTHONPATH"].split(os.pathsep))
-        self.node = NodeProcess(self.lease.domain_id, workdir / f"node_{name}.log",
-                                {"model_path": str(model), "device": "cpu", "num_threads": num_threads},
+        self.node = NodeProcess(self.lease.domain_id, workdir / ("node_" + re.sub(r"\W", "_", name) + ".log"),
+                                {"model_path": str(model), "device": "cpu", "num_threads": num_threads,
+                                 **(params or {})},
                                 env=env, cwd=source)
         if cpus:
             os.sched_setaffinity(self.node.proc.pid, cpus)
-        self.client = RosClient(self.lease.domain_id, f"bench_node_subscriber_{name}")
+        self.client = RosClient(self.lease.domain_id, "bench_node_subscriber_" + re.sub(r"\W", "_", name))
         _, self.results = self.client.collector(EmotionArray, "/fer_node/emotions")
         _, self.diagnostics = self.client.collector(DiagnosticArray, "/diagnostics")
 
@@ -138,7 +140,14 @@ def run_scenario(node: BenchNode, frames: Path, rate: float, duration: float, wa
     sent = json.loads(out.read_text())
     stamps = sent["stamps_ns"]
     t_measure = stamps[0] + int(warmup * 1e9)
-    window = [(t, m) for t, m in list(node.results) if stamp_of(m) >= t_measure]
+    # One result per colour stamp (the first that arrived): a stray publisher on the same
+    # topic and domain, or a duplicate delivery, cannot inflate the rate.
+    first: Dict[int, Any] = {}
+    for t, m in list(node.results):
+        if stamp_of(m) >= t_measure and stamp_of(m) not in first:
+            first[stamp_of(m)] = (t, m)
+    window = list(first.values())
+    duplicates = sum(1 for _, m in node.results if stamp_of(m) >= t_measure) - len(window)
     lat = np.array([(t - stamp_of(m)) / 1e6 for t, m in window])
     span = (stamps[-1] - t_measure) / 1e9
     faces = np.array([len(m.faces) for _, m in window]) if window else np.zeros(1)
@@ -151,6 +160,7 @@ def run_scenario(node: BenchNode, frames: Path, rate: float, duration: float, wa
         "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else float("nan"),
         "latency_max_ms": float(lat.max()) if lat.size else float("nan"),
         "results": int(len(window)),
+        "duplicates": int(duplicates),
         "mean_faces": float(faces.mean()),
     }
 
@@ -174,6 +184,25 @@ def memory_run(node: BenchNode, frames: Path, rate: float, duration: float, work
             "samples": [[round(a, 1), round(b, 1)] for a, b in samples]}
 
 
+def parse_settings(items: List[str]) -> Dict[str, Any]:
+    """``["pipeline=false", "preprocessing_threads=1"]`` -> node parameters (bool, int, float or str)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        value: Any = text
+        if text in ("true", "false"):
+            value = text == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    pass
+        out[name.strip()] = value
+    return out
+
+
 def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per (node, faces) the round with the highest processed rate (then the lowest p95)."""
     best: Dict[tuple, Dict[str, Any]] = {}
@@ -182,7 +211,7 @@ def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         if key not in best or (r["processed_rate_hz"], -r["latency_p95_ms"]) > (
                 best[key]["processed_rate_hz"], -best[key]["latency_p95_ms"]):
             best[key] = r
-    return sorted(best.values(), key=lambda r: (r["faces"], r["node"] != "baseline"))
+    return sorted(best.values(), key=lambda r: (r["faces"], r["node"] != "baseline", r["node"]))
 
 
 def main(argv=None) -> int:
@@ -196,6 +225,11 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", metavar="REV", help="also run the node of this git revision, alternating")
     ap.add_argument("--memory-duration", type=float, default=0.0,
                     help="then feed each node 5 faces for this many seconds, sampling its RSS")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter of this checkout's node (repeatable); a second such node when given "
+                         "with --variant")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                    help="also run this checkout's node with these parameters (repeatable), alternating")
     ap.add_argument("--node-cpus", default="0,1", help="CPU cores the node is pinned to")
     ap.add_argument("--num-threads", type=int, default=0, help="node parameter num_threads")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -216,7 +250,10 @@ def main(argv=None) -> int:
         if args.baseline:
             source = export_revision(args.baseline, workdir / "baseline_src")
             nodes.append(BenchNode("baseline", model, workdir, cpus, args.num_threads, source))
-        nodes.append(BenchNode("new", model, workdir, cpus, args.num_threads))
+        nodes.append(BenchNode("new", model, workdir, cpus, args.num_threads, params=parse_settings(args.settings)))
+        for text in args.variant:
+            nodes.append(BenchNode(f"new {text}", model, workdir, cpus, args.num_threads,
+                                   params={**parse_settings(args.settings), **parse_settings(text.split(","))}))
         for node in nodes:
             node.wait_active()
         frames = {n: build_frames(workdir / f"faces{n}.npz", KINDS[n], count=8) for n in args.faces}

@@ -124,13 +124,17 @@ class FaceFinder:
     frames, so between full detections each known face is looked for only
     where it was:
 
-    * with FaceMesh alignment (BlazeFace, the default), the landmark model
-      runs on the region the face's previous landmarks give (``tracker``:
-      :meth:`~cmcnn_ros.preprocessing.alignment.LandmarkAligner.track`, as
-      MediaPipe's face mesh tracks a face): one model run per face, which
-      also aligns it, so the preprocessing does not align it again;
-    * otherwise, or when the mesh loses the face, the detector searches a
-      region twice the previous box for faces of 0.7x-1.4x its size.
+    * by default the detector searches a region twice the previous box for
+      faces of 0.7x-1.4x its size (one model run per face, then the usual
+      alignment);
+    * with a ``tracker`` (``landmark_tracking``: FaceMesh alignment only),
+      the landmark model runs on the region the face's previous landmarks
+      give (:meth:`~cmcnn_ros.preprocessing.alignment.LandmarkAligner.track`,
+      as MediaPipe's face mesh tracks a face): one model run per face that
+      also aligns it, so the preprocessing does not align it again; the
+      detector searches only for a face the mesh lost. Cheaper, but the
+      crops differ slightly from the detector-seeded ones (README: measured
+      accuracy of both).
 
     When a known face is not found again, the whole frame is searched at
     once (it may have moved far, or left); new faces are picked up at the
@@ -256,7 +260,8 @@ class Recognizer:
     def __init__(self, model: CMCNN, class_names: Sequence[str], params: PreprocessingParams,
                  device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
                  source: Optional[str] = None, redetect_interval: int = 1,
-                 backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES) -> None:
+                 backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES,
+                 landmark_tracking: bool = False) -> None:
         """Wrap a network and its preprocessing.
 
         Args:
@@ -273,6 +278,9 @@ class Recognizer:
             preprocessing_threads: lanes for one frame's independent jobs
                 (BlazeFace's tiles, each face's landmarks and crops); the
                 results are the same for any number.
+            landmark_tracking: between full detections, follow faces with
+                FaceMesh on their previous landmarks instead of searching
+                with the detector (see :class:`FaceFinder`); FaceMesh path only.
 
         Raises:
             RecognizerError: inconsistent classes, bad device or thread count.
@@ -303,15 +311,16 @@ class Recognizer:
             raise RecognizerError(f"preprocessing_threads: {exc}") from exc
         self.preprocessor = FacePreprocessor(params, self.modalities, lanes=lanes)
         aligner = self.preprocessor.aligner
-        self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval,
-                                      tracker=getattr(aligner, "track", None), lanes=lanes)
+        tracker = getattr(aligner, "track", None) if landmark_tracking else None
+        self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval, tracker=tracker, lanes=lanes)
         self.backend = make_backend(model, self.device, backend, num_threads)
         self.model = self.backend.model
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
                         num_threads: Optional[int] = None, redetect_interval: int = 1,
-                        backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES) -> "Recognizer":
+                        backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES,
+                        landmark_tracking: bool = False) -> "Recognizer":
         """Build from a checkpoint written by ``cmcnn-train``.
 
         Raises:
@@ -326,7 +335,7 @@ class Recognizer:
             raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
         return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
                    source=str(path), redetect_interval=redetect_interval, backend=backend,
-                   preprocessing_threads=preprocessing_threads)
+                   preprocessing_threads=preprocessing_threads, landmark_tracking=landmark_tracking)
 
     # ------------------------------------------------------------------ API
     def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,

@@ -108,7 +108,8 @@ class ExpressionStream:
                         redetect_interval: int = DEFAULT_REDETECT_INTERVAL,
                         iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_missed: int = DEFAULT_MAX_MISSED,
                         smoothing: float = DEFAULT_SMOOTHING, backend: str = DEFAULT_BACKEND,
-                        preprocessing_threads: int = DEFAULT_LANES) -> "ExpressionStream":
+                        preprocessing_threads: int = DEFAULT_LANES,
+                        landmark_tracking: bool = False) -> "ExpressionStream":
         """A stream over a checkpoint, with the node's defaults.
 
         Raises:
@@ -118,7 +119,8 @@ class ExpressionStream:
         tracker = FaceTracker(iou_threshold, max_missed, smoothing)
         recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
                                                 redetect_interval=redetect_interval, backend=backend,
-                                                preprocessing_threads=preprocessing_threads)
+                                                preprocessing_threads=preprocessing_threads,
+                                                landmark_tracking=landmark_tracking)
         return cls(recognizer, tracker)
 
     @property

@@ -64,17 +64,15 @@ _EYE_MAX_FRACTION = 0.38
 _PUPIL_HALF = (0.3, 0.25)
 _PUPIL_PERCENTILE = 10.0
 _PUPIL_MAX_SHIFT = 0.3
-# On video, FaceMesh follows a face on the region its previous landmarks give
-# (LandmarkAligner.track); when the landmarks it finds there give nearly the
-# same region again (centre within 5 % of the side, side within 10 %, roll
-# within 6 deg), a second pass on that region would see almost the same input
-# and is skipped. Faces seeded by the detector's keypoints always get the
-# second pass: that region differs from the landmarks' by 6 % of its side at
-# the median on the pose sweep (benchmarks/bench_detection.py), so the rule
-# would skip it for only a quarter of them, and a single image keeps the
-# crop it always had (on the sweep, skipping under these bounds left the eye
-# error at p50 4.9 % / p90 8.6 % of the eye distance; never passing twice
-# gives 5.0 % / 10.1 %).
+# A FaceMesh pass whose landmarks give nearly the region it ran on (centre
+# within 5 % of the side, side within 10 %, roll within 6 deg) needs no second
+# pass on that region: it would see almost the same input. Measured on the 580
+# faces BlazeFace finds in the pose sweep (benchmarks/bench_detection.py):
+# 24 % of the detected faces skip the second pass, the eye error stays at
+# p50 4.9 % / p90 8.6 % of the eye distance (always two passes: the same; never
+# two: 5.0 % / 10.1 %), and the demo bag's expressions score as with two passes
+# (186 of 215 faces right). Given boxes (ground truth, the trainer's face-crop
+# datasets) always get both passes, so training crops do not change.
 _TRUST_SHIFT = 0.05
 _TRUST_SCALE = 0.10
 _TRUST_ROLL = math.radians(6.0)
@@ -355,9 +353,11 @@ class LandmarkAligner:
     face crop) has no roll estimate: the first pass runs on the box's square x
     ``box_roi_scale`` at roll 0. The mesh then runs again on the region its
     first landmarks give (mesh square x ``landmark_roi_scale``, rotated by the
-    mesh's eye line). On video, :meth:`track` runs the mesh on the region the
-    previous frame's landmarks give, as MediaPipe's face mesh tracks a face,
-    once when the landmarks confirm that region (:func:`trusted`).
+    mesh's eye line), unless for a detection that region already agrees with
+    the first (:func:`trusted`). On video, :meth:`track` can run the mesh on the
+    region the previous frame's landmarks give, as MediaPipe's face mesh
+    tracks a face (the face finder's ``landmark_tracking``), once when the
+    landmarks confirm that region.
     The crop is the mesh's square (forehead to chin) plus ``crop_margin``,
     rotated by the eye line (eq. 1), so every source of boxes yields the same
     framing for the same face.
@@ -389,13 +389,14 @@ class LandmarkAligner:
         if self.mesh is None:
             return self._from_box(box, 0.0, False, None, "none")
         x, y, w, h = (float(v) for v in box)
-        if detection is not None and detection.detector_box is not None and key_roll is not None:
-            dx, dy, dw, dh = detection.detector_box
+        seeded = detection is not None and detection.detector_box is not None and key_roll is not None
+        if seeded:
+            dx, dy, dw, dh = detection.detector_box  # type: ignore[union-attr]
             region = Region(dx + dw / 2.0, dy + dh / 2.0, p.landmark_roi_scale * max(dw, dh), key_roll)
         else:
             region = Region(x + w / 2.0, y + h / 2.0, p.box_roi_scale * max(w, h), 0.0)
         mesh = self.mesh.run(rgb, region)
-        if mesh.plausible:
+        if mesh.plausible and not (seeded and trusted(region, self._next_region(mesh))):
             # Second pass on the region the first landmarks give (MediaPipe's tracking
             # region): eye error p90 10.1 -> 8.6 % of the eye distance on the sweep, and
             # detected and given boxes end on the same kind of region.

@@ -234,7 +234,8 @@ class FerNode(LifecycleNode):
                 str(path), device=cfg["device"], num_threads=cfg["num_threads"] or None,
                 redetect_interval=cfg["redetect_interval"], iou_threshold=cfg["tracking_iou_threshold"],
                 max_missed=cfg["tracking_max_missed"], smoothing=cfg["score_smoothing"],
-                backend=cfg["inference_backend"], preprocessing_threads=cfg["preprocessing_threads"])
+                backend=cfg["inference_backend"], preprocessing_threads=cfg["preprocessing_threads"],
+                landmark_tracking=cfg["landmark_tracking"])
         except TrackingError:
             raise
         except BackendError as exc:  # e.g. onnxruntime asked for and not installed

@@ -51,6 +51,11 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                               "of a full face detection, and each face's landmarks and crops. Same results for "
                               "any number. Read on configure.",
                               {"integer_range": [IntegerRange(from_value=1, to_value=MAX_LANES, step=1)]}),
+    "landmark_tracking": (False, "Between full detections, follow each face with FaceMesh on the region its "
+                                 "previous landmarks give (one landmark run per face) instead of searching around "
+                                 "it with the face detector and aligning it again (one detector and one or two "
+                                 "landmark runs). Cheaper with many faces; the crops differ slightly. Read on "
+                                 "configure.", {}),
     "pipeline": (True, "Two worker threads: one finds, aligns and crops the faces of the newest frame while the "
                        "other runs the network and publishes the frame before (stale frames are dropped, never "
                        "queued). false: one thread does both. Read on activate.", {}),
