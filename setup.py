@@ -105,6 +105,10 @@ setup(
         # passes with it; a higher bound would make pip replace it on a robot.
         "matplotlib>=3.6",
         "ai-edge-litert>=2.3",
+        # the default inference backend and torch's ONNX exporter (inference/backends.py)
+        "onnxruntime>=1.20",
+        "onnx>=1.17",
+        "onnxscript>=0.5",
     ],
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": RUNTIME_ENTRY_POINTS + OFFLINE_ENTRY_POINTS},

@@ -9,7 +9,11 @@ at batch 1 and 5 under ``torch.inference_mode()`` with
 ``fused``         :meth:`CMCNN.fuse_for_inference` (BatchNorm folded into convs);
 ``fused_cl``      ``fuse_for_inference()`` default: fused + ``channels_last`` weights
                   (what the recognizer should run);
-``jit``           fused_cl, ``torch.jit.trace`` + ``torch.jit.freeze``.
+``jit``           fused_cl, ``torch.jit.trace`` + ``torch.jit.freeze`` (TorchScript);
+``compile``       fused_cl through ``torch.compile`` (inductor; compiled in the warm-up);
+``onnxruntime``   the ONNX export of ``predict_proba`` on ONNX Runtime, ``--threads``
+                  intra-op threads (what the recognizer runs: ``inference/backends.py``;
+                  its time includes the softmax the others leave out).
 
 The variants are run round-robin (one call of each per round) so that load
 from other processes on a shared machine hits them alike: compare ratios
@@ -28,7 +32,8 @@ network at batch 1.
 Usage::
 
     python benchmarks/bench_network.py [--rounds 40] [--threads 2] [--presets default paper]
-        [--widths 8,16,32,64 ...] [--variants eager fused fused_cl jit] [--device cpu|cuda] [--json OUT]
+        [--widths 8,16,32,64 ...] [--variants eager fused fused_cl jit compile onnxruntime]
+        [--device cpu|cuda] [--json OUT]
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from cmcnn_ros.atomic_io import write_json_atomic
 from cmcnn_ros.model import CMCNN, cmcnn, preset_config
 
 logger = logging.getLogger("bench_network")
-VARIANTS = ("eager", "fused", "fused_cl", "jit")
+VARIANTS = ("eager", "fused", "fused_cl", "jit", "compile", "onnxruntime")
 MODALITIES = ("grey", "lbp", "depth")
 
 
@@ -78,6 +83,13 @@ def build_variant(model: CMCNN, variant: str, example: torch.Tensor) -> Callable
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # trace deprecation + constant-shape tracer warnings
             return torch.jit.freeze(torch.jit.trace(fused, example))
+    if variant == "compile":
+        return torch.compile(fused)
+    if variant == "onnxruntime":
+        from cmcnn_ros.inference.backends import make_backend
+
+        backend = make_backend(model, example.device, "onnxruntime", num_threads=torch.get_num_threads())
+        return lambda x: backend(x.cpu().numpy())
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 

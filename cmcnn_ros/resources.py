@@ -8,6 +8,7 @@ and ``config/`` live in the ament share directory.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -72,6 +73,19 @@ def find_checkpoint(value: Union[str, Path, None] = None) -> Path:
             "repository (see models/MODEL_CARD.md); to train your own run `cmcnn-synth` then `cmcnn-train` "
             "(README: Training) and pass its path")
     return path
+
+
+def cache_dir() -> Path:
+    """Where derived files are cached (ONNX exports of checkpoints): never shipped, safe to delete.
+
+    ``$CMCNN_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/cmcnn_ros``, else
+    ``~/.cache/cmcnn_ros``. Not the checkout: a colcon install is read-only.
+    """
+    explicit = os.environ.get("CMCNN_CACHE_DIR", "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "cmcnn_ros"
 
 
 def fastdds_profile() -> Optional[Path]:

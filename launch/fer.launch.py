@@ -31,6 +31,8 @@ def generate_launch_description():
         DeclareLaunchArgument("model_path", default_value=os.path.join(share, "models", "cmcnn_default.pt"),
                               description="CM-CNN checkpoint (.pt)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
+        DeclareLaunchArgument("inference_backend", default_value="auto",
+                              description="auto, torch or onnxruntime (what runs the network)"),
         DeclareLaunchArgument("colour_topic", default_value="/camera/color/image_raw",
                               description="colour image topic"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/depth_registered/image_raw",
@@ -59,6 +61,7 @@ def generate_launch_description():
             {
                 "model_path": LaunchConfiguration("model_path"),
                 "device": LaunchConfiguration("device"),
+                "inference_backend": LaunchConfiguration("inference_backend"),
                 "colour_topic": LaunchConfiguration("colour_topic"),
                 "depth_topic": LaunchConfiguration("depth_topic"),
                 "colour_transport": LaunchConfiguration("colour_transport"),

@@ -60,7 +60,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def _serving_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray) -> torch.Tensor:
-    rec = Recognizer.from_checkpoint(checkpoint, device="cpu")
+    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", backend="torch")   # the hook sees its input
     seen = []
     hook = rec.model.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
     try:

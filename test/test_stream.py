@@ -148,6 +148,9 @@ def test_stream_defaults_are_the_nodes():
     assert sig["max_missed"].default == PARAMETERS["tracking_max_missed"][0]
     assert sig["smoothing"].default == PARAMETERS["score_smoothing"][0]
     assert sig["min_confidence"].default == PARAMETERS["min_confidence"][0]
+    assert sig["backend"].default == PARAMETERS["inference_backend"][0]
+    assert sig["preprocessing_threads"].default == PARAMETERS["preprocessing_threads"][0]
+    assert sig["landmark_tracking"].default == PARAMETERS["landmark_tracking"][0]
 
 
 def test_annotations_draw_on_a_copy_of_the_frame(frame):

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "cmcnn_ros"
 # Lower number = lower layer; a module may import only its own layer or lower ones.
 LAYERS = {
     "cmcnn_ros.classes": 0, "cmcnn_ros.boxes": 0, "cmcnn_ros.atomic_io": 0, "cmcnn_ros.resources": 0,
-    "cmcnn_ros.device": 0, "cmcnn_ros.plots": 0, "cmcnn_ros.modalities": 0,
+    "cmcnn_ros.device": 0, "cmcnn_ros.plots": 0, "cmcnn_ros.modalities": 0, "cmcnn_ros.parallel": 0,
     "cmcnn_ros.preprocessing": 1,
     "cmcnn_ros.model": 1,
     "cmcnn_ros.inference": 2,

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,11 +27,15 @@ from ..classes import describe_scores
 from ..device import DeviceError, resolve_device
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
+from ..parallel import DEFAULT_LANES, Lanes
+from ..preprocessing.alignment import Alignment
 from ..preprocessing.depth import depth_array_to_metres
 from ..preprocessing.detector import FaceDetection, FaceDetector
-from ..preprocessing.images import Image, as_frame
+from ..preprocessing.facemesh import Region
+from ..preprocessing.images import Frame, Image, as_frame
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
+from .backends import DEFAULT_BACKEND, make_backend
 
 logger = logging.getLogger(__name__)
 
@@ -112,76 +116,152 @@ class RecognitionResult:
 
 
 class FaceFinder:
-    """The face detector on the whole frame every few frames, a local search in between.
+    """The face detector on the whole frame every few frames, the known faces followed in between.
 
-    Full-frame detection dominates the per-frame cost (Section III-B's V-J
-    detector: ~10 ms of CPU for 640x480 even downscaled; BlazeFace ~4 ms). On
-    video, a face
-    moves little between frames, so between full detections each previous box
-    is searched for again only in a region twice its size and for faces of
-    0.7x-1.4x its size, which skips most of the image pyramid. When a known
-    face is not found again, the whole frame is searched at once (it may have
-    moved far, or left); new faces are picked up at the next full detection, at
-    most ``interval`` frames later.
+    Full-frame detection dominates the per-frame cost (BlazeFace on the frame
+    and four tiles: five model runs; Section III-B's V-J detector: ~10 ms of
+    CPU for 640x480 even downscaled). On video a face moves little between
+    frames, so between full detections each known face is looked for only
+    where it was:
+
+    * by default the detector searches a region twice the previous box for
+      faces of 0.7x-1.4x its size (one model run per face, then the usual
+      alignment);
+    * with a ``tracker`` (``landmark_tracking``: FaceMesh alignment only),
+      the landmark model runs on the region the face's previous landmarks
+      give (:meth:`~cmcnn_ros.preprocessing.alignment.LandmarkAligner.track`,
+      as MediaPipe's face mesh tracks a face): one model run per face that
+      also aligns it, so the preprocessing does not align it again; the
+      detector searches only for a face the mesh lost. Cheaper, but the
+      crops differ slightly from the detector-seeded ones (README: measured
+      accuracy of both).
+
+    When a known face is not found again, the whole frame is searched at
+    once (it may have moved far, or left); new faces are picked up at the
+    next full detection, at most ``interval`` frames later. The faces are
+    followed on ``lanes`` (one job per face) when the detector is thread-safe.
 
     Args:
         detector: the preprocessing's face detector.
         interval: frames between full detections; 1 detects on every frame
             (stateless, what single images and training use).
+        tracker: ``(frame, region) -> Alignment or None``, the aligner's
+            landmark pass on a region (None: detector searches only).
+        lanes: threads for the per-face jobs (default one).
     """
 
-    def __init__(self, detector: FaceDetector, interval: int = 1) -> None:
+    def __init__(self, detector: FaceDetector, interval: int = 1,
+                 tracker: Optional[Callable[[Frame, Region], Optional[Alignment]]] = None,
+                 lanes: Optional[Lanes] = None) -> None:
         if int(interval) < 1:
             raise RecognizerError(f"redetect_interval must be >= 1, got {interval}")
         self.detector = detector
         self.interval = int(interval)
+        self.tracker = tracker
+        self.lanes = lanes or Lanes(1)
         self._found: List[FaceDetection] = []
+        self._regions: List[Optional[Region]] = []   # FaceMesh region of each of _found, for the next frame
         self._frames_since_full = 0
 
     def reset(self) -> None:
         """Forget previous boxes (next frame runs a full detection)."""
-        self._found = []
+        self._found, self._regions = [], []
         self._frames_since_full = 0
 
     def find(self, image: Image) -> List[FaceDetection]:
         """Face detections of this frame (colour BGR or grey, or a checked frame), best first."""
         if self.interval == 1 or not self._found or self._frames_since_full >= self.interval:
             return self._full(image)
-        found: List[FaceDetection] = []
-        for det in self._found:
-            x, y, w, h = det.box
-            roi = (x - w // 2, y - h // 2, 2 * w, 2 * h)
-            hits = self.detector.detect(image, roi=roi, size_range=(0.7 * w, 1.4 * w))
-            if not hits:
-                # Moved far, left or occluded: a full detection now rather than a frame without it.
-                return self._full(image)
-            found.append(hits[0])
+        frame = as_frame(image)
+        jobs = list(zip(self._found, self._regions))
+        if self.detector.thread_safe and len(jobs) > 1:
+            _ = frame.rgb   # made once here, not raced for by the lanes
+            found = self.lanes.map(lambda job: self._again(frame, *job), jobs)
+        else:
+            found = [self._again(frame, *job) for job in jobs]
+        if any(det is None for det in found):
+            # Moved far, left or occluded: a full detection now rather than a frame without it.
+            return self._full(frame)
         # Two searches can find the same face: the detector's own rule drops the duplicate.
-        self._found = self.detector.nms.suppress(found)
+        self._found = self.detector.nms.suppress(found)  # type: ignore[arg-type]
+        self._regions = [None] * len(self._found)
         self._frames_since_full += 1
         return list(self._found)
 
+    def observe(self, faces: Sequence[FaceCrops]) -> None:
+        """After the preprocessing of the detections :meth:`find` returned: where each face's mesh was.
+
+        ``faces`` are the preprocessing's results for those detections, in
+        their order; their ``track_region`` is where the next frame's
+        landmark pass looks.
+        """
+        if len(faces) == len(self._found):
+            self._regions = [face.track_region for face in faces]
+
+    def _again(self, frame: Frame, det: FaceDetection, region: Optional[Region]) -> Optional[FaceDetection]:
+        """The known face ``det`` in this frame: by its landmarks' region, else by a detector search; None if gone."""
+        if region is not None and self.tracker is not None:
+            alignment = self.tracker(frame, region)
+            if alignment is not None:
+                return FaceDetection(box=alignment.box, score=det.score, alignment=alignment)
+        x, y, w, h = det.box
+        roi = (x - w // 2, y - h // 2, 2 * w, 2 * h)
+        hits = self.detector.detect(frame, roi=roi, size_range=(0.7 * w, 1.4 * w))
+        return hits[0] if hits else None
+
     def _full(self, image: Image) -> List[FaceDetection]:
         self._found = list(self.detector.detect(image))
+        self._regions = [None] * len(self._found)
         self._frames_since_full = 1
         return list(self._found)
+
+
+@dataclass
+class PreparedFrame:
+    """One frame's faces found, aligned and cropped: everything :meth:`Recognizer.finish` needs.
+
+    The split lets the node overlap the preparation of one frame (detection,
+    landmarks, crops) with the network of the one before (two threads).
+
+    Attributes:
+        faces: the preprocessing's crops, one per face.
+        inputs: the stacked model input ``(B, M, S, S)`` of ``faces``.
+        shape: ``(h, w)`` of the colour frame.
+        timings: per-stage milliseconds so far.
+        started: ``time.perf_counter()`` when the preparation began.
+    """
+
+    faces: List[FaceCrops]
+    inputs: np.ndarray
+    shape: Tuple[int, int]
+    timings: Dict[str, float]
+    started: float
 
 
 class Recognizer:
     """CM-CNN facial expression recognizer over NumPy frames.
 
-    Not thread-safe (the preprocessor holds OpenCV cascades): use one per thread.
+    Not thread-safe (the preprocessor holds OpenCV cascades, the face finder
+    the previous frame's faces): one caller at a time. The one exception is the
+    pair :meth:`prepare` / :meth:`finish`: one thread may prepare frame N + 1
+    while another finishes frame N (they share no mutable state). Within a
+    call, one frame's independent jobs run on ``preprocessing_threads`` lanes.
 
     Attributes:
         class_names: output class order.
         params: preprocessing parameters from the checkpoint.
         modalities: model input channel order.
         device: torch device the network runs on.
+        backend: what runs the network (:mod:`~cmcnn_ros.inference.backends`:
+            ``torch`` or ``onnxruntime``; ``backend.description`` says which and how).
+        model: the fused PyTorch network (the reference every backend is checked against).
     """
 
     def __init__(self, model: CMCNN, class_names: Sequence[str], params: PreprocessingParams,
                  device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
-                 source: Optional[str] = None, redetect_interval: int = 1) -> None:
+                 source: Optional[str] = None, redetect_interval: int = 1,
+                 backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES,
+                 landmark_tracking: bool = False) -> None:
         """Wrap a network and its preprocessing.
 
         Args:
@@ -193,9 +273,18 @@ class Recognizer:
             source: where the model came from (for logs and diagnostics).
             redetect_interval: frames between full-frame face detections on
                 video (see :class:`FaceFinder`); 1 = every frame, stateless.
+            backend: ``auto``, ``torch`` or ``onnxruntime`` (see
+                :func:`~cmcnn_ros.inference.backends.make_backend`).
+            preprocessing_threads: lanes for one frame's independent jobs
+                (BlazeFace's tiles, each face's landmarks and crops); the
+                results are the same for any number.
+            landmark_tracking: between full detections, follow faces with
+                FaceMesh on their previous landmarks instead of searching
+                with the detector (see :class:`FaceFinder`); FaceMesh path only.
 
         Raises:
             RecognizerError: inconsistent classes, bad device or thread count.
+            BackendError: the backend cannot run here (``onnxruntime`` missing...).
         """
         if len(class_names) != model.num_classes:
             raise RecognizerError(
@@ -216,20 +305,28 @@ class Recognizer:
         self.params = params
         self.modalities = tuple(model.modalities)
         self.source = source or "<in-memory model>"
-        self.preprocessor = FacePreprocessor(params, self.modalities)
-        self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval)
-        # BatchNorm folded into the convs: same outputs, fewer passes over the
-        # full-resolution maps (measured in benchmarks/bench_network.py).
-        self.model = model.eval().fuse_for_inference().to(self.device)
+        try:
+            lanes = Lanes(preprocessing_threads, name="cmcnn_lane")
+        except ValueError as exc:
+            raise RecognizerError(f"preprocessing_threads: {exc}") from exc
+        self.preprocessor = FacePreprocessor(params, self.modalities, lanes=lanes)
+        aligner = self.preprocessor.aligner
+        tracker = getattr(aligner, "track", None) if landmark_tracking else None
+        self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval, tracker=tracker, lanes=lanes)
+        self.backend = make_backend(model, self.device, backend, num_threads)
+        self.model = self.backend.model
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
-                        num_threads: Optional[int] = None, redetect_interval: int = 1) -> "Recognizer":
+                        num_threads: Optional[int] = None, redetect_interval: int = 1,
+                        backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES,
+                        landmark_tracking: bool = False) -> "Recognizer":
         """Build from a checkpoint written by ``cmcnn-train``.
 
         Raises:
             CheckpointError: missing, truncated or inconsistent file (says what to fix).
             RecognizerError: bad device, or preprocessing parameters that do not validate.
+            BackendError: the backend cannot run here.
         """
         loaded: LoadedCheckpoint = load_checkpoint(path, map_location="cpu")
         try:
@@ -237,7 +334,8 @@ class Recognizer:
         except (PreprocessingError, TypeError, ValueError) as exc:
             raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
         return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
-                   source=str(path), redetect_interval=redetect_interval)
+                   source=str(path), redetect_interval=redetect_interval, backend=backend,
+                   preprocessing_threads=preprocessing_threads, landmark_tracking=landmark_tracking)
 
     # ------------------------------------------------------------------ API
     def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
@@ -263,6 +361,17 @@ class Recognizer:
             RecognizerError: the frame or depth is malformed (message says how).
             NonFiniteScoresError: the network gave NaN/inf scores for a face.
         """
+        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes))
+
+    def prepare(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
+                depth_scale: Optional[float] = None,
+                boxes: Optional[Sequence[Sequence[float]]] = None) -> PreparedFrame:
+        """The first half of :meth:`recognize`: find, align and crop the faces, stack the model input.
+
+        Call it for every frame in order (the face finder follows faces from
+        one call to the next); :meth:`finish` may then run on another thread.
+        Arguments and errors as :meth:`recognize` (without the network's).
+        """
         t_start = time.perf_counter()
         try:
             depth_m = None
@@ -276,15 +385,29 @@ class Recognizer:
                 detections = self.face_finder.find(frame)
                 detect_ms = (time.perf_counter() - t0) * 1000.0
             faces = self.preprocessor.process(frame, depth_m, boxes=boxes, detections=detections)
+            if detections is not None:
+                self.face_finder.observe(faces)
+            inputs = self.preprocessor.to_tensor(faces)
         except PreprocessingError as exc:
             raise RecognizerError(str(exc)) from exc
         timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
         if detect_ms is not None:
             timings["detect"] = detect_ms
         timings["preprocess"] = (time.perf_counter() - t_start) * 1000.0
+        return PreparedFrame(faces=faces, inputs=inputs, shape=frame.shape, timings=timings, started=t_start)
 
+    def finish(self, prepared: PreparedFrame) -> RecognitionResult:
+        """The second half of :meth:`recognize`: all faces through the network in one batch, scores, results.
+
+        ``timings["total"]`` runs from the start of :meth:`prepare`, so it
+        includes any wait between the two halves.
+
+        Raises:
+            NonFiniteScoresError: the network gave NaN/inf scores for a face.
+        """
+        faces, timings = prepared.faces, dict(prepared.timings)
         t0 = time.perf_counter()
-        probs = self.classify(self.preprocessor.to_tensor(faces)) if faces else np.zeros((0, 0))
+        probs = self.classify(prepared.inputs) if faces else np.zeros((0, 0))
         timings["network"] = (time.perf_counter() - t0) * 1000.0
         broken = int(np.sum(~np.all(np.isfinite(probs), axis=1))) if len(probs) else 0
         if broken:
@@ -292,19 +415,21 @@ class Recognizer:
                 f"the model gave non-finite scores for {broken} of {len(faces)} faces; the checkpoint "
                 f"{self.source} is numerically broken: re-train or re-save it")
         results = [self._face_result(face, p) for face, p in zip(faces, probs)]
-        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        timings["total"] = (time.perf_counter() - prepared.started) * 1000.0
         return RecognitionResult(faces=results, timings=timings)
 
-    @torch.inference_mode()
+    def stop_threads(self) -> None:
+        """End the preprocessing's helper threads (a paused node keeps none); the next frame starts them again."""
+        self.preprocessor.lanes.stop()
+
     def classify(self, inputs: np.ndarray) -> np.ndarray:
-        """Class probabilities for a stacked input ``(B, M, S, S)``.
+        """Class probabilities for a stacked input ``(B, M, S, S)`` (all faces of a frame: one batch).
 
         A face whose depth is unusable already carries an all-zero depth
         channel (the preprocessing's missing-depth convention, the same input
         depth dropout trains on), so nothing is special-cased here.
         """
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-        return self.model.predict_proba(x).float().cpu().numpy()
+        return self.backend(inputs)
 
     def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
         """The one place a face's crops and scores become its result (what the stream and node pass on)."""

@@ -33,7 +33,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..classes import describe_scores
-from .recognizer import FaceResult, Recognizer
+from ..parallel import DEFAULT_LANES
+from .backends import DEFAULT_BACKEND
+from .recognizer import FaceResult, PreparedFrame, Recognizer
 from .tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING,
                        FaceTracker, TrackingError, smooth_scores)
 
@@ -137,17 +139,21 @@ class ExpressionStream:
                         redetect_interval: int = DEFAULT_REDETECT_INTERVAL,
                         iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_missed: int = DEFAULT_MAX_MISSED,
                         smoothing: float = DEFAULT_SMOOTHING,
-                        min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> "ExpressionStream":
+                        min_confidence: float = DEFAULT_MIN_CONFIDENCE, backend: str = DEFAULT_BACKEND,
+                        preprocessing_threads: int = DEFAULT_LANES,
+                        landmark_tracking: bool = False) -> "ExpressionStream":
         """A stream over a checkpoint, with the node's defaults.
 
         Raises:
-            CheckpointError, RecognizerError: as :meth:`Recognizer.from_checkpoint`.
+            CheckpointError, RecognizerError, BackendError: as :meth:`Recognizer.from_checkpoint`.
             TrackingError: a tracking parameter or ``min_confidence`` is out of range.
         """
         tracker = FaceTracker(iou_threshold, max_missed, smoothing)
         check_min_confidence(min_confidence)   # before the (slow) checkpoint load, like the tracker's
         recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
-                                                redetect_interval=redetect_interval)
+                                                redetect_interval=redetect_interval, backend=backend,
+                                                preprocessing_threads=preprocessing_threads,
+                                                landmark_tracking=landmark_tracking)
         return cls(recognizer, tracker, min_confidence)
 
     @property
@@ -164,10 +170,14 @@ class ExpressionStream:
         self.recognizer.face_finder.reset()
         self._followed = {}
 
+    def stop_threads(self) -> None:
+        """End the recognizer's helper threads (a paused node keeps none); the next frame starts them again."""
+        self.recognizer.stop_threads()
+
     def process(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
                 depth_scale: Optional[float] = None,
                 boxes: Optional[Sequence[Sequence[float]]] = None) -> StreamResult:
-        """Recognise, track and smooth one frame.
+        """Recognise, track and smooth one frame: :meth:`finish` of :meth:`prepare`.
 
         Args:
             colour, depth, depth_scale, boxes: as :meth:`Recognizer.recognize`.
@@ -176,10 +186,32 @@ class ExpressionStream:
             RecognizerError: the frame is malformed (nothing is tracked then).
             NonFiniteScoresError: the network gave NaN/inf scores (nothing is tracked then).
         """
-        result = self.recognizer.recognize(colour, depth, depth_scale=depth_scale, boxes=boxes)
+        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes))
+
+    def prepare(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
+                depth_scale: Optional[float] = None,
+                boxes: Optional[Sequence[Sequence[float]]] = None) -> PreparedFrame:
+        """Find, align and crop the faces of the next frame (:meth:`Recognizer.prepare`).
+
+        Frames go through :meth:`prepare` in camera order; :meth:`finish` takes
+        the prepared frames in the same order and may skip some (a node that
+        falls behind), on another thread.
+
+        Raises:
+            RecognizerError: the frame is malformed.
+        """
+        return self.recognizer.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes)
+
+    def finish(self, prepared: PreparedFrame) -> StreamResult:
+        """The network, the tracks and the smoothing for a prepared frame: what is published.
+
+        Raises:
+            NonFiniteScoresError: the network gave NaN/inf scores (nothing is tracked then).
+        """
+        result = self.recognizer.finish(prepared)
         faces = result.faces
         tracked = self.tracker.update([f.box for f in faces], [f.scores for f in faces])
-        out = [self._stream_face(face, track.face_id, track.is_new, track.scores, colour.shape[:2])
+        out = [self._stream_face(face, track.face_id, track.is_new, track.scores, prepared.shape)
                for face, track in zip(faces, tracked)]   # track.scores: float32, smoothed when smoothing is on
         return StreamResult(faces=out, tracked_ids=[t.face_id for t in self.tracker.tracks],
                             retired_ids=list(self.tracker.removed), timings=dict(result.timings))

@@ -23,6 +23,7 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 
+from ..parallel import Lanes
 from .detector import Box, FaceDetection, NmsRule, size_filter
 from .images import Image, as_frame
 from .params import PreprocessingError, PreprocessingParams
@@ -95,18 +96,22 @@ class BlazeFaceDetector:
     """Full-range BlazeFace on a letterboxed frame or a square region of it (``detector: blazeface``).
 
     A :class:`~.detector.FaceDetector` whose boxes come with keypoints.
-    Not thread-safe (one LiteRT interpreter): one per thread.
+    Thread-safe: LiteRT runs one interpreter per calling thread.
 
     Args:
         params: preprocessing parameters (``blazeface_min_score``,
             ``blazeface_nms_iou``, ``blazeface_keep_unconfirmed_above``,
             ``min_face_size``, ``max_face_size``, ``detector_threads``).
+        lanes: threads a full detection's passes (whole frame, tiles) are
+            shared out on; same detections for any number.
     """
 
     has_keypoints = True
+    thread_safe = True
 
-    def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
+    def __init__(self, params: Optional[PreprocessingParams] = None, lanes: Optional[Lanes] = None) -> None:
         self.params = params or PreprocessingParams()
+        self.lanes = lanes or Lanes(1)
         self.nms = NmsRule(self.params.blazeface_nms_iou, "iou")
         self.keep_unconfirmed_above = self.params.blazeface_keep_unconfirmed_above
         self.model = TFLiteModel(MODEL_FILE, self.params.detector_threads)
@@ -180,10 +185,11 @@ class BlazeFaceDetector:
             if len(roi) != 4 or roi[2] <= 0 or roi[3] <= 0:
                 raise PreprocessingError(f"roi must be (x, y, w, h) with w, h > 0, got {roi!r}")
             return self._detect(rgb, roi, size_range)
-        dets = self._detect(rgb, None, size_range)
-        for tile in self.tiles(rgb.shape[:2]):
-            dets.extend(self._detect(rgb, tile, size_range))
-        return self.nms.suppress(dets)
+        # The whole frame and every tile are independent passes: shared out on the lanes,
+        # merged in this fixed order, so the result does not depend on their number.
+        passes = self.lanes.map(lambda region: self._detect(rgb, region, size_range),
+                                [None] + self.tiles(rgb.shape[:2]))
+        return self.nms.suppress([d for found in passes for d in found])
 
     def _detect(self, rgb: np.ndarray, roi: Optional[Box],
                 size_range: Optional[Tuple[float, float]]) -> List[FaceDetection]:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
 from ..boxes import intersection_over_smaller, iou
+from ..parallel import Lanes
 from .images import Image
 from .params import DETECTORS, PreprocessingError, PreprocessingParams
 
@@ -46,12 +47,16 @@ class FaceDetection:
             unclipped, when its framing differs from ``box`` (BlazeFace: brows
             to mouth); the landmark model's region is derived from it as
             MediaPipe derives it.
+        alignment: an :class:`~.alignment.Alignment` already made for this
+            face on this frame (the face finder's FaceMesh pass on a tracked
+            face's region); the preprocessing then does not align it again.
     """
 
     box: Box
     score: float
     keypoints: Optional[np.ndarray] = None
     detector_box: Optional[Tuple[float, float, float, float]] = None
+    alignment: Optional[Any] = None
 
 
 #: How two boxes overlap, by the name an :class:`NmsRule` gives it.
@@ -113,8 +118,11 @@ class NmsRule:
 class FaceDetector(Protocol):
     """What the preprocessing and the tracker's face finder need from a face detector.
 
-    Built by :func:`make_detector` as ``cls(params)`` from the checkpoint's
-    :class:`~.params.PreprocessingParams`. One per thread.
+    Built by :func:`make_detector` as ``cls(params, lanes)`` from the
+    checkpoint's :class:`~.params.PreprocessingParams` and the caller's
+    :class:`~cmcnn_ros.parallel.Lanes` (a detector whose full search splits into
+    independent parts, BlazeFace's tiles, may run them on the lanes; one that
+    cannot ignores them). Thread-safe only where ``thread_safe`` says so.
 
     Attributes:
         has_keypoints: its detections carry eye ``keypoints``. The
@@ -129,11 +137,14 @@ class FaceDetector(Protocol):
             score, on this detector's scale, is above this. 0 keeps every one;
             a detector without keypoints gets no landmark verdict, so its
             value is unused.
+        thread_safe: :meth:`detect` may be called from several threads at once
+            (the face finder's searches around several faces run on the lanes).
     """
 
     has_keypoints: bool
     nms: NmsRule
     keep_unconfirmed_above: float
+    thread_safe: bool
 
     def detect(self, image: Image, roi: Optional[Box] = None,
                size_range: Optional[Tuple[float, float]] = None) -> List[FaceDetection]:
@@ -152,15 +163,19 @@ def size_filter(side: float, min_side: float, max_side: float) -> bool:
     return side >= min_side and (not max_side or side <= max_side)
 
 
-def make_detector(params: Optional[PreprocessingParams] = None) -> FaceDetector:
+def make_detector(params: Optional[PreprocessingParams] = None, lanes: Optional[Lanes] = None) -> FaceDetector:
     """The face detector ``params.detector`` names in :data:`~.params.DETECTORS`, built from ``params``.
+
+    Args:
+        params: the preprocessing parameters (defaults if None).
+        lanes: threads the detector may run independent parts of a search on (default one: none).
 
     Raises:
         PreprocessingError: the detector's model or cascade file is missing or corrupt.
     """
     params = params or PreprocessingParams()
     module, _, name = DETECTORS[params.detector].partition(":")
-    return getattr(importlib.import_module(module), name)(params)
+    return getattr(importlib.import_module(module), name)(params, lanes or Lanes(1))
 
 
 __all__ = ["Box", "FaceDetection", "FaceDetector", "NmsRule", "OVERLAP_MEASURES", "make_detector", "size_filter",

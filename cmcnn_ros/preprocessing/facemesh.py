@@ -109,7 +109,7 @@ class FaceMesh:
 
 
 class FaceMeshModel:
-    """FaceMesh on a rotated square region of a frame. Not thread-safe: one per thread.
+    """FaceMesh on a rotated square region of a frame. Thread-safe (one LiteRT interpreter per thread).
 
     Args:
         params: preprocessing parameters (``detector_threads``).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -52,16 +52,17 @@ class HaarFaceDetector:
     """Viola-Jones face detector on a downscaled grey frame (``detector: haar``): boxes, no keypoints.
 
     A :class:`~.detector.FaceDetector`. Not thread-safe (OpenCV cascades keep
-    state): one per thread.
+    state): one per thread, and no lanes (one search, no independent parts).
     """
 
     has_keypoints = False
     # Boxes alone take the Haar eye path, which misses the eyes of many real
     # faces: no landmark verdict to act on, so no detection is dropped by one.
     keep_unconfirmed_above = 0.0
+    thread_safe = False
 
-    def __init__(self, params: Optional[PreprocessingParams] = None) -> None:
-        """Load the cascade named by ``params.face_cascade``.
+    def __init__(self, params: Optional[PreprocessingParams] = None, lanes: Optional[Any] = None) -> None:
+        """Load the cascade named by ``params.face_cascade`` (``lanes`` unused: see the class).
 
         Raises:
             PreprocessingError: the cascade cannot be loaded.

@@ -19,9 +19,11 @@ import cv2
 import numpy as np
 
 from ..modalities import DEPTH_MODALITIES, modality_problem
+from ..parallel import Lanes
 from .alignment import make_aligner, warp_crop
 from .depth import face_depth_crop
 from .detector import Box, FaceDetection, make_detector
+from .facemesh import Region
 from .images import Frame, Image, as_frame
 from .model_input import build_model_input
 from .params import PreprocessingError, PreprocessingParams
@@ -50,6 +52,9 @@ class FaceCrops:
         alignment: which path the roll and framing took: ``"mesh"``,
             ``"keypoints"``, ``"haar_eyes"`` or ``"none"`` (see
             :class:`~cmcnn_ros.preprocessing.alignment.Alignment`).
+        track_region: where FaceMesh should look for this face in the next
+            frame (:attr:`~cmcnn_ros.preprocessing.alignment.Alignment.region`);
+            None off the mesh path.
     """
 
     box: Tuple[int, int, int, int]
@@ -62,6 +67,7 @@ class FaceCrops:
     eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
     detection_score: float = float("nan")
     alignment: str = "none"
+    track_region: Optional[Region] = None
 
 
 def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
@@ -115,19 +121,26 @@ def _check_boxes(boxes: Sequence[Sequence[float]], frame_shape: Tuple[int, int])
 class FacePreprocessor:
     """Frame -> list of :class:`FaceCrops` -> model tensor ``(B, M, S, S)``.
 
-    Not thread-safe (OpenCV cascades and ``last_timings``): one per thread.
+    Not thread-safe (``last_timings``; the Haar path's OpenCV cascades): one
+    caller thread. Within a call, the faces of a frame are aligned and cropped
+    on :attr:`lanes` when the aligner is thread-safe (FaceMesh), and
+    BlazeFace's tiles are searched on them; the results do not depend on the
+    number of lanes.
 
     Attributes:
         params: the preprocessing parameters.
         modalities: channel order of :meth:`to_tensor`.
+        lanes: the threads one frame's independent jobs share (:class:`~cmcnn_ros.parallel.Lanes`).
         last_timings: frame-level milliseconds of the last :meth:`process`
             call (``convert``, ``detect``, ``align``, one key per modality,
-            ``total``), also filled when no face was found.
+            ``total``), also filled when no face was found. The per-face
+            stages are summed over the faces (with several lanes, more than
+            the wall time they took).
     """
 
     def __init__(self, params: Optional[PreprocessingParams] = None,
                  modalities: Sequence[str] = ("grey", "lbp", "depth"),
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, lanes: Optional[Lanes] = None) -> None:
         """Load the cascades and prepare the requested modalities.
 
         Args:
@@ -136,6 +149,7 @@ class FacePreprocessor:
             clock: time source in seconds for the stage timings; wall clock by
                 default, ``time.process_time`` measures CPU cost instead
                 (meaningful on a shared machine, with one OpenCV thread).
+            lanes: threads for one frame's independent jobs (default: one, no thread).
 
         Raises:
             PreprocessingError: bad modalities, params or missing cascades.
@@ -144,7 +158,8 @@ class FacePreprocessor:
             raise PreprocessingError(f"params must be PreprocessingParams, got {type(params).__name__}")
         self.params = params or PreprocessingParams()
         self.modalities = check_modalities(modalities)
-        self.detector = make_detector(self.params)
+        self.lanes = lanes or Lanes(1)
+        self.detector = make_detector(self.params, self.lanes)
         self.aligner = make_aligner(self.params, self.detector.has_keypoints)
         self._texture = TextureImages(self.params, self.modalities)
         self._clock = clock
@@ -167,7 +182,9 @@ class FacePreprocessor:
                 replace detection (ground truth, a dataset's face crops).
             detections: optional detections made by this preprocessor's
                 detector on this frame (a tracker's); they replace detection
-                and keep their keypoints. Ignored when ``boxes`` is given.
+                and keep their keypoints; one that carries an ``alignment``
+                made on this frame is not aligned again. Ignored when
+                ``boxes`` is given.
 
         Returns:
             One :class:`FaceCrops` per face, in detection order (best first)
@@ -200,8 +217,16 @@ class FacePreprocessor:
         for key in ("align",) + self.modalities:
             timings[key] = 0.0
 
-        cropped = (self._crop_face(frame, depth_m, box, det, timings) for box, det in zip(face_boxes, found))
+        jobs = list(zip(face_boxes, found))
+        if self.aligner.thread_safe and len(jobs) > 1:
+            _ = frame.rgb  # FaceMesh reads it: made once here, not raced for by the lanes
+            cropped = self.lanes.map(lambda job: self._crop_face(frame, depth_m, *job), jobs)
+        else:
+            cropped = [self._crop_face(frame, depth_m, *job) for job in jobs]
         faces = [face for face in cropped if face is not None]
+        for face in faces:
+            for key, value in face.timings.items():
+                timings[key] = timings.get(key, 0.0) + value
         timings["total"] = self._ms(t_frame)
         for face in faces:
             face.timings["convert"] = timings["convert"]
@@ -210,19 +235,22 @@ class FacePreprocessor:
         return faces
 
     def _crop_face(self, frame: Frame, depth_m: Optional[np.ndarray], box: Box,
-                   detection: Optional[FaceDetection], frame_timings: Dict[str, float]) -> Optional[FaceCrops]:
-        """The crops of one face; None for a detection the landmarks rejected, at or below the detector's bar."""
+                   detection: Optional[FaceDetection]) -> Optional[FaceCrops]:
+        """One face's alignment and crops (its own timings; no shared state, so lanes may run faces at once);
+        None for a detection the landmarks rejected, at or below the detector's bar."""
         p = self.params
         t: Dict[str, float] = {}
         t0 = self._clock()
-        alignment = self.aligner.align(frame, box, detection)
+        if detection is not None and detection.alignment is not None:
+            alignment = detection.alignment   # the face finder's FaceMesh pass on this frame
+        else:
+            alignment = self.aligner.align(frame, box, detection)
         score = detection.score if detection is not None else float("nan")
         if (detection is not None and alignment.method == "keypoints"
                 and not score > self.detector.keep_unconfirmed_above):
             # The landmark model saw no face where the detector did: a candidate, not a face, unless
             # the detector's own bar says otherwise (why the default drops them all: params.py).
             # Given boxes are faces by the caller's word and never take this branch.
-            frame_timings["align"] = frame_timings.get("align", 0.0) + self._ms(t0)
             logger.debug("dropped the detection at %s: landmarks rejected it and its score %.3f is not above %.3f",
                          box, score, self.detector.keep_unconfirmed_above)
             return None
@@ -243,13 +271,11 @@ class FacePreprocessor:
                 crops[name] = d.image
                 depth_valid, fraction = d.valid, d.valid_fraction
             t[name] = self._ms(t0)
-        for key, value in t.items():
-            frame_timings[key] = frame_timings.get(key, 0.0) + value
         eyes = (alignment.eyes.left, alignment.eyes.right) if alignment.eyes is not None else None
         return FaceCrops(box=tuple(int(v) for v in box), roll=float(alignment.roll),
                          eyes_found=alignment.eyes_found, crops=crops, depth_valid=depth_valid,
                          depth_valid_fraction=fraction, timings=t, eyes=eyes, detection_score=score,
-                         alignment=alignment.method)
+                         alignment=alignment.method, track_region=alignment.region)
 
     def to_tensor(self, faces: Sequence[FaceCrops]) -> np.ndarray:
         """Stack crops into the model input (:func:`~.model_input.build_model_input`, as training does).

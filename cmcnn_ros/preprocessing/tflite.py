@@ -63,37 +63,53 @@ def model_path(name: str) -> Path:
 
 
 class TFLiteModel:
-    """One LiteRT interpreter with single-image inference.
+    """One shipped model on LiteRT, with one interpreter per calling thread.
 
-    Not thread-safe (an interpreter holds its tensors): one per thread, like
-    the OpenCV cascades of the Haar path.
+    An interpreter holds its tensors, so it cannot serve two threads at once;
+    each thread that calls :meth:`run` gets its own (made on its first call,
+    freed with the thread). The recognizer's worker lanes
+    (:class:`cmcnn_ros.parallel.Lanes`) can therefore run the tiles of a
+    detection and the faces of a frame side by side: LiteRT releases the GIL
+    while it computes.
 
     Args:
         name: file name in :data:`MODEL_FILES`.
         num_threads: interpreter threads; one is the predictable choice on a
-            2-core robot computer (two were ~25 % faster but jittered more).
+            2-core robot computer (two were ~25 % faster but jittered more);
+            the lanes are the way to use a second core.
     """
 
     def __init__(self, name: str, num_threads: int = 1) -> None:
-        path = model_path(name)
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError as exc:
-            raise PreprocessingError(
-                "the face detector needs the LiteRT runtime: pip install ai-edge-litert==2.3.0 "
-                f"(requirements.txt), or use detector 'haar' ({exc})") from exc
-        try:
-            self._interp = Interpreter(model_path=str(path), num_threads=int(num_threads))
-            self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise PreprocessingError(f"face model file {path} does not load ({exc}): {_RESTORE_HINT}") from exc
-        inp = self._interp.get_input_details()[0]
+        self.path = model_path(name)
+        self.num_threads = int(num_threads)
+        self.name = name
+        self._local = threading.local()
+        interp = self._interpreter()   # the first one now: a broken file stops start-up here
+        inp = interp.get_input_details()[0]
         self.input_index = int(inp["index"])
         self.input_shape: Tuple[int, ...] = tuple(int(v) for v in inp["shape"])
         # Output order differs between model files: callers pick them by shape.
         self._outputs: List[Tuple[int, Tuple[int, ...]]] = [
-            (int(d["index"]), tuple(int(v) for v in d["shape"])) for d in self._interp.get_output_details()]
-        self.name = name
+            (int(d["index"]), tuple(int(v) for v in d["shape"])) for d in interp.get_output_details()]
+
+    def _interpreter(self):
+        """This thread's interpreter (made on first use)."""
+        interp = getattr(self._local, "interp", None)
+        if interp is None:
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+            except ImportError as exc:
+                raise PreprocessingError(
+                    "the face detector needs the LiteRT runtime: pip install ai-edge-litert==2.3.0 "
+                    f"(requirements.txt), or use detector 'haar' ({exc})") from exc
+            try:
+                interp = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise PreprocessingError(
+                    f"face model file {self.path} does not load ({exc}): {_RESTORE_HINT}") from exc
+            self._local.interp = interp
+        return interp
 
     @property
     def input_size(self) -> int:
@@ -102,9 +118,10 @@ class TFLiteModel:
 
     def run(self, image: np.ndarray) -> List[np.ndarray]:
         """Run on one ``(S, S, 3)`` float32 image; outputs in the model's order."""
-        self._interp.set_tensor(self.input_index, image[None].astype(np.float32, copy=False))
-        self._interp.invoke()
-        return [self._interp.get_tensor(i) for i, _ in self._outputs]
+        interp = self._interpreter()
+        interp.set_tensor(self.input_index, image[None].astype(np.float32, copy=False))
+        interp.invoke()
+        return [interp.get_tensor(i) for i, _ in self._outputs]
 
     def output_with_size(self, outputs: List[np.ndarray], size: int) -> np.ndarray:
         """The output whose last dimension is ``size``."""

@@ -88,12 +88,18 @@ class PipelineStats:
             self.faces = 0
             self.faces_skipped = 0
             self.last_error = ""
+            self.stages: Dict[str, LatencyWindow] = {}
 
     def on_pair(self, dropped: bool) -> None:
         with self._lock:
             self.pairs += 1
             self.dropped += int(dropped)
             self.input_rate.tick()
+
+    def on_dropped(self) -> None:
+        """A prepared frame replaced before the publishing stage took it (counted with the dropped pairs)."""
+        with self._lock:
+            self.dropped += 1
 
     def on_processed(self, latency_ms: float, processing_ms: float, faces: int) -> None:
         with self._lock:
@@ -102,6 +108,12 @@ class PipelineStats:
             self.processed_rate.tick()
             self.latency.add(latency_ms)
             self.processing.add(processing_ms)
+
+    def on_stages(self, timings: Dict[str, float]) -> None:
+        """Milliseconds of each stage of one published frame (decode, detect, align, ..., publish)."""
+        with self._lock:
+            for name, ms in timings.items():
+                self.stages.setdefault(name, LatencyWindow()).add(ms)
 
     def on_bad(self, reason: str) -> None:
         with self._lock:
@@ -137,6 +149,8 @@ class PipelineStats:
                 "faces published": str(self.faces),
                 "followed faces skipped": str(self.faces_skipped),
                 "last bad message": self.last_error,
+                "stage p50 (ms)": ", ".join(f"{name} {window.percentiles((50,))[0]:.1f}"
+                                            for name, window in self.stages.items() if window.percentiles()),
             }
 
 

@@ -35,6 +35,14 @@ transitions itself.
 Never a backlog: the sync callback only puts the newest pair into a one-slot
 mailbox (:class:`cmcnn_ros.ros.sync.LatestSlot`); a worker thread processes
 the newest pair when it is free, so overwritten pairs are dropped and counted.
+With ``pipeline`` (default) there are two workers and two such mailboxes:
+``fer_prepare`` converts the newest pair and finds, aligns and crops its faces
+(:meth:`ExpressionStream.prepare`, its independent jobs on
+``preprocessing_threads`` lanes) while ``fer_publish`` runs the network, the
+tracks and the publishing of the frame before
+(:meth:`ExpressionStream.finish`); a prepared frame the second stage has not
+taken when the next one is ready is dropped and counted too. Deactivation,
+cleanup and shutdown end every thread the node started.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -58,8 +66,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from cmcnn_ros.device import DeviceError, resolve_device
-from cmcnn_ros.inference.recognizer import NonFiniteScoresError
-from cmcnn_ros.inference.stream import ExpressionStream
+from cmcnn_ros.inference.backends import BackendError
+from cmcnn_ros.inference.recognizer import NonFiniteScoresError, PreparedFrame
+from cmcnn_ros.inference.stream import ExpressionStream, StreamResult
 from cmcnn_ros.inference.tracking import TrackingError
 from cmcnn_ros.preprocessing.params import PreprocessingError
 from cmcnn_ros.ros import conversions, messages
@@ -76,6 +85,18 @@ from cmcnn_ros.ros.sync import FollowSync, LatestSlot, SyncMonitor, ros_stamp_ns
 RESULT_QOS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                         reliability=QoSReliabilityPolicy.RELIABLE,
                         durability=QoSDurabilityPolicy.VOLATILE)
+
+
+class _Prepared(NamedTuple):
+    """A frame between the two stages: its faces cropped, and what publishing it needs."""
+
+    header: Any
+    colour: Any            # the decoded image, for the debug image
+    stamp: int             # colour stamp (ns)
+    started: float         # time.monotonic() when its processing began
+    frame: Optional[PreparedFrame]   # None when the faces came from ROS4HRI (already recognised)
+    decode_ms: float       # converting the two messages to arrays
+    result: Optional[StreamResult] = None   # face_source ros4hri: recognised in the first stage
 
 
 class FerNode(LifecycleNode):
@@ -103,10 +124,12 @@ class FerNode(LifecycleNode):
         self._stats = PipelineStats()
         self._throttle = LogThrottle()
         self._slot: LatestSlot[Tuple[Any, Optional[Any]]] = LatestSlot()
+        self._prepared: LatestSlot[_Prepared] = LatestSlot()   # between the pipeline's stages
         self._topics: Tuple[Optional[str], ...] = (None, None)
         self._stream: Optional[ExpressionStream] = None   # once configured
         self._model_path = ""
         self._device = ""
+        self._backend = ""
         self._emotions_pub: Any = None
         self._debug_pub: Any = None
         self._hri = HriPublisher(self)
@@ -119,7 +142,8 @@ class FerNode(LifecycleNode):
         self._sync: Any = None
         self._sync_backend = ""
         self._monitor: Optional[SyncMonitor] = None
-        self._worker: Optional[threading.Thread] = None
+        self._threads: List[threading.Thread] = []
+        self._pipeline = ""
         self._running = threading.Event()
         self._warn_timer: Any = None
         self._last_sync_warning = -math.inf
@@ -219,11 +243,12 @@ class FerNode(LifecycleNode):
         self._face_source = str(cfg["face_source"])
         self._model_path = str(path)
         self._device = str(stream.recognizer.device)
+        self._backend = stream.recognizer.backend.description
         self._emotions_pub = self.create_lifecycle_publisher(EmotionArray, "~/emotions", RESULT_QOS)
         if cfg["publish_debug_image"]:
             self._debug_pub = self.create_lifecycle_publisher(Image, "~/debug_image", qos_profile_sensor_data)
         self._state_label = "inactive"
-        self.get_logger().info(f"configured: model {self._model_path} on {self._device}, "
+        self.get_logger().info(f"configured: model {self._model_path} on {self._device} ({self._backend}), "
                                f"classes {stream.class_names}, image decoding {conversions.backend_name()}, "
                                f"faces from {self._face_source}")
         return TransitionCallbackReturn.SUCCESS
@@ -241,9 +266,14 @@ class FerNode(LifecycleNode):
                 str(path), device=cfg["device"], num_threads=cfg["num_threads"] or None,
                 redetect_interval=cfg["redetect_interval"], iou_threshold=cfg["tracking_iou_threshold"],
                 max_missed=cfg["tracking_max_missed"], smoothing=cfg["score_smoothing"],
-                min_confidence=cfg["min_confidence"])
+                min_confidence=cfg["min_confidence"],
+                backend=cfg["inference_backend"], preprocessing_threads=cfg["preprocessing_threads"],
+                landmark_tracking=cfg["landmark_tracking"])
         except TrackingError:
             raise
+        except BackendError as exc:  # e.g. onnxruntime asked for and not installed
+            raise FerConfigError(f"parameter inference_backend {cfg['inference_backend']!r}: {exc}; "
+                                 "set inference_backend to auto or torch") from exc
         except PreprocessingError as exc:  # e.g. a missing or corrupt face-detector model file
             raise FerConfigError(f"cannot start the face detector for {str(path)!r}: {exc}") from exc
         except ValueError as exc:  # CheckpointError and friends
@@ -259,11 +289,8 @@ class FerNode(LifecycleNode):
             self.get_logger().error(f"activate failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self._stats.reset()
-        self._slot = LatestSlot()
         self._last_sync_warning = -math.inf
-        self._running.set()
-        self._worker = threading.Thread(target=self._work, name="fer_worker", daemon=True)
-        self._worker.start()
+        self._start_threads(bool(cfg["pipeline"]))
         self._subscribe(cfg)
         self._warn_timer = self.create_timer(0.5, self._check_sync)
         self._state_label = "active"
@@ -272,7 +299,8 @@ class FerNode(LifecycleNode):
             described.append("depth (none)")
         if self._follow is not None:
             described.append(f"faces from {HRI_TRACKED_TOPIC} and /humans/faces/<id>/roi")
-        self.get_logger().info(f"active: {', '.join(described)}, sync {cfg['sync_policy']} via {self._sync_backend}")
+        self.get_logger().info(f"active: {', '.join(described)}, sync {cfg['sync_policy']} via {self._sync_backend}, "
+                               f"{self._pipeline}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -304,7 +332,10 @@ class FerNode(LifecycleNode):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
                 setattr(self, attr, None)
+        if self._stream is not None:
+            self._stream.stop_threads()
         self._stream = None
+        self._backend = ""
 
     # ---------------------------------------------------------------- input
     def _subscribe(self, cfg: Dict[str, Any]) -> None:
@@ -383,75 +414,137 @@ class FerNode(LifecycleNode):
         self._subs, self._sync, self._monitor, self._inputs, self._follow = [], None, None, [], None
         self._running.clear()
         self._slot.close()
-        if self._worker is not None:
-            self._worker.join(timeout=10.0)
-            self._worker = None
+        self._prepared.close()
+        for thread in self._threads:
+            thread.join(timeout=10.0)
+        self._threads = []
         self._slot.clear()
+        self._prepared.clear()
         # Paused: no face is tracked any more (the topics say so), and faces seen
         # before the pause need a full detection.
         if self._hri.active:
             self._hri.pause(Header(stamp=self.get_clock().now().to_msg()), can_publish=self.context.ok())
         if self._stream is not None:
             self._stream.reset()
+            self._stream.stop_threads()   # the preprocessing's lanes: no thread outlives activity
 
     # ---------------------------------------------------------------- processing
-    def _work(self) -> None:
-        slot = self._slot
+    def _start_threads(self, pipeline: bool) -> None:
+        """The worker(s): two pipeline stages, or one thread doing both (``pipeline: false``)."""
+        self._slot, self._prepared = LatestSlot(), LatestSlot()
+        self._running.set()
+        if pipeline:
+            loops = [("fer_prepare", self._prepare_loop), ("fer_publish", self._publish_loop)]
+            self._pipeline = "pipeline: fer_prepare (detect, align, crop) | fer_publish (network, publish)"
+        else:
+            loops = [("fer_worker", self._serial_loop)]
+            self._pipeline = "one worker thread"
+        lanes = self._stream.recognizer.preprocessor.lanes.count if self._stream is not None else 1
+        self._pipeline += f", {lanes} preprocessing lane{'s' if lanes > 1 else ''}"
+        self._threads = [threading.Thread(target=loop, name=name, daemon=True) for name, loop in loops]
+        for thread in self._threads:
+            thread.start()
+
+    def _serial_loop(self) -> None:
         while self._running.is_set():
-            pair = slot.take(timeout=0.2)
+            pair = self._slot.take(timeout=0.2)
+            if pair is not None:
+                self._guarded(self._process, *pair)
+
+    def _prepare_loop(self) -> None:
+        while self._running.is_set():
+            pair = self._slot.take(timeout=0.2)
             if pair is None:
                 continue
-            try:
-                self._process(*pair)
-            except Exception as exc:
-                self._stats.on_bad(f"{type(exc).__name__}: {exc}")
-                self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
+            job = self._guarded(self._prepare, *pair)
+            if job is not None and self._prepared.put(job):
+                self._stats.on_dropped()   # the publishing stage had not taken the one before
+
+    def _publish_loop(self) -> None:
+        while self._running.is_set():
+            job = self._prepared.take(timeout=0.2)
+            if job is not None:
+                self._guarded(self._publish, job)
+
+    def _guarded(self, step: Callable[..., Any], *args: Any) -> Any:
+        """``step(*args)``; an unexpected exception skips the frame (logged, counted) and the loop goes on."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            self._stats.on_bad(f"{type(exc).__name__}: {exc}")
+            self._log_throttled("error", f"frame skipped, unexpected {type(exc).__name__}: {exc}")
+            return None
 
     def _process(self, colour_msg: Any, depth_msg: Optional[Any], tracked: Optional[Any] = None) -> None:
+        """Both stages for one pair, on the calling thread (``pipeline: false``, tests)."""
+        job = self._prepare(colour_msg, depth_msg, tracked)
+        if job is not None:
+            self._publish(job)
+
+    def _prepare(self, colour_msg: Any, depth_msg: Optional[Any],
+                 tracked: Optional[Any] = None) -> Optional[_Prepared]:
+        """Stage 1: decode the pair, find, align and crop its faces; None for a bad frame (logged, counted)."""
         t0 = time.monotonic()
         stamp = ros_stamp_ns(colour_msg)
         if stamp == 0:
             self._stats.on_zero_stamp()
         try:
             colour, depth = conversions.frame_pair(colour_msg, depth_msg, self._topics[:2])
+            decode_ms = (time.monotonic() - t0) * 1e3
             if tracked is None:
-                result = self._stream.process(colour, depth, depth_scale=1.0)
-            else:  # face_source ros4hri: the detector's faces of this image, under its ids
+                frame, result = self._stream.prepare(colour, depth, depth_scale=1.0), None
+            else:  # face_source ros4hri: the detector's faces of this image, under its ids, in one stage
                 faces, ids, skipped = self._hri_input.faces_for(tracked, colour_msg.header, colour.shape[:2],
                                                                 float(self._param("sync_slop")))
                 self._stats.on_faces_skipped(skipped)
-                result = self._stream.process_faces(colour, faces, ids, depth, depth_scale=1.0)
+                frame, result = None, self._stream.process_faces(colour, faces, ids, depth, depth_scale=1.0)
         except NonFiniteScoresError as exc:  # never publish a NaN/inf score
             reason = str(exc)
             self._stats.on_bad(reason)
             self._log_throttled("error", f"skipping frame (stamp {stamp / 1e9:.3f}): {reason}", detail=reason)
-            return
+            return None
         except ValueError as exc:  # ImageConversionError, RecognizerError
             reason = str(exc)
             self._stats.on_bad(reason)
             self._log_throttled("warning", f"skipping bad frame (stamp {stamp / 1e9:.3f}): {reason}",
                                 detail=reason)
+            return None
+        return _Prepared(colour_msg.header, colour, stamp, t0, frame, decode_ms, result)
+
+    def _publish(self, job: _Prepared) -> None:
+        """Stage 2: the network, tracks and smoothing of a prepared frame, then its messages."""
+        try:
+            result = job.result if job.result is not None else self._stream.finish(job.frame)
+        except NonFiniteScoresError as exc:  # never publish a NaN/inf score
+            reason = str(exc)
+            self._stats.on_bad(reason)
+            self._log_throttled("error", f"skipping frame (stamp {job.stamp / 1e9:.3f}): {reason}", detail=reason)
             return
         class_names = self._stream.class_names
-        msg = messages.emotion_array(colour_msg.header, class_names, result.faces)
+        t0 = time.monotonic()
+        msg = messages.emotion_array(job.header, class_names, result.faces)
+        t1 = time.monotonic()
         pub = self._emotions_pub
         if pub is None or not self._running.is_set():
             return
         pub.publish(msg)
-        processing_ms = (time.monotonic() - t0) * 1e3
-        latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6 if stamp else processing_ms
+        t2 = time.monotonic()
+        processing_ms = (t2 - job.started) * 1e3
+        latency_ms = (self.get_clock().now().nanoseconds - job.stamp) / 1e6 if job.stamp else processing_ms
         self._stats.on_processed(latency_ms, processing_ms, len(result.faces))
+        self._stats.on_stages(_stage_times(job.decode_ms, result.timings, (t1 - t0) * 1e3, (t2 - t1) * 1e3))
         if self._param("publish_hri"):
             self._hri.publish(msg.header, result.faces, result.tracked_ids,
                               publish_tracked=self._face_source == "own")
         if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
-            self._debug_pub.publish(messages.debug_image(colour_msg.header, colour, class_names, result.faces))
+            self._debug_pub.publish(messages.debug_image(job.header, job.colour, class_names, result.faces))
 
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         kv = {"lifecycle state": self._state_label, "model path": self._model_path or "(not loaded)",
               "face source": self._face_source,
-              "device": self._device or "(not loaded)", "sync": self._sync_backend or "(inactive)",
+              "device": self._device or "(not loaded)", "inference backend": self._backend or "(not loaded)",
+              "threads": self._pipeline or "(inactive)", "sync": self._sync_backend or "(inactive)",
               "inputs": ", ".join(f"{i.kind} {i.transport}" for i in self._inputs) or "(inactive)",
               "image decoding": conversions.backend_name(),
               "cv_bridge fallbacks": str(conversions.bridge_fallbacks())}
@@ -474,6 +567,15 @@ class FerNode(LifecycleNode):
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
+
+
+def _stage_times(decode_ms: float, timings: Dict[str, float], message_ms: float,
+                 publish_ms: float) -> Dict[str, float]:
+    """The profile of one frame, in pipeline order; per-face stages are summed over the faces."""
+    crops = sum(v for k, v in timings.items() if k not in ("convert", "detect", "align", "preprocess", "network",
+                                                            "total"))
+    return {"decode": decode_ms, "detect": timings.get("detect", 0.0), "align": timings.get("align", 0.0),
+            "crops": crops, "network": timings.get("network", 0.0), "message": message_ms, "publish": publish_ms}
 
 
 def _fatal(text: str) -> None:

@@ -21,8 +21,10 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange
 from cmcnn_ros import resources
 from cmcnn_ros.device import DEVICE_CHOICES_TEXT, DEVICE_PATTERN
 from cmcnn_ros.inference.stream import DEFAULT_MIN_CONFIDENCE
+from cmcnn_ros.inference.backends import BACKENDS, DEFAULT_BACKEND
 from cmcnn_ros.inference.tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL,
                                           DEFAULT_SMOOTHING)
+from cmcnn_ros.parallel import DEFAULT_LANES, MAX_LANES
 from cmcnn_ros.ros.compressed import COLOUR_TRANSPORTS, DEPTH_TRANSPORTS
 from cmcnn_ros.ros.sync import DEFAULT_QUEUE_SIZE, DEFAULT_SLOP_S
 
@@ -39,7 +41,8 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                        "installed share directory, else from the source checkout. Read on configure.", {}),
     "device": ("auto", "Torch device: auto (CUDA when available, else CPU), cpu, cuda or cuda:N. "
                        "Read on configure.", {}),
-    "num_threads": (0, "Torch CPU threads; 0 keeps the library default. Read on configure.",
+    "num_threads": (0, "CPU threads of the network (torch's, or ONNX Runtime's intra-op threads); 0 keeps the "
+                       "library default. Read on configure.",
                     {"integer_range": [IntegerRange(from_value=0, to_value=256, step=1)]}),
     "face_source": ("own", "Where faces come from. own: the node detects and tracks them and publishes its own "
                            "/humans/faces/tracked. ros4hri: behind a ROS4HRI face detector (e.g. hri_face_detect, "
@@ -47,6 +50,25 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                            "and /humans/faces/<id>/roi, expressions under those ids, no tracked list of its own "
                            "(needs hri_msgs). Read on configure.",
                     {"additional_constraints": "one of: " + ", ".join(FACE_SOURCES)}),
+    "inference_backend": (DEFAULT_BACKEND,
+                          "What runs the network: onnxruntime (the checkpoint exported to ONNX at configure, "
+                          "cached by its hash; CUDA provider for device cuda), torch (PyTorch, BatchNorm folded), "
+                          "or auto: onnxruntime when installed and usable for the device, else torch. Same "
+                          "scores to 1e-4. Read on configure.",
+                          {"additional_constraints": "one of: " + ", ".join(BACKENDS)}),
+    "preprocessing_threads": (DEFAULT_LANES,
+                              "Threads that share one frame's independent jobs: the whole-frame and tile passes "
+                              "of a full face detection, and each face's landmarks and crops. Same results for "
+                              "any number. Read on configure.",
+                              {"integer_range": [IntegerRange(from_value=1, to_value=MAX_LANES, step=1)]}),
+    "landmark_tracking": (False, "Between full detections, follow each face with FaceMesh on the region its "
+                                 "previous landmarks give (one landmark run per face) instead of searching around "
+                                 "it with the face detector and aligning it again (one detector and one or two "
+                                 "landmark runs). Cheaper with many faces; the crops differ slightly. Read on "
+                                 "configure.", {}),
+    "pipeline": (True, "Two worker threads: one finds, aligns and crops the faces of the newest frame while the "
+                       "other runs the network and publishes the frame before (stale frames are dropped, never "
+                       "queued). false: one thread does both. Read on activate.", {}),
     "redetect_interval": (DEFAULT_REDETECT_INTERVAL,
                           "Frames between full-frame face detections; in between, each tracked face "
                           "is searched for only around its last box (much cheaper). New faces appear "
@@ -111,6 +133,7 @@ CHOICES: Dict[str, Tuple[str, str]] = {
     "colour_transport": ("|".join(COLOUR_TRANSPORTS), " or ".join(repr(t) for t in COLOUR_TRANSPORTS)),
     "depth_transport": ("|".join(DEPTH_TRANSPORTS), " or ".join(repr(t) for t in DEPTH_TRANSPORTS)),
     "device": (DEVICE_PATTERN, DEVICE_CHOICES_TEXT),
+    "inference_backend": ("|".join(BACKENDS), " or ".join(repr(b) for b in BACKENDS)),
 }
 # Overrides rclpy itself declares on every node.
 RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")

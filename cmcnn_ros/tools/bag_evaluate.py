@@ -38,6 +38,7 @@ import numpy as np
 
 from cmcnn_ros import resources
 from cmcnn_ros.atomic_io import write_json_atomic
+from cmcnn_ros.inference.backends import BACKENDS, DEFAULT_BACKEND
 from cmcnn_ros.inference.tracking import DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING
 from cmcnn_ros.ros.sync import DEFAULT_SLOP_S
 from cmcnn_ros.tools import configure_logging
@@ -235,13 +236,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="per-face EMA weight of the previous scores, as the node's score_smoothing "
                         "(default: the node's, %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                   help="what runs the network, as the node's inference_backend (default: the node's, %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def load_stream(weights: Optional[Path], device: str = "auto", num_threads: Optional[int] = None,
-                redetect_interval: int = DEFAULT_REDETECT_INTERVAL, smoothing: float = DEFAULT_SMOOTHING) -> Any:
+                redetect_interval: int = DEFAULT_REDETECT_INTERVAL, smoothing: float = DEFAULT_SMOOTHING,
+                backend: str = DEFAULT_BACKEND) -> Any:
     """The node's :class:`~cmcnn_ros.inference.stream.ExpressionStream` over ``weights`` (None: the default).
 
     Raises:
@@ -256,7 +260,7 @@ def load_stream(weights: Optional[Path], device: str = "auto", num_threads: Opti
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from None
     return ExpressionStream.from_checkpoint(path, device=device, num_threads=num_threads,
-                                            redetect_interval=redetect_interval, smoothing=smoothing)
+                                            redetect_interval=redetect_interval, smoothing=smoothing, backend=backend)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -264,7 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging(args.verbose)
     try:
-        stream = load_stream(args.weights, args.device, args.threads, args.redetect_interval, args.score_smoothing)
+        stream = load_stream(args.weights, args.device, args.threads, args.redetect_interval, args.score_smoothing,
+                             args.backend)
         opts = EvaluateOptions(colour_topic=args.colour_topic, depth_topic=args.depth_topic,
                                labels_topic=args.labels_topic, use_depth=not args.no_depth, slop_s=args.slop,
                                iou_threshold=args.iou, gt_boxes=args.gt_boxes, max_frames=args.max_frames,

@@ -40,6 +40,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "without one only detection and alignment run")
     parser.add_argument("--no-model", action="store_true", help="run the preprocessing only")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    # Not argparse choices: naming them would import torch for every call, --no-model too;
+    # a wrong name is refused in one line by the recognizer.
+    parser.add_argument("--backend", default=None,
+                        help="what runs the network: auto (the default: ONNX Runtime when installed, else torch), "
+                             "torch or onnxruntime")
     parser.add_argument("--annotate", type=Path, default=None, help="write the image with boxes and labels here")
     parser.add_argument("--verbose", action="store_true", help="log timings")
     return parser
@@ -63,7 +68,8 @@ def run(args: argparse.Namespace) -> List[dict]:
     if checkpoint is not None and not args.no_model:
         from ..inference.recognizer import Recognizer  # torch model only when needed
 
-        recognizer = Recognizer.from_checkpoint(checkpoint, device=args.device)
+        chosen = {"backend": args.backend} if args.backend else {}   # else the recognizer's default
+        recognizer = Recognizer.from_checkpoint(checkpoint, device=args.device, **chosen)
         result = recognizer.recognize(colour, depth, depth_scale=args.depth_scale)
         logger.info("timings (ms): %s", {k: round(v, 1) for k, v in result.timings.items()})
         faces = [dict(f.to_dict(), classes=recognizer.class_names) for f in result.faces]

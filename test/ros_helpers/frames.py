@@ -40,7 +40,7 @@ FIVE_POSITIONS = ((0, 0), (213, 0), (426, 0), (100, 240), (320, 240))
 
 
 def photo_frame(n_faces: int, seed: int = 0, jitter: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """One 640x480 frame with 0, 1 or 5 copies of the astronaut's face.
+    """One 640x480 frame with 0, 1, 3 or 5 copies of the astronaut's face (3: the top row of 5).
 
     Returns:
         ``(bgr uint8 HxWx3, depth uint16 HxW mm)``; the faces are 0.8 m away
@@ -55,11 +55,11 @@ def photo_frame(n_faces: int, seed: int = 0, jitter: int = 0) -> Tuple[np.ndarra
     img = _astronaut()
     if n_faces == 1:
         patches = [(img[0:H], 60 + jitter, 0)]
-    elif n_faces == 5:
+    elif n_faces in (3, 5):
         face = cv2.resize(img[0:240, 100:340], None, fx=0.9, fy=0.9, interpolation=cv2.INTER_AREA)
-        patches = [(face, x + jitter, y) for x, y in FIVE_POSITIONS]
+        patches = [(face, x + jitter, y) for x, y in FIVE_POSITIONS[:n_faces]]
     else:
-        raise ValueError(f"n_faces must be 0, 1 or 5, got {n_faces}")
+        raise ValueError(f"n_faces must be 0, 1, 3 or 5, got {n_faces}")
     for patch, x, y in patches:
         hh, ww = min(patch.shape[0], H - y), min(patch.shape[1], W - x)
         colour[y:y + hh, x:x + ww] = patch[:hh, :ww]
@@ -95,7 +95,7 @@ def synthetic_frames(count: int, seed: int = 0) -> Optional[Tuple[np.ndarray, np
 
 
 def build_frames(path: Path, kind: str = "one", count: int = 6) -> Path:
-    """Write frames of ``kind`` ("one", "five", "none", "synthetic") to ``path`` (.npz).
+    """Write frames of ``kind`` ("one", "three", "five", "none", "synthetic") to ``path`` (.npz).
 
     The file holds ``colour (N,H,W,3) uint8``, ``depth (N,H,W) uint16 mm`` and
     ``labels (N,)`` str. Written atomically.
@@ -107,7 +107,7 @@ def build_frames(path: Path, kind: str = "one", count: int = 6) -> Path:
             raise RuntimeError("synthetic renderer not available")
         colour, depth, labels = out
     else:
-        n = {"one": 1, "five": 5, "none": 0}[kind]
+        n = {"one": 1, "three": 3, "five": 5, "none": 0}[kind]
         pairs = [photo_frame(n, seed=i, jitter=(2 * i) % 10) for i in range(count)]
         colour = np.stack([p[0] for p in pairs])
         depth = np.stack([p[1] for p in pairs])
