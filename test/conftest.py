@@ -177,6 +177,10 @@ def start_python_snippet(code: str, env: Dict[str, str]) -> subprocess.Popen:
 # not even collected when the -m expression leaves `ros` out) or the names of
 # its tests that need ROS (the others run in both).
 ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
+    # the node's worker threads and lanes, started and stopped through its lifecycle
+    "test_node_threads.py": None,
+    # a subprocess with the env file's environment (run_python) to hide onnxruntime
+    "test_backends.py": frozenset({"test_without_onnxruntime_auto_runs_torch_and_onnxruntime_says_what_to_install"}),
     # colcon build over the Kilted wheels, then the built node runs
     "test_colcon_build.py": None,
     # the demo end to end (node and replayer processes on DDS), and the runtime
