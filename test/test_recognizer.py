@@ -171,9 +171,11 @@ def _shifted(frame: np.ndarray, dx: int) -> np.ndarray:
     return np.roll(frame, dx, axis=1)
 
 
-def test_face_finder_tracks_between_full_detections(checkpoint, astronaut_frame):
-    """Between full detections FaceMesh follows the face on its previous landmarks: one mesh run a frame."""
-    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=4)
+@pytest.mark.parametrize("landmark_tracking", [False, True])
+def test_face_finder_tracks_between_full_detections(checkpoint, astronaut_frame, landmark_tracking):
+    """Between full detections the detector searches around the face (default), or FaceMesh follows it."""
+    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", redetect_interval=4,
+                                     landmark_tracking=landmark_tracking)
     full = Recognizer.from_checkpoint(checkpoint, device="cpu")
     calls = {"full": 0, "roi": 0, "mesh": 0}
     detect = rec.face_finder.detector.detect
@@ -193,20 +195,24 @@ def test_face_finder_tracks_between_full_detections(checkpoint, astronaut_frame)
     for step in range(8):
         frame = _shifted(astronaut_frame, 3 * step)
         before = calls["mesh"]
-        result = rec.recognize(frame, None)
+        tracked = rec.recognize(frame, None).faces
         meshes_per_frame.append(calls["mesh"] - before)
-        tracked = result.faces
         reference = full.recognize(frame, None).faces
         assert len(tracked) == 1 and len(reference) >= 1
         assert tracked[0].alignment == "mesh"
         tx, ty, tw, th = tracked[0].box
         rx, ry, rw, rh = reference[0].box
-        # following the landmarks lands on the same face as a full detection
+        # the local search lands on the same face as a full detection
         assert abs((tx + tw / 2) - (rx + rw / 2)) < 0.2 * rw and abs(tw - rw) < 0.3 * rw
-    assert calls["full"] == 2 and calls["roi"] == 0  # frames 0 and 4 run the full detector, the mesh the rest
-    # A face that moved 3 px is where its landmarks said: one mesh pass (the region is trusted).
-    assert [meshes_per_frame[i] for i in (1, 2, 3, 5, 6, 7)] == [1] * 6
-    assert all(1 <= meshes_per_frame[i] <= 2 for i in (0, 4))
+    assert calls["full"] == 2  # frames 0 and 4 run the full detector
+    assert all(1 <= n <= 2 for n in meshes_per_frame)
+    if landmark_tracking:
+        # The mesh follows the face: no detector search; a face that moved 3 px is where its
+        # landmarks said, so one mesh pass (the region is trusted).
+        assert calls["roi"] == 0
+        assert [meshes_per_frame[i] for i in (1, 2, 3, 5, 6, 7)] == [1] * 6
+    else:
+        assert calls["roi"] == 6
 
 
 def test_face_finder_redetects_after_losing_a_face(checkpoint, astronaut_frame):
