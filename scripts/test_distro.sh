@@ -34,56 +34,11 @@ FILTERED="$VENV/requirements-filtered.txt"
 FILTERED_OVERRIDES="$VENV/requirements-overrides-filtered.txt"
 DISTRO_REQS="$ROOT/requirements-distro.txt"
 
-CURRENT_STEP="start"
-CURRENT_HINT=""
-CURRENT_LOG=""
-
-say() { printf '[test-distro] %s\n' "$*"; }
-
-fail() {
-  # fail MESSAGE [HINT]: stop with the step name and what to do.
-  printf '\n[test-distro] ERROR in step "%s": %s\n' "$CURRENT_STEP" "$1" >&2
-  if [[ -n "${2:-}" ]]; then printf '[test-distro] What to do: %s\n' "$2" >&2; fi
-  exit 1
-}
-
-on_error() {
-  local rc=$?
-  trap - ERR
-  printf '\n[test-distro] ERROR in step "%s" (exit code %s).\n' "$CURRENT_STEP" "$rc" >&2
-  if [[ -n "$CURRENT_LOG" && -f "$CURRENT_LOG" ]]; then
-    printf '[test-distro] Last lines of %s:\n' "$CURRENT_LOG" >&2
-    tail -n 25 "$CURRENT_LOG" | sed 's/^/    /' >&2
-  fi
-  if [[ -n "$CURRENT_HINT" ]]; then printf '[test-distro] What to do: %s\n' "$CURRENT_HINT" >&2; fi
-  printf '[test-distro] Nothing half-installed is marked as done; fix the cause and run `make test-distro` again.\n' >&2
-  exit "$rc"
-}
-trap on_error ERR
-
-step() {
-  # step NAME HINT: name the step that runs next and what to do if it fails.
-  CURRENT_STEP="$1"
-  CURRENT_HINT="${2:-}"
-  CURRENT_LOG=""
-}
-
-run_logged() {
-  # run_logged LOGNAME CMD...: run quietly into .venv-distro/logs/LOGNAME.log;
-  # on failure the ERR trap prints the log's tail.
-  CURRENT_LOG="$LOGS/$1.log"
-  shift
-  "$@" >"$CURRENT_LOG" 2>&1
-}
-
-hash_files() {
-  # sha256 over the names and contents of the given files (missing ones count).
-  local f
-  for f in "$@"; do
-    printf '%s\n' "${f#"$ROOT"/}"
-    if [[ -f "$f" ]]; then sha256sum <"$f"; else echo missing; fi
-  done | sha256sum | cut -d' ' -f1
-}
+STEP_TAG="test-distro"
+STEP_RERUN="make test-distro"
+# say, fail, step, run_logged, hash_files and the ERR trap, shared with the
+# other script (scripts/steps.sh).
+. "$ROOT/scripts/steps.sh"
 
 # One install at a time per checkout (parallel runs would race on the venv).
 # The lock is on this script, which always exists, so removing .venv-distro
