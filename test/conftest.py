@@ -177,6 +177,8 @@ def start_python_snippet(code: str, env: Dict[str, str]) -> subprocess.Popen:
 # not even collected when the -m expression leaves `ros` out) or the names of
 # its tests that need ROS (the others run in both).
 ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
+    # the ROS4HRI input's helpers import the node's ROS side (rclpy)
+    "test_hri_input.py": None,
     # the node's worker threads and lanes, started and stopped through its lifecycle
     "test_node_threads.py": None,
     # a subprocess with the env file's environment (run_python) to hide onnxruntime
