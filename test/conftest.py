@@ -221,7 +221,8 @@ ROS_TESTS: Dict[str, Optional[FrozenSet[str]]] = {
                                      "test_missing_default_model_is_a_clear_error",
                                      "test_absolute_model_path", "test_node_key_matching_agrees_with_rclpy",
                                      "test_numeric_parameters_have_range_descriptors",
-                                     "test_transport_parameters_take_image_transport_names"}),
+                                     "test_transport_parameters_take_image_transport_names",
+                                     "test_face_source_and_min_confidence_are_declared_with_their_choices_and_range"}),
     # the node's declared defaults (cmcnn_ros.ros.parameters) against the ROS-free ones
     "test_stream.py": frozenset({"test_stream_defaults_are_the_nodes"}),
     "test_sync.py": frozenset({"test_sync_defaults_shared_by_node_and_bag_tools"}),
