@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fer-python", default="/tmp/fer_venv/bin/python", help="python of a venv with fer")
     ap.add_argument("--make-fer-venv", type=Path, help="create that venv here first (pinned, from PyPI)")
     ap.add_argument("--baseline", metavar="REV", help="also time the recognizer of this git revision")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=INT",
+                    help="also time this checkout's recognizer with this argument, e.g. preprocessing_threads=1")
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "cmcnn_default.pt")
     ap.add_argument("--frames", nargs="+", default=["grace_hopper", "astronauts5"])
     ap.add_argument("--rounds", type=int, default=10)
@@ -135,6 +137,8 @@ def main(argv=None) -> int:
     workers: List[Worker] = []
     try:
         workers.append(Worker("cmcnn_ros", sys.executable, ["--kind", "cmcnn"] + common))
+        for option in args.variant:
+            workers.append(Worker(f"cmcnn_ros {option}", sys.executable, ["--kind", "cmcnn", "--option", option] + common))
         if args.baseline:
             tree = work / "baseline"
             tree.mkdir()

@@ -13,7 +13,13 @@ at batch 1 and 5 under ``torch.inference_mode()`` with
 ``compile``       fused_cl through ``torch.compile`` (inductor; compiled in the warm-up);
 ``onnxruntime``   the ONNX export of ``predict_proba`` on ONNX Runtime, ``--threads``
                   intra-op threads (what the recognizer runs: ``inference/backends.py``;
-                  its time includes the softmax the others leave out).
+                  its time includes the softmax the others leave out). Time it in its
+                  own invocation (``--variants onnxruntime``): after every torch call
+                  torch's OpenMP workers spin-wait on the cores for a while, which
+                  ONNX Runtime's threads would otherwise compete with.
+
+``--presets weights`` is the shipped network (``models/cmcnn_default.pt``,
+48 px crops): what the node runs. The other presets are built at 148 px.
 
 The variants are run round-robin (one call of each per round) so that load
 from other processes on a shared machine hits them alike: compare ratios
@@ -128,13 +134,21 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     """Run the benchmark described by parsed arguments; returns the JSON-able result."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    configs = {name: preset_config(name, modalities=MODALITIES) for name in args.presets}
+    shipped = {}
+    if "weights" in args.presets:
+        # The shipped network (48 px crops): what the node runs, not a 148 px preset.
+        from cmcnn_ros.model.checkpoint import load_checkpoint
+        from cmcnn_ros.resources import find_checkpoint
+
+        shipped["weights"] = load_checkpoint(find_checkpoint(None)).model.eval()
+    configs = {name: (shipped[name].config if name in shipped else preset_config(name, modalities=MODALITIES))
+               for name in args.presets}
     for w in args.widths or []:
         configs["w" + "-".join(map(str, w))] = preset_config("default", modalities=MODALITIES,
                                                               texture_widths=w, depth_widths=w)
     rows = []
     for name, cfg in configs.items():
-        model = cmcnn(cfg).eval().to(args.device)
+        model = (shipped[name] if name in shipped else cmcnn(cfg)).eval().to(args.device)
         params = model.num_parameters(include_fen_heads=False)
         for batch in args.batches:
             x = torch.rand(batch, len(MODALITIES), cfg.input_size, cfg.input_size, device=args.device)
@@ -177,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--presets", nargs="+", default=["default", "paper"])
+    parser.add_argument("--presets", nargs="+", default=["default", "paper"],
+                        help="'weights' (the shipped checkpoint's network, 48 px) and/or model presets (148 px)")
     parser.add_argument("--widths", type=parse_widths, action="append",
                         help="extra candidate, same widths for both FEN types, e.g. 8,16,32,64 (repeatable)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))

@@ -9,7 +9,7 @@ one command a line on stdin; each answer is one JSON line on stdout:
     QUIT
 
     python benchmarks/timing_worker.py --kind fer --frames F.npz
-    python benchmarks/timing_worker.py --kind cmcnn --frames F.npz --model M.pt [--source TREE]
+    python benchmarks/timing_worker.py --kind cmcnn --frames F.npz --model M.pt [--source TREE] [--option NAME=INT]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 
 
-def build(kind: str, model: str, source: str):
+def build(kind: str, model: str, source: str, options: dict):
     """``(call, describe)``: the function timed on one BGR frame, and one that summarises its result."""
     if kind == "fer":
         from fer.fer import FER
@@ -37,7 +37,18 @@ def build(kind: str, model: str, source: str):
         sys.path.insert(0, source)
     from cmcnn_ros.inference import Recognizer
 
-    recognizer = Recognizer.from_checkpoint(model, device="cpu")   # full detection on every call
+    from cmcnn_ros.model.checkpoint import load_checkpoint
+    from cmcnn_ros.preprocessing.params import PreprocessingParams
+
+    fields = set(PreprocessingParams.__dataclass_fields__)
+    settings = {k: v for k, v in options.items() if k in fields}   # e.g. detect_tile_side=0
+    kwargs = {k: v for k, v in options.items() if k not in fields}
+    if settings:
+        loaded = load_checkpoint(model)
+        params = PreprocessingParams.from_checkpoint(loaded.preprocessing).replace(**settings)
+        recognizer = Recognizer(loaded.model, loaded.class_names, params, device="cpu", **kwargs)
+    else:
+        recognizer = Recognizer.from_checkpoint(model, device="cpu", **kwargs)   # full detection on every call
 
     def describe(result):
         return len(result.faces), (result.faces[0].expression if result.faces else None)
@@ -51,6 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", required=True)
     ap.add_argument("--model", default="")
     ap.add_argument("--source", default="", help="a cmcnn_ros tree to import first (an older revision)")
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=INT",
+                    help="a Recognizer.from_checkpoint argument or a preprocessing setting (integer), e.g. "
+                         "preprocessing_threads=1, detect_tile_side=0")
     args = ap.parse_args(argv)
     import numpy as np
 
@@ -59,7 +73,8 @@ def main(argv=None) -> int:
     # Library chatter (TensorFlow, LiteRT, the recognizer's logs) goes to stderr; stdout carries the answers.
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    call, describe = build(args.kind, args.model, args.source)
+    options = {name: int(value) for name, _, value in (o.partition("=") for o in args.option)}
+    call, describe = build(args.kind, args.model, args.source, options)
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         parts = line.split()

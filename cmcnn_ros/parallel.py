@@ -25,8 +25,9 @@ R = TypeVar("R")
 
 #: Most lanes any caller may ask for (a robot computer's cores, with room).
 MAX_LANES = 16
-#: The recognizer's and the node's default: the two cores of the robot computers
-#: it was measured on (README, Benchmarks); one more thread costs nothing on one core.
+#: The node's and the expression stream's default: on video with several faces two
+#: lanes kept the 5-face latency lower on the 2-core machines it was measured on
+#: (README, Benchmarks); one more thread costs little on one core.
 DEFAULT_LANES = 2
 
 

@@ -1,7 +1,7 @@
-"""fer_node's threads: the pipeline's two stages and the preprocessing lanes end with activity.
+"""fer_node's threads: the worker (or the pipeline's two stages) and the preprocessing lanes end with activity.
 
-Deactivate ends every Python thread the node started (``fer_prepare``,
-``fer_publish``, the ``cmcnn_lane`` helpers); cleanup also frees the network's
+Deactivate ends every Python thread the node started (``fer_worker``, or
+``fer_prepare`` and ``fer_publish``, and the ``cmcnn_lane`` helpers); cleanup also frees the network's
 session, so after a configure/activate/deactivate/cleanup cycle the process
 has exactly as many threads as after the cycle before (nothing accumulates);
 Ctrl-C while frames flow through both stages exits cleanly with status 0.
@@ -39,8 +39,8 @@ def _native_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-@pytest.fixture
-def node_and_listener(ros_domain_id, random_checkpoint):
+@pytest.fixture(params=[True, False], ids=["pipeline", "one_worker"])
+def node_and_listener(request, ros_domain_id, random_checkpoint):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -49,7 +49,8 @@ def node_and_listener(ros_domain_id, random_checkpoint):
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx, args=["--ros-args", "-p", "autostart:=false", "-p", "device:=cpu",
-                                  "-p", f"model_path:={random_checkpoint}", "-p", "preprocessing_threads:=2"])
+                                  "-p", f"model_path:={random_checkpoint}", "-p", "preprocessing_threads:=2",
+                                  "-p", f"pipeline:={'true' if request.param else 'false'}"])
     node = FerNode(context=ctx)
     listener = rclpy.create_node("listener", context=ctx)
     got = []
@@ -71,7 +72,9 @@ def _cycle(node, got, executor) -> None:
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     names = _node_threads()
-    assert "fer_prepare" in names and "fer_publish" in names, names
+    pipeline = node.get_parameter("pipeline").value
+    expected = ["fer_prepare", "fer_publish"] if pipeline else ["fer_worker"]
+    assert [n for n in names if n.startswith("fer_")] == sorted(expected), names
     assert wait_until(lambda: node._emotions_pub.get_subscription_count() > 0, 10)
     got.clear()
     for step in range(3):

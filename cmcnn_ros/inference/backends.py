@@ -115,8 +115,7 @@ class OnnxRuntimeBackend:
     Args:
         model: the loaded CM-CNN (its weights and config name the cached export).
         device: ``cpu`` or a CUDA device (needs ONNX Runtime's CUDA provider).
-        num_threads: intra-op threads of the CPU provider (None: ONNX Runtime's
-            default, one per physical core).
+        num_threads: intra-op threads of the CPU provider (None: one).
         cache: folder of exported graphs; None exports into memory only.
 
     Raises:
@@ -134,8 +133,10 @@ class OnnxRuntimeBackend:
         reference = model.eval().fuse_for_inference(channels_last=False)
         self.model = reference
         options = ort.SessionOptions()
-        if num_threads:
-            options.intra_op_num_threads = int(num_threads)
+        # One intra-op thread unless told otherwise: the network is small, and one thread was
+        # faster than two at batch 1 and 5 (0.8 vs 1.2 ms, 3.9 vs 4.7 ms on 2 cores:
+        # benchmarks/bench_network.py --presets weights), leaving the other core to detection.
+        options.intra_op_num_threads = int(num_threads) if num_threads else 1
         options.inter_op_num_threads = 1
         # Spinning worker threads would take the core the node's other pipeline
         # stage (detection, landmarks) is using; idle threads sleep instead.
@@ -313,11 +314,15 @@ def _quiet_exporter():
 
 
 def _exporter_versions() -> str:
+    """The exporter packages' versions, read from their metadata: importing them would cost the node
+    ~70 MB of memory even when the export comes from the cache."""
+    from importlib.metadata import PackageNotFoundError, version
+
     versions = []
     for name in ("onnx", "onnxscript"):
         try:
-            versions.append(f"{name} {__import__(name).__version__}")
-        except ImportError:
+            versions.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
             versions.append(f"{name} missing")
     return ", ".join(versions)
 

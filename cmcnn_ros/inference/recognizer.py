@@ -27,7 +27,7 @@ from ..classes import describe_scores
 from ..device import DeviceError, resolve_device
 from ..model.checkpoint import LoadedCheckpoint, load_checkpoint
 from ..model.cmcnn import CMCNN
-from ..parallel import DEFAULT_LANES, Lanes
+from ..parallel import Lanes
 from ..preprocessing.alignment import Alignment
 from ..preprocessing.depth import depth_array_to_metres
 from ..preprocessing.detector import FaceDetection, FaceDetector
@@ -260,7 +260,7 @@ class Recognizer:
     def __init__(self, model: CMCNN, class_names: Sequence[str], params: PreprocessingParams,
                  device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
                  source: Optional[str] = None, redetect_interval: int = 1,
-                 backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES,
+                 backend: str = DEFAULT_BACKEND, preprocessing_threads: int = 1,
                  landmark_tracking: bool = False) -> None:
         """Wrap a network and its preprocessing.
 
@@ -277,7 +277,10 @@ class Recognizer:
                 :func:`~cmcnn_ros.inference.backends.make_backend`).
             preprocessing_threads: lanes for one frame's independent jobs
                 (BlazeFace's tiles, each face's landmarks and crops); the
-                results are the same for any number.
+                results are the same for any number. One by default: on a
+                single image (Grace Hopper, 2 cores) a second lane measured
+                18.0 vs 19.6 ms p50 (benchmarks/bench_fer.py); on video with
+                several faces two do better (the stream's and node's default).
             landmark_tracking: between full detections, follow faces with
                 FaceMesh on their previous landmarks instead of searching
                 with the detector (see :class:`FaceFinder`); FaceMesh path only.
@@ -319,7 +322,7 @@ class Recognizer:
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
                         num_threads: Optional[int] = None, redetect_interval: int = 1,
-                        backend: str = DEFAULT_BACKEND, preprocessing_threads: int = DEFAULT_LANES,
+                        backend: str = DEFAULT_BACKEND, preprocessing_threads: int = 1,
                         landmark_tracking: bool = False) -> "Recognizer":
         """Build from a checkpoint written by ``cmcnn-train``.
 

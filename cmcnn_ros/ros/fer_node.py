@@ -35,13 +35,15 @@ transitions itself.
 Never a backlog: the sync callback only puts the newest pair into a one-slot
 mailbox (:class:`cmcnn_ros.ros.sync.LatestSlot`); a worker thread processes
 the newest pair when it is free, so overwritten pairs are dropped and counted.
-With ``pipeline`` (default) there are two workers and two such mailboxes:
+With ``pipeline: true`` there are two workers and two such mailboxes:
 ``fer_prepare`` converts the newest pair and finds, aligns and crops its faces
 (:meth:`ExpressionStream.prepare`, its independent jobs on
 ``preprocessing_threads`` lanes) while ``fer_publish`` runs the network, the
 tracks and the publishing of the frame before
 (:meth:`ExpressionStream.finish`); a prepared frame the second stage has not
-taken when the next one is ready is dropped and counted too. Deactivation,
+taken when the next one is ready is dropped and counted too. By default
+(measured faster on 2 cores: README, Benchmarks) one worker does both halves
+and the second core serves the lanes inside each frame. Deactivation,
 cleanup and shutdown end every thread the node started.
 """
 

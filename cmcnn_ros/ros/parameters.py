@@ -66,9 +66,10 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                                  "it with the face detector and aligning it again (one detector and one or two "
                                  "landmark runs). Cheaper with many faces; the crops differ slightly. Read on "
                                  "configure.", {}),
-    "pipeline": (True, "Two worker threads: one finds, aligns and crops the faces of the newest frame while the "
-                       "other runs the network and publishes the frame before (stale frames are dropped, never "
-                       "queued). false: one thread does both. Read on activate.", {}),
+    "pipeline": (False, "Two worker threads: one finds, aligns and crops the faces of the newest frame while the "
+                        "other runs the network and publishes the frame before (stale frames are dropped, never "
+                        "queued). false (default, measured faster on 2 cores): one worker does both, with "
+                        "preprocessing_threads lanes inside the frame. Read on activate.", {}),
     "redetect_interval": (DEFAULT_REDETECT_INTERVAL,
                           "Frames between full-frame face detections; in between, each tracked face "
                           "is searched for only around its last box (much cheaper). New faces appear "
