@@ -27,10 +27,12 @@ from cmcnn_ros.modalities import MODALITIES
 from cmcnn_ros.model import cmcnn
 from cmcnn_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from cmcnn_ros.preprocessing import PreprocessingParams
-from cmcnn_ros.preprocessing.model_input import build_model_input, load, store
+from cmcnn_ros.preprocessing.model_input import build_model_input, load, mirror_images, store
+from cmcnn_ros.preprocessing.params import PreprocessingError
+from cmcnn_ros.preprocessing.texture import TextureImages
 from cmcnn_training.crops import get_crops
 from cmcnn_training.datasets import load_dataset
-from cmcnn_training.engine import CropBatches
+from cmcnn_training.engine import CropBatches, flipped_crops
 
 #: Every modality, in an order unlike the canonical one (channel order is part of the contract).
 MODS = ("depth", "gabor", "grey", "hog", "lbp")
@@ -59,8 +61,10 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _serving_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray) -> torch.Tensor:
-    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", backend="torch")   # the hook sees its input
+def _serving(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray, flip_tta: bool = False):
+    """The network's input for the frame on the node's path, and the recognizer and its result."""
+    rec = Recognizer.from_checkpoint(checkpoint, device="cpu", backend="torch",   # the hook sees its input
+                                     flip_tta=flip_tta)
     seen = []
     hook = rec.model.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().clone()))
     try:
@@ -69,10 +73,14 @@ def _serving_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray) -
         hook.remove()
     assert len(result.faces) == 1 and result.faces[0].depth_valid
     assert len(seen) == 1
-    return seen[0]
+    return seen[0], rec, result
 
 
-def _training_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray, tmp_path: Path) -> torch.Tensor:
+def _serving_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray) -> torch.Tensor:
+    return _serving(checkpoint, colour, depth_mm)[0]
+
+
+def _training_crops(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray, tmp_path: Path):
     root = tmp_path / "kinect"
     (root / "colour").mkdir(parents=True)
     (root / "depth").mkdir()
@@ -91,10 +99,18 @@ def _training_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray, 
     assert not info.hit and built.stats["detector"] == 1
     crops, info = get_crops(ds, params, modalities, cache, workers=0, progress=False)
     assert info.hit   # read back from the .npz, as every later run and fold reads it
+    return crops, params, modalities
+
+
+def _batch_input(crops, params, modalities) -> torch.Tensor:
     batches = CropBatches(crops, [0], np.zeros(len(crops), np.int64), modalities, batch_size=1,
                           preprocessing=params)
     x, _ = next(iter(batches))
     return x
+
+
+def _training_input(checkpoint: Path, colour: np.ndarray, depth_mm: np.ndarray, tmp_path: Path) -> torch.Tensor:
+    return _batch_input(*_training_crops(checkpoint, colour, depth_mm, tmp_path))
 
 
 def test_training_and_serving_build_identical_model_inputs(checkpoint, tmp_path):
@@ -128,3 +144,49 @@ def test_the_comparison_sees_storage_precision():
     two = np.ones((2, 148, 148), np.float32)
     x = build_model_input({"grey": two, "depth": two}, ("grey", "depth"), depth_valid=valid)
     assert x[0, 1].min() == 1.0 and not x[1, 1].any() and x[1, 0].min() == 1.0
+
+
+def test_flip_tta_mirrors_alike_for_training_and_serving(checkpoint, tmp_path):
+    """The node's ``flip_tta`` runs the face and its mirror image in one batch and averages their scores;
+    the mirror image is the trainer's (``cmcnn-train --tta-flip``, ``cmcnn-evaluate --tta-flip``) bit for bit."""
+    colour, depth_mm = _frame()
+    x, rec, result = _serving(checkpoint, colour, depth_mm, flip_tta=True)
+    assert x.shape == (2, len(MODS), 148, 148)
+    plain = _serving_input(checkpoint, colour, depth_mm)
+    assert torch.equal(x[:1], plain)                       # the face itself, as without flip_tta
+    for name in ("grey", "depth"):
+        j = MODS.index(name)
+        assert torch.equal(x[1, j], x[0, j].flip(-1)), name
+    # an LBP code is not mirror symmetric: the mirror's LBP is recomputed, not the LBP image mirrored
+    # (the magnitude of the symmetric Gabor bank happens to be)
+    j = MODS.index("lbp")
+    assert not torch.equal(x[1, j], x[0, j].flip(-1))
+    crops, params, modalities = _training_crops(checkpoint, colour, depth_mm, tmp_path)
+    trained = _batch_input(flipped_crops(crops, params), params, modalities)
+    for j, name in enumerate(MODS):
+        assert torch.equal(x[1, j], trained[0, j]), (
+            f"{name}: mirrored serving and training inputs differ by "
+            f"{float((x[1, j] - trained[0, j]).abs().max()):.3g}")
+    both = rec.classify(x.numpy())
+    assert not np.allclose(both[0], both[1], atol=1e-4)    # the mirror image scores differently
+    np.testing.assert_allclose(result.faces[0].scores, 0.5 * (both[0] + both[1]), atol=1e-6)
+    assert result.faces[0].expression == EXPRESSIONS_WITH_NEUTRAL[int(np.argmax(both[0] + both[1]))]
+
+
+def test_mirror_images_keeps_types_and_needs_grey():
+    rng = np.random.default_rng(3)
+    grey = rng.random((2, 32, 32), dtype=np.float32)
+    depth = rng.random((2, 32, 32), dtype=np.float32)
+    params = PreprocessingParams(crop_size=32)
+    texture = TextureImages(params)
+    live = mirror_images({"grey": grey, "lbp": np.zeros_like(grey), "depth": depth}, texture)
+    stored = mirror_images({"grey": store("grey", grey), "lbp": store("lbp", np.zeros_like(grey)),
+                            "depth": store("depth", depth)}, texture)
+    assert live["lbp"].dtype == np.float32 and stored["lbp"].dtype == np.uint8 and stored["depth"].dtype == np.float16
+    np.testing.assert_array_equal(live["depth"], depth[:, :, ::-1])
+    for i in range(2):
+        expected = texture("lbp", np.ascontiguousarray(store("grey", grey[i])[:, ::-1]))
+        np.testing.assert_array_equal(live["lbp"][i], expected)
+        np.testing.assert_array_equal(stored["lbp"][i], store("lbp", expected))
+    with pytest.raises(PreprocessingError, match="grey crop"):
+        mirror_images({"lbp": store("lbp", grey)}, texture)

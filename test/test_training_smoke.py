@@ -72,3 +72,13 @@ def test_quick_preset_learns_and_evaluate_agrees(synth_root, tmp_path, capsys):
     assert "light_azimuth_deg" in ev["metrics"]["per_group"] and "ambient" in ev["metrics"]["per_group"]
     assert set(ev["metrics"]["per_intensity"]) == {"3", "4"}
     assert (ev_out / "confusion_matrix.png").is_file()
+
+    # flip test-time averaging: the same faces, each scored with its mirror image (the node's flip_tta)
+    rc = evaluate_mod.main(["--checkpoint", str(out / "checkpoint.pt"), "--dataset", "kinect",
+                            "--root", str(synth_root), "--subjects", *fold["test_subjects"],
+                            "--output-dir", str(tmp_path / "eval_flip"), "--cache-dir", str(cache),
+                            "--workers", "0", "--no-progress", "--tta-flip"])
+    assert rc == 0
+    flip = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert flip["tta_flip"] and not summary["tta_flip"] and flip["count"] == summary["count"]
+    assert flip["accuracy"] >= 2.0 / NUM_CLASSES

@@ -261,7 +261,7 @@ class Recognizer:
                  device: Union[str, torch.device] = "auto", num_threads: Optional[int] = None,
                  source: Optional[str] = None, redetect_interval: int = 1,
                  backend: str = DEFAULT_BACKEND, preprocessing_threads: int = 1,
-                 landmark_tracking: bool = False) -> None:
+                 landmark_tracking: bool = False, flip_tta: bool = False) -> None:
         """Wrap a network and its preprocessing.
 
         Args:
@@ -284,6 +284,9 @@ class Recognizer:
             landmark_tracking: between full detections, follow faces with
                 FaceMesh on their previous landmarks instead of searching
                 with the detector (see :class:`FaceFinder`); FaceMesh path only.
+            flip_tta: average each face's scores with those of its mirror
+                image (horizontal-flip test-time averaging, as the trainer's
+                ``tta_flip`` validates): the network runs on twice the batch.
 
         Raises:
             RecognizerError: inconsistent classes, bad device or thread count.
@@ -318,12 +321,13 @@ class Recognizer:
         self.face_finder = FaceFinder(self.preprocessor.detector, redetect_interval, tracker=tracker, lanes=lanes)
         self.backend = make_backend(model, self.device, backend, num_threads)
         self.model = self.backend.model
+        self.flip_tta = bool(flip_tta)
 
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto",
                         num_threads: Optional[int] = None, redetect_interval: int = 1,
                         backend: str = DEFAULT_BACKEND, preprocessing_threads: int = 1,
-                        landmark_tracking: bool = False) -> "Recognizer":
+                        landmark_tracking: bool = False, flip_tta: bool = False) -> "Recognizer":
         """Build from a checkpoint written by ``cmcnn-train``.
 
         Raises:
@@ -338,7 +342,8 @@ class Recognizer:
             raise RecognizerError(f"checkpoint {path}: invalid preprocessing parameters: {exc}") from exc
         return cls(loaded.model, loaded.class_names, params, device=device, num_threads=num_threads,
                    source=str(path), redetect_interval=redetect_interval, backend=backend,
-                   preprocessing_threads=preprocessing_threads, landmark_tracking=landmark_tracking)
+                   preprocessing_threads=preprocessing_threads, landmark_tracking=landmark_tracking,
+                   flip_tta=flip_tta)
 
     # ------------------------------------------------------------------ API
     def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
@@ -391,6 +396,9 @@ class Recognizer:
             if detections is not None:
                 self.face_finder.observe(faces)
             inputs = self.preprocessor.to_tensor(faces)
+            if self.flip_tta and faces:
+                # One batch: the mirror images ride behind the faces, averaged in finish().
+                inputs = np.concatenate([inputs, self.preprocessor.to_tensor(faces, mirrored=True)])
         except PreprocessingError as exc:
             raise RecognizerError(str(exc)) from exc
         timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
@@ -411,6 +419,8 @@ class Recognizer:
         faces, timings = prepared.faces, dict(prepared.timings)
         t0 = time.perf_counter()
         probs = self.classify(prepared.inputs) if faces else np.zeros((0, 0))
+        if self.flip_tta and faces:
+            probs = 0.5 * (probs[:len(faces)] + probs[len(faces):])
         timings["network"] = (time.perf_counter() - t0) * 1000.0
         broken = int(np.sum(~np.all(np.isfinite(probs), axis=1))) if len(probs) else 0
         if broken:

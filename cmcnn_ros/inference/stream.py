@@ -141,7 +141,7 @@ class ExpressionStream:
                         smoothing: float = DEFAULT_SMOOTHING,
                         min_confidence: float = DEFAULT_MIN_CONFIDENCE, backend: str = DEFAULT_BACKEND,
                         preprocessing_threads: int = DEFAULT_LANES,
-                        landmark_tracking: bool = False) -> "ExpressionStream":
+                        landmark_tracking: bool = False, flip_tta: bool = False) -> "ExpressionStream":
         """A stream over a checkpoint, with the node's defaults.
 
         Raises:
@@ -153,7 +153,7 @@ class ExpressionStream:
         recognizer = Recognizer.from_checkpoint(path, device=device, num_threads=num_threads,
                                                 redetect_interval=redetect_interval, backend=backend,
                                                 preprocessing_threads=preprocessing_threads,
-                                                landmark_tracking=landmark_tracking)
+                                                landmark_tracking=landmark_tracking, flip_tta=flip_tta)
         return cls(recognizer, tracker, min_confidence)
 
     @property

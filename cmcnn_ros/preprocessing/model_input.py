@@ -16,11 +16,11 @@ depth-modality dropout trains on (docs/ARCHITECTURE.md "Modalities").
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..modalities import DEPTH_MODALITIES
+from ..modalities import DEPTH_MODALITIES, GREY_DERIVED
 from .params import PreprocessingError
 
 #: Levels of a stored texture crop (``uint8``: value * 255, rounded).
@@ -57,6 +57,43 @@ def load(stored: np.ndarray) -> np.ndarray:
 def at_model_precision(modality: str, crops: np.ndarray) -> np.ndarray:
     """``float32`` crops holding exactly the values the model gets for them (stored, then loaded)."""
     return load(store(modality, crops))
+
+
+def mirror_images(images: Mapping[str, np.ndarray],
+                  texture: Callable[[str, np.ndarray], np.ndarray]) -> Dict[str, np.ndarray]:
+    """The left-right mirror image of every face's crops, for horizontal-flip test-time averaging.
+
+    An LBP (HOG, Gabor) code is not mirror symmetric: mirroring the texture
+    image is not the texture of the mirrored face, so grey-derived modalities
+    are recomputed from the mirrored grey crop; grey and depth are mirrored.
+
+    Args:
+        images: modality -> ``(B, S, S)`` crops, ``float32`` in [0, 1] (the
+            live path) or stored (the trainer's cache); must hold ``grey``
+            when it holds a grey-derived modality.
+        texture: ``texture(name, uint8 grey) -> float32 image``
+            (:class:`~.texture.TextureImages`).
+
+    Returns:
+        The mirrored crops, each in the type it came in.
+
+    Raises:
+        PreprocessingError: a grey-derived modality without its grey crop.
+    """
+    grey = images.get("grey")
+    if grey is None and any(name in GREY_DERIVED for name in images):
+        raise PreprocessingError(
+            f"mirroring {sorted(images)} needs the grey crop to recompute the texture modalities from")
+    out: Dict[str, np.ndarray] = {}
+    for name, crops in images.items():
+        if name not in GREY_DERIVED:
+            out[name] = np.ascontiguousarray(crops[:, :, ::-1])
+            continue
+        levels = store("grey", grey[:, :, ::-1])  # the uint8 grey the texture was computed from
+        maps = [texture(name, np.ascontiguousarray(g)) for g in levels]
+        stacked = np.stack(maps) if maps else np.zeros(crops.shape, np.float32)
+        out[name] = store(name, stacked) if crops.dtype == np.uint8 else stacked.astype(crops.dtype, copy=False)
+    return out
 
 
 def zero_depth(x: np.ndarray, modalities: Sequence[str], rows: np.ndarray) -> None:
@@ -104,4 +141,5 @@ def build_model_input(images: Mapping[str, np.ndarray], modalities: Sequence[str
     return x
 
 
-__all__ = ["TEXTURE_LEVELS", "at_model_precision", "build_model_input", "load", "store", "zero_depth"]
+__all__ = ["TEXTURE_LEVELS", "at_model_precision", "build_model_input", "load", "mirror_images", "store",
+           "zero_depth"]

@@ -25,7 +25,7 @@ from .depth import face_depth_crop
 from .detector import Box, FaceDetection, make_detector
 from .facemesh import Region
 from .images import Frame, Image, as_frame
-from .model_input import build_model_input
+from .model_input import build_model_input, mirror_images
 from .params import PreprocessingError, PreprocessingParams
 from .texture import TextureImages
 
@@ -277,11 +277,13 @@ class FacePreprocessor:
                          depth_valid_fraction=fraction, timings=t, eyes=eyes, detection_score=score,
                          alignment=alignment.method, track_region=alignment.region)
 
-    def to_tensor(self, faces: Sequence[FaceCrops]) -> np.ndarray:
+    def to_tensor(self, faces: Sequence[FaceCrops], mirrored: bool = False) -> np.ndarray:
         """Stack crops into the model input (:func:`~.model_input.build_model_input`, as training does).
 
         Args:
             faces: output of :meth:`process`.
+            mirrored: the input of the faces' mirror images instead
+                (:func:`~.model_input.mirror_images`: flip test-time averaging).
 
         Returns:
             ``float32`` array ``(B, M, S, S)`` with channels in ``self.modalities`` order
@@ -304,4 +306,9 @@ class FacePreprocessor:
                         f"face {i} {name!r} crop has shape {crop.shape}, expected {(size, size)}")
         images = {name: np.stack([face.crops[name] for face in faces]) if faces
                   else np.zeros((0, size, size), np.float32) for name in self.modalities}
+        if mirrored and faces:
+            # The texture of the mirrored face comes from the mirrored grey crop, model input or not.
+            grey = {"grey": np.stack([face.crops["grey"] for face in faces])} if "grey" in faces[0].crops else {}
+            images = {k: v for k, v in mirror_images({**grey, **images}, self._texture).items()
+                      if k in self.modalities}
         return build_model_input(images, self.modalities, np.array([face.depth_valid for face in faces], bool))

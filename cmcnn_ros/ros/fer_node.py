@@ -270,7 +270,7 @@ class FerNode(LifecycleNode):
                 max_missed=cfg["tracking_max_missed"], smoothing=cfg["score_smoothing"],
                 min_confidence=cfg["min_confidence"],
                 backend=cfg["inference_backend"], preprocessing_threads=cfg["preprocessing_threads"],
-                landmark_tracking=cfg["landmark_tracking"])
+                landmark_tracking=cfg["landmark_tracking"], flip_tta=cfg["flip_tta"])
         except TrackingError:
             raise
         except BackendError as exc:  # e.g. onnxruntime asked for and not installed

@@ -66,6 +66,10 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                                  "it with the face detector and aligning it again (one detector and one or two "
                                  "landmark runs). Cheaper with many faces; the crops differ slightly. Read on "
                                  "configure.", {}),
+    "flip_tta": (False, "Average each face's scores with those of its mirror image (horizontal-flip "
+                        "test-time averaging): the network runs on twice the faces and the texture crops are "
+                        "computed twice. Off by default; README gives its cost and what it gains. Read on "
+                        "configure.", {}),
     "pipeline": (False, "Two worker threads: one finds, aligns and crops the faces of the newest frame while the "
                         "other runs the network and publishes the frame before (stale frames are dropped, never "
                         "queued). false (default, measured faster on 2 cores): one worker does both, with "

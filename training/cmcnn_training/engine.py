@@ -40,7 +40,8 @@ from torch import nn
 from cmcnn_ros.modalities import DEPTH_MODALITIES, GREY_DERIVED
 from cmcnn_ros.model.cmcnn import class_probabilities, model_temperature
 from cmcnn_ros.model.losses import soft_labels
-from cmcnn_ros.preprocessing.model_input import at_model_precision, store, zero_depth
+from cmcnn_ros.preprocessing.model_input import at_model_precision, mirror_images, zero_depth
+from cmcnn_ros.preprocessing.params import PreprocessingError
 from cmcnn_ros.preprocessing.texture import TextureImages, grey_image
 from cmcnn_ros.tools import progress_bar
 
@@ -235,25 +236,17 @@ def photometric(g8: np.ndarray, a: AugmentConfig, rng: np.random.Generator) -> n
 
 
 def flipped_crops(crops: CropSet, params: object) -> CropSet:
-    """The mirror image of every crop, texture modalities recomputed from the mirrored grey.
+    """The mirror image of every crop (:func:`~cmcnn_ros.preprocessing.model_input.mirror_images`).
 
-    For horizontal-flip test-time averaging: an LBP code is not mirror
-    symmetric, so the flipped LBP crop is computed, not mirrored.
+    For horizontal-flip test-time averaging, the same mirroring as the node's ``flip_tta``.
 
     Raises:
         ValueError: the crop set has a texture modality but no grey crop.
     """
-    if "grey" not in crops.images and any(m in GREY_DERIVED for m in crops.modalities):
-        raise ValueError("flip test-time averaging of texture modalities needs the grey crop in the crop set")
-    textures = TextureImages(params)
-    images: Dict[str, np.ndarray] = {}
-    for name, arr in crops.images.items():
-        if name in GREY_DERIVED:
-            grey = crops.images["grey"][:, :, ::-1]
-            images[name] = np.stack([store(name, textures(name, np.ascontiguousarray(g))) for g in grey]) \
-                if len(grey) else arr.copy()
-        else:
-            images[name] = np.ascontiguousarray(arr[:, :, ::-1])
+    try:
+        images = mirror_images(crops.images, TextureImages(params))
+    except PreprocessingError as exc:
+        raise ValueError(f"flip test-time averaging: {exc}") from exc
     return dataclasses.replace(crops, images=images)
 
 
@@ -325,6 +318,12 @@ class Predictions:
     y_pred: np.ndarray
     probs: np.ndarray
     seconds: float
+
+
+def flip_averaged(pred: Predictions, mirror: Predictions) -> Predictions:
+    """Horizontal-flip test-time averaging: the mean of each face's and its mirror image's probabilities."""
+    probs = 0.5 * (pred.probs + mirror.probs)
+    return Predictions(y_true=pred.y_true, y_pred=probs.argmax(1), probs=probs, seconds=pred.seconds + mirror.seconds)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -49,7 +49,7 @@ from cmcnn_ros.tools import configure_logging
 from .config import BOX_MODES, TrainConfig, parse_kv
 from .crops import CropSet, get_crops
 from .datasets.selection import select_samples
-from .engine import CropBatches, Predictions, evaluate as run_eval
+from .engine import CropBatches, Predictions, evaluate as run_eval, flip_averaged, flipped_crops
 from .metrics import EvaluationMetrics, compute_metrics
 from .utils import git_commit, load_training_dataset
 
@@ -85,6 +85,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     p.add_argument("--no-depth", action="store_true",
                    help="zero the depth channel of every sample (what the node does when depth is missing)")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="average each face's scores with its mirror image's (the node's flip_tta)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return p
@@ -179,15 +181,24 @@ class EvalSet:
     name: str
 
     def predict(self, model: torch.nn.Module, box_mode: str, device: torch.device, cache_dir: Optional[str],
-                workers: int, batch_size: int, no_depth: bool, progress: bool) -> Tuple[CropSet, Any, Predictions]:
-        """Crops (cached) and the model's predictions, with ``box_mode``; ``no_depth`` zeroes every depth channel."""
+                workers: int, batch_size: int, no_depth: bool, progress: bool,
+                tta_flip: bool = False) -> Tuple[CropSet, Any, Predictions]:
+        """Crops (cached) and the model's predictions, with ``box_mode``; ``no_depth`` zeroes every depth channel.
+
+        ``tta_flip`` averages each face's probabilities with its mirror image's.
+        """
         c, info = get_crops(self.view, self.params, self.modalities, cache_dir or None, box_mode=box_mode,
                             workers=workers, progress=progress, name=self.name)
         label_of = {n: i for i, n in enumerate(self.class_names)}
         y = np.array([label_of[canonical_name(lb)] for lb in c.labels], dtype=np.int64)
-        batches = CropBatches(c, np.arange(len(c)), y, self.modalities, batch_size,
-                              depth_dropout=1.0 if no_depth else 0.0)
-        return c, info, run_eval(model, batches, device, progress=progress)
+        def predict_on(crops: CropSet) -> Predictions:
+            batches = CropBatches(crops, np.arange(len(crops)), y, self.modalities, batch_size,
+                                  depth_dropout=1.0 if no_depth else 0.0)
+            return run_eval(model, batches, device, progress=progress)
+        pred = predict_on(c)
+        if tta_flip:
+            pred = flip_averaged(pred, predict_on(flipped_crops(c, self.params)))
+        return c, info, pred
 
 
 def load_eval_set(dataset: str, root: str, class_names: Sequence[str], params: Any, modalities: Sequence[str],
@@ -237,7 +248,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
                    min_intensity: Optional[int] = None, box_mode: str = "detect",
                    cache_dir: Optional[str] = "cache/crops", workers: int = 2, batch_size: int = 64,
                    device: str = "auto", no_depth: bool = False, progress: bool = True,
-                   dataset_options: Optional[Dict[str, Any]] = None) -> EvaluationResult:
+                   dataset_options: Optional[Dict[str, Any]] = None, tta_flip: bool = False) -> EvaluationResult:
     """Evaluate ``checkpoint`` on a dataset and write metrics JSON + confusion PNG.
 
     Raises:
@@ -261,7 +272,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
                        dataset_options)
 
     def predict(mode: str) -> Tuple[CropSet, Any, Predictions]:
-        return es.predict(model, mode, dev, cache_dir, workers, batch_size, no_depth, progress)
+        return es.predict(model, mode, dev, cache_dir, workers, batch_size, no_depth, progress, tta_flip)
 
     detection: Dict[str, Any] = {}
     if box_mode == "detect":
@@ -283,7 +294,7 @@ def run_evaluation(checkpoint: str | os.PathLike, dataset: str, root: str,
         "dataset": dataset, "root": os.path.abspath(root),
         # Through the detector when it ran (a miss is wrong), else on the given boxes.
         "accuracy": detection["accuracy_through_detector"] if detection else metrics.accuracy,
-        "count": metrics.count, "no_depth": no_depth,
+        "count": metrics.count, "no_depth": no_depth, "tta_flip": tta_flip,
         "accuracy_gt_boxes": metrics.accuracy if (box_mode == "gt" or es.has_boxes) else None,
         **{k: detection[k] for k in ("detection_rate", "accuracy_through_detector") if k in detection},
         "alignment": {k: int(v) for k, v in zip(*np.unique(crops.alignments, return_counts=True))},
@@ -321,7 +332,7 @@ def main(argv: Optional[Sequence[str] | argparse.Namespace] = None) -> int:
                                 output_dir=args.output_dir, min_intensity=args.min_intensity,
                                 box_mode=args.box_mode, cache_dir=args.cache_dir, workers=args.workers,
                                 batch_size=args.batch_size, device=args.device, no_depth=args.no_depth,
-                                progress=args.progress,
+                                progress=args.progress, tta_flip=args.tta_flip,
                                 dataset_options=dict(parse_kv(kv) for kv in args.dataset_options))
     except (ValueError, OSError) as exc:  # CheckpointError, TrainingError, CropError, ConfigError ...
         logger.error("%s: %s", type(exc).__name__, exc)

@@ -61,7 +61,7 @@ from .config import ConfigError, TrainConfig, add_config_arguments, build_config
 from .calibration import calibration_report, fit_temperature, log_probs, softmax_t, split_for_fitting
 from .crops import CropSet, get_crops
 from .datasets.selection import make_splits, select_samples
-from .engine import flipped_crops
+from .engine import flip_averaged, flipped_crops
 from .fitting import FitResult, Validate, fit, predict_rows
 from .metrics import EvaluationMetrics, compute_metrics, summarise_folds
 from .mixing import concat_crops, load_mix_crops, parse_mix, parse_val
@@ -169,7 +169,7 @@ def make_validation(data: TrainingData, modalities: Sequence[str], cfg: TrainCon
         if data.val_flipped is not None:
             mirror = predict_rows(model, data.val_flipped, rows, data.val_labels, modalities, cfg.batch_size,
                                   device, False)
-            record["accuracy_flip"] = float(np.mean((pred.probs + mirror.probs).argmax(1) == pred.y_true))
+            record["accuracy_flip"] = float(np.mean(flip_averaged(pred, mirror).y_pred == pred.y_true))
         logger.info("epoch %d: validation accuracy %.4f%s", epoch, record["accuracy"],
                     f" (with flip averaging {record['accuracy_flip']:.4f})" if "accuracy_flip" in record else "")
         model.train()
