@@ -120,3 +120,14 @@ def test_cmcnn_calibrate_writes_a_checkpoint_that_publishes_calibrated_scores(sy
     before = out.read_bytes()
     assert calibrate_mod.main(argv) == 2
     assert out.read_bytes() == before
+    # the already calibrated checkpoint, scored again from the raw network (--from-temperature 1):
+    # the same split fits the same temperature, and "before" is the uncalibrated network again
+    again = tmp_path / "again" / "calibrated.pt"
+    assert calibrate_mod.main(["--checkpoint", str(out), "--output", str(again), "--dataset", "kinect",
+                               "--root", str(synth_root), "--box-mode", "gt", "--cache-dir", str(tmp_path / "cache"),
+                               "--workers", "0", "--no-progress", "--from-temperature", "1"]) == 0
+    redo = json.loads((again.parent / "calibration.json").read_text())
+    assert redo["temperature_before"] == 1.0 and redo["temperature"] == pytest.approx(t, rel=1e-3)
+    assert redo["sets"][0]["before"]["ece"] == pytest.approx(held_out["before"]["ece"], abs=1e-6)
+    assert calibrate_mod.main(["--checkpoint", str(out), "--output", str(tmp_path / "x.pt"), "--root",
+                               str(synth_root), "--from-temperature", "0"]) == 2

@@ -63,6 +63,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--fit-fraction", type=float, default=0.5,
                    help="fraction of every class that fits T; the rest only reports (default: 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fit/report split")
+    p.add_argument("--from-temperature", type=float, default=None, metavar="T",
+                   help="score the network at this temperature before fitting instead of the checkpoint's "
+                        "(1: the uncalibrated network of a checkpoint `cmcnn-train --calibrate` already "
+                        "calibrated, so 'before' is the raw network)")
     p.add_argument("--report", action="append", default=[], metavar="NAME:ROOT[:BOX_MODE]",
                    help="another set to report before/after with the fitted T (repeatable)")
     p.add_argument("--report-dir", default=None,
@@ -97,7 +101,11 @@ def run_calibration(args: argparse.Namespace) -> Dict[str, Any]:
         raise CalibrationError(f"{out} exists; pass --overwrite or choose another --output")
     ckpt = load_checkpoint(args.checkpoint)
     params = PreprocessingParams.from_checkpoint(ckpt.preprocessing)
-    t0 = float(ckpt.model_config.temperature)
+    if args.from_temperature is not None:
+        if not 0.01 <= args.from_temperature <= 100.0:
+            raise CalibrationError(f"--from-temperature {args.from_temperature} is outside [0.01, 100]")
+        ckpt.model.config = ckpt.model.config.replace(temperature=float(args.from_temperature))
+    t0 = float(ckpt.model.config.temperature)
     probs, labels = set_probabilities(ckpt, params, args.dataset, args.root,
                                       dict(parse_kv(kv) for kv in args.dataset_options), args.box_mode, args)
     fit_rows, report_rows = split_for_fitting(labels, args.fit_fraction, args.seed)
