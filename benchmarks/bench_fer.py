@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     try:
         workers.append(Worker("cmcnn_ros", sys.executable, ["--kind", "cmcnn"] + common))
         for option in args.variant:
-            workers.append(Worker(f"cmcnn_ros {option}", sys.executable, ["--kind", "cmcnn", "--option", option] + common))
+            workers.append(Worker(f"cmcnn_ros {option}", sys.executable,
+                                  ["--kind", "cmcnn", "--option", option] + common))
         if args.baseline:
             tree = work / "baseline"
             tree.mkdir()

@@ -14,7 +14,7 @@ from cmcnn_ros.parallel import MAX_LANES, Lanes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ros_helpers.frames import photo_frame  # noqa: E402
+from ros_helpers.frames import photo_frame
 
 
 def test_map_keeps_order_uses_helpers_and_stops():
