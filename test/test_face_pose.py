@@ -248,3 +248,16 @@ def test_without_intrinsics_or_depth_faces_have_no_pose(rendered, tiny_checkpoin
     small = CameraIntrinsics(262.5, 262.5, 159.5, 119.5, width=320, height=240)
     with pytest.raises(RecognizerError, match="320x240 image but the colour image is 640x480"):
         rec.recognize(rendered.colour, rendered.depth_mm, intrinsics=small)
+
+
+def test_faces_of_another_detector_are_located_too(rendered, tiny_checkpoint):
+    """face_source ros4hri: the detector's boxes, under its ids, get their position the same way."""
+    from cmcnn_ros.inference import ExpressionStream
+
+    stream = ExpressionStream.from_checkpoint(tiny_checkpoint, device="cpu", backend="torch")
+    intrinsics = CameraIntrinsics(*rendered.intrinsics, width=640, height=480)
+    boxes = [("f00012", rendered.faces[0].box), ("f00013", rendered.faces[1].box)]
+    result = stream.process_faces(rendered.colour, boxes, ["f00012", "f00013"], rendered.depth_mm,
+                                  intrinsics=intrinsics)
+    for face, truth in zip(result.faces, rendered.faces[:2]):
+        assert np.linalg.norm(np.subtract(face.position, truth.sellion_m)) <= 0.03, face.face_id
