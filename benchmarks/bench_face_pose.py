@@ -17,8 +17,9 @@ with the renderer's truth, like with like:
 
 Beside the node's methods, on the same landmarks: the head orientation without the line-of-sight
 correction (FaceMesh's axes taken as the optical frame's), ``cv2.solvePnP`` against a generic 6-point
-face model (nose tip, chin, eye and mouth corners), and the position the box fallback gives (faces
-without landmarks: median depth of the box centre through the eye midpoint).
+face model (nose tip, chin, eye and mouth corners), the position voted by every inner-face landmark
+instead of those near the sellion, and the position the box fallback gives (faces without landmarks:
+median depth of the box centre through the eye midpoint).
 
 Usage::
 
@@ -136,6 +137,9 @@ def evaluate(rec: Recognizer, frames: Sequence[Dict[str, Any]], k: fp.CameraIntr
         fp.estimate_face_pose(depth_m, k, crops.box, crops.landmarks, crops.eyes)
         row["pose_ms"] = (time.perf_counter() - t0) * 1000.0
         positions = {"landmark votes (node)": face.position,
+                     "all inner-face landmark votes": fp.face_position(depth_m, k, crops.box, crops.landmarks,
+                                                                       vote_radius=math.inf)[0]
+                     if crops.landmarks is not None else fp.NAN_POSITION,
                      "box median (no landmarks)": fp.face_position(depth_m, k, crops.box, None, crops.eyes)[0]}
         for name, pos in positions.items():
             err = np.subtract(pos, sel)

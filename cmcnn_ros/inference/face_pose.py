@@ -20,9 +20,10 @@ computes both halves of that pose from what the recognizer already has, ROS-free
   the background behind a turned face's edge and sensor noise) plus the
   sellion's relative depth gives the sellion's depth, which is back-projected
   through its pixel with the pinhole intrinsics. Voting landmarks near the
-  sellion measured better than all inner-face ones (error p90 0.8 vs 1.6 cm on
-  rendered faces: FaceMesh's relative depth is less exact than its pixels,
-  and it matters less where the face is flat around the sellion). Without
+  sellion measured better than all inner-face ones
+  (``benchmarks/bench_face_pose.py``: FaceMesh's relative depth is less exact
+  than its pixels, and it matters less where the face is flat around the
+  sellion). Without
   landmarks (Haar-eye faces) the median depth of the central half of the box
   is back-projected through the eye midpoint (or the box centre): a few
   centimetres coarser. NaN when too few readings are valid.
@@ -186,7 +187,8 @@ def _robust_median(values: np.ndarray) -> float:
 def face_position(depth_m: np.ndarray, intrinsics: CameraIntrinsics, box: Sequence[float],
                   landmarks: Optional[np.ndarray] = None,
                   eyes: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None,
-                  depth_min_m: float = 0.3, depth_max_m: float = 5.0) -> Tuple[Vector, int]:
+                  depth_min_m: float = 0.3, depth_max_m: float = 5.0,
+                  vote_radius: float = VOTE_RADIUS) -> Tuple[Vector, int]:
     """The sellion of one face in metres (optical frame) from the registered depth.
 
     Args:
@@ -198,6 +200,8 @@ def face_position(depth_m: np.ndarray, intrinsics: CameraIntrinsics, box: Sequen
             pixels, larger = further), when the face has them.
         eyes: eye centres, used without landmarks to place the sellion pixel.
         depth_min_m, depth_max_m: valid reading range (the preprocessing's).
+        vote_radius: landmarks within this many eye-corner distances of the
+            sellion vote (``math.inf``: every inner-face landmark).
 
     Returns:
         ``((x, y, z), samples)``: the position (NaN when fewer than
@@ -214,7 +218,7 @@ def face_position(depth_m: np.ndarray, intrinsics: CameraIntrinsics, box: Sequen
     if landmarks is not None:
         pts = np.asarray(landmarks, dtype=np.float64)
         scale_px = float(np.linalg.norm(pts[EYE_CORNERS[1], :2] - pts[EYE_CORNERS[0], :2]))
-        near = np.linalg.norm(pts[_INNER, :2] - pts[SELLION, :2], axis=1) <= VOTE_RADIUS * scale_px
+        near = np.linalg.norm(pts[_INNER, :2] - pts[SELLION, :2], axis=1) <= vote_radius * scale_px
         voters = pts[_INNER[near]]
         u = np.rint(voters[:, 0]).astype(np.int64)
         v = np.rint(voters[:, 1]).astype(np.int64)
