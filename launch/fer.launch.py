@@ -9,6 +9,7 @@ the node logs what to fix and stays 'unconfigured'.
         colour_topic:=/rgb/image_raw depth_topic:=/depth_to_rgb/image_raw
     ros2 launch cmcnn_ros fer.launch.py colour_transport:=compressed depth_transport:=compressedDepth
     ros2 launch cmcnn_ros fer.launch.py face_source:=ros4hri   # behind hri_face_detect: its face ids
+    ros2 launch cmcnn_ros fer.launch.py camera_info_topic:=/camera/color/camera_info   # face_<id> TF frames
 """
 
 import os
@@ -37,6 +38,9 @@ def generate_launch_description():
                               description="colour image topic"),
         DeclareLaunchArgument("depth_topic", default_value="/camera/depth_registered/image_raw",
                               description="depth registered to colour ('' = colour only)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="",
+                              description="the colour camera's CameraInfo: face positions and REP-155 face_<id> "
+                                          "TF frames ('' = none)"),
         DeclareLaunchArgument("colour_transport", default_value="raw",
                               description="raw or compressed (reads colour_topic/compressed)"),
         DeclareLaunchArgument("depth_transport", default_value="raw",
@@ -64,6 +68,7 @@ def generate_launch_description():
                 "inference_backend": LaunchConfiguration("inference_backend"),
                 "colour_topic": LaunchConfiguration("colour_topic"),
                 "depth_topic": LaunchConfiguration("depth_topic"),
+                "camera_info_topic": LaunchConfiguration("camera_info_topic"),
                 "colour_transport": LaunchConfiguration("colour_transport"),
                 "depth_transport": LaunchConfiguration("depth_transport"),
                 "face_source": LaunchConfiguration("face_source"),

@@ -60,8 +60,10 @@ class Recorder:
         return [d["decision"] for d in self.decisions]
 
 
-def obs(fid: str, expression: str, confidence: float = 0.9, depth_valid: bool = True) -> FaceObservation:
-    return FaceObservation(fid, expression, confidence, depth_valid)
+def obs(fid: str, expression: str, confidence: float = 0.9, depth_valid: bool = True,
+        position: Optional[tuple] = None) -> FaceObservation:
+    return FaceObservation(fid, expression, confidence, depth_valid, position,
+                           "camera_color_optical_frame" if position else "")
 
 
 class Run:
@@ -125,6 +127,33 @@ def test_comforts_a_face_sad_for_two_seconds_once_per_episode():
     r.play(0.5, [obs("s", "neutral", 0.7)])
     r.play(2.3, [obs("s", "sad", 0.7)])                 # a new episode
     assert len(r.decisions("comfort")) == 2
+
+
+def test_comfort_and_greeting_turn_towards_the_person_that_triggered_them():
+    """Issue 17: the decision says where that person is (fer_node's Emotion.position, optical frame)."""
+    r = Run()
+    sad = (0.5, -0.2, 1.5)         # right of the optical axis and above it, 1.6 m away
+    happy = (-0.4, 0.1, 1.2)       # left of it and a little below
+    r.play(1.2, [obs("s", "sad", 0.7, position=sad), obs("h", "happy", 0.9, position=happy)])
+    r.play(2.0, [obs("s", "sad", 0.7, position=sad), obs("h", "happy", 0.9, position=happy)])   # greeting done
+    comfort, greet = r.decisions("comfort")[0], r.decisions("greet")[0]
+    assert comfort["face_id"] == "s" and greet["face_id"] == "h"
+    assert comfort["turn_to"] == {"frame_id": "camera_color_optical_frame", "face_frame": "face_s",
+                                  "bearing_deg": pytest.approx(-18.4, abs=0.05),   # atan2(-0.5, 1.5): to the right
+                                  "elevation_deg": pytest.approx(7.2, abs=0.05),   # up
+                                  "distance_m": pytest.approx(1.59, abs=0.005)}
+    assert greet["turn_to"]["bearing_deg"] == pytest.approx(18.4, abs=0.05)        # to the left
+    assert greet["turn_to"]["elevation_deg"] < 0
+
+
+def test_without_a_position_the_tree_still_acts_and_says_it_cannot_turn():
+    r = Run()
+    r.play(2.2, [obs("s", "sad", 0.7)])              # fer_node without camera_info: position NaN
+    assert r.decisions("comfort")[0]["turn_to"] is None
+    # A face seen with a position keeps it through frames without depth on it.
+    r.play(0.2, [obs("t", "sad", 0.7, position=(0.0, 0.0, 2.0))])
+    r.play(2.2, [obs("t", "sad", 0.7)])
+    assert r.decisions("comfort")[-1]["face_id"] == "t" and r.decisions("comfort")[-1]["turn_to"]["distance_m"] == 2.0
 
 
 def test_stays_quiet_to_a_face_without_depth_and_low_confidence():
@@ -246,6 +275,12 @@ def _msg(scores_len: int = 7, **face: Any) -> SimpleNamespace:
 def test_observations_from_message_accepts_a_good_message():
     out = observations_from_message(_msg())
     assert out == [FaceObservation("face_1", "happy", pytest.approx(0.9), True)]
+    m = _msg(position=SimpleNamespace(x=0.25, y=-0.5, z=1.5))
+    m.header = SimpleNamespace(frame_id="camera_color_optical_frame")
+    assert observations_from_message(m) == [FaceObservation("face_1", "happy", pytest.approx(0.9), True,
+                                                            (0.25, -0.5, 1.5), "camera_color_optical_frame")]
+    unknown = observations_from_message(_msg(position=SimpleNamespace(x=math.nan, y=math.nan, z=math.nan)))
+    assert unknown[0].position is None
     # 'unknown' is not among the classes, but it is what fer_node sends below min_confidence
     out = observations_from_message(_msg(expression="unknown", confidence=0.3))
     assert out == [FaceObservation("face_1", "unknown", pytest.approx(0.3), True)]

@@ -17,6 +17,7 @@ the renderer's ground-truth boxes by IoU.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -33,10 +34,11 @@ from ros_helpers.rosproc import (ROOT, NodeProcess, RosClient, claim_domain_id, 
 
 from cmcnn_ros.msg import Emotion, EmotionArray
 from lifecycle_msgs.srv import GetState
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Empty, String
 
 COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
+INFO = "/cam/color/camera_info"
 EMOTIONS = "/fer_node/emotions"
 DECISIONS = "/emotion_tree/decisions"
 WAKE = "/emotion_tree/wake_up"
@@ -54,15 +56,20 @@ def scene(tmp_path_factory) -> Dict[str, Any]:
     specs = [FaceSpec(subject_id=subject, label=label, intensity=4 if label != "neutral" else 0,
                       position_m=((u - cx) * z / f, 0.0, z), expression_seed=1)
              for subject, label, u in ((4, "happy", 110), (24, "neutral", 320), (14, "sad", 530))]
-    frames, boxes = [], None
+    frames, boxes, sellions = [], None, None
     for seed in range(100, 104):
         fr = render_frame(specs, seed=seed)
         depth = fr.depth_mm.copy()
         depth[:, 215:425] = 0          # no depth readings on the middle face
         frames.append((fr.colour, depth))
         boxes = [t.box for t in fr.faces]
+        sellions = [t.sellion_m for t in fr.faces]
     empty = render_frame([], seed=200)
-    return {"faces": frames, "boxes": boxes, "empty": [(empty.colour, empty.depth_mm)]}
+    info = CameraInfo(width=640, height=480)
+    info.k = [f, 0.0, cx, 0.0, f, 239.5, 0.0, 0.0, 1.0]   # the renderer's camera
+    info.header.frame_id = "camera_color_optical_frame"
+    return {"faces": frames, "boxes": boxes, "sellions": sellions, "empty": [(empty.colour, empty.depth_mm)],
+            "camera_info": info}
 
 
 def _iou(a: Tuple[int, int, int, int], b: Tuple[int, int, int, int]) -> float:
@@ -85,6 +92,8 @@ class World:
         self.pub_c = n.create_publisher(Image, COLOUR, 10)
         self.pub_d = n.create_publisher(Image, DEPTH, 10)
         self.pub_wake = n.create_publisher(Empty, WAKE, 10)
+        self.pub_info = n.create_publisher(CameraInfo, INFO, 10)
+        self.camera_info: Any = None      # set by the test: sent with every frame
         self.sub_decisions, self.decisions_raw = self.client.collector(String, DECISIONS, 50)
         self.sub_emotions, self.emotions = self.client.collector(EmotionArray, EMOTIONS, 50)
         self.nodes: List[NodeProcess] = []
@@ -96,7 +105,7 @@ class World:
     def start_node(self) -> NodeProcess:
         node = NodeProcess(self.lease.domain_id, self.workdir / f"{self.name}_fer_node_{len(self.nodes)}.log",
                            {"colour_topic": COLOUR, "depth_topic": DEPTH, "device": "cpu", "num_threads": 1,
-                            "publish_hri": False})
+                            "publish_hri": False, "camera_info_topic": INFO})
         self.nodes.append(node)
         return node
 
@@ -119,6 +128,9 @@ class World:
         while time.monotonic() < end:
             colour, depth = frames[i % len(frames)]
             ns = time.time_ns()
+            if self.camera_info is not None:
+                self.camera_info.header.stamp.sec, self.camera_info.header.stamp.nanosec = divmod(ns, 10**9)
+                self.pub_info.publish(self.camera_info)
             self.pub_c.publish(image_msg(colour, "bgr8", ns))
             self.pub_d.publish(image_msg(depth, "16UC1", ns))
             i += 1
@@ -159,6 +171,7 @@ def _logs(w: World) -> str:
 
 def test_tree_greets_the_happy_face_pauses_perception_and_resumes_on_wake_up(tmp_path, scene):
     w = World(tmp_path, "main", {"idle_timeout_s": 3.0, "say_duration_s": 1.0, "quiet_max_confidence": 0.9})
+    w.camera_info = scene["camera_info"]
     try:
         w.wait_ready(w.node)
         assert w.lifecycle_state() == "active"
@@ -177,6 +190,14 @@ def test_tree_greets_the_happy_face_pauses_perception_and_resumes_on_wake_up(tmp
         assert [q["face_id"] for q in w.decisions("stay_quiet")] == [ids["neutral"]], w.decisions()
         for d in w.decisions():
             assert d["decision"] not in ("greet", "comfort") or d["face_id"] != ids["neutral"]
+        # Issue 17: each turns towards the person that triggered it (left: happy, right: sad).
+        for decision, index in ((greets[0], 0), (w.decisions("comfort")[0], 2)):
+            x, y, z = scene["sellions"][index]
+            turn = decision["turn_to"]
+            assert turn["face_frame"] == f"face_{decision['face_id']}", decision
+            assert turn["bearing_deg"] == pytest.approx(math.degrees(math.atan2(-x, z)), abs=2.0), decision
+            assert turn["distance_m"] == pytest.approx(math.sqrt(x * x + y * y + z * z), abs=0.05), decision
+        assert greets[0]["turn_to"]["bearing_deg"] > 15 and w.decisions("comfort")[0]["turn_to"]["bearing_deg"] < -15
 
         # They leave: after idle_timeout_s without a face the tree pauses the node.
         w.play(scene["empty"], 10.0, until=lambda: w.decisions("deactivate_perception"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import typing
 from pathlib import Path
@@ -37,6 +38,7 @@ EXPECTED_FIELDS: Dict[str, Dict[str, str]] = {
         "arousal": "float",
         "depth_valid": "boolean",
         "depth_valid_fraction": "float",
+        "position": "geometry_msgs/Point",
     },
 }
 
@@ -49,15 +51,18 @@ SAMPLE = {
         {"face_id": "face-0", "roi": [10, 20, 96, 80, False], "roll": 0.125, "eyes_found": True,
          "expression": "happy", "confidence": 0.875,
          "scores": [0.0, 0.03125, 0.0625, 0.875, 0.015625, 0.25, 0.5],
-         "valence": 0.75, "arousal": 0.5, "depth_valid": True, "depth_valid_fraction": 0.9375},
+         "valence": 0.75, "arousal": 0.5, "depth_valid": True, "depth_valid_fraction": 0.9375,
+         "position": [0.125, -0.25, 1.5]},
         {"face_id": "face-17", "roi": [300, 140, 120, 110, False], "roll": -0.25,
          "eyes_found": False, "expression": "sad", "confidence": 0.625,
          "scores": [0.125, 0.0, 0.0, 0.0, 0.625, 0.0, 0.25],
-         "valence": -0.5, "arousal": -0.375, "depth_valid": False, "depth_valid_fraction": 0.0},
+         "valence": -0.5, "arousal": -0.375, "depth_valid": False, "depth_valid_fraction": 0.0,
+         "position": [-0.5, 0.0625, 2.75]},
         {"face_id": "face-3", "roi": [520, 0, 64, 64, False], "roll": 0.0, "eyes_found": True,
          "expression": "surprised", "confidence": 1.0,
          "scores": [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
-         "valence": 0.1875, "arousal": 1.0, "depth_valid": True, "depth_valid_fraction": 0.5},
+         "valence": 0.1875, "arousal": 1.0, "depth_valid": True, "depth_valid_fraction": 0.5,
+         "position": [0.0, 0.0, 0.0]},
     ],
 }
 
@@ -74,6 +79,7 @@ def to_dict(m):
             "confidence": f.confidence, "scores": [float(s) for s in f.scores],
             "valence": f.valence, "arousal": f.arousal, "depth_valid": f.depth_valid,
             "depth_valid_fraction": f.depth_valid_fraction,
+            "position": [f.position.x, f.position.y, f.position.z],
         } for f in m.faces],
     }
 '''
@@ -96,6 +102,7 @@ for f in sample["faces"]:
     for key in ("roll", "eyes_found", "expression", "confidence", "scores", "valence",
                 "arousal", "depth_valid", "depth_valid_fraction"):
         setattr(e, key, f[key])
+    e.position.x, e.position.y, e.position.z = f["position"]
     msg.faces.append(e)
 assert to_dict(msg) == sample, "message built wrongly before sending"
 
@@ -231,6 +238,8 @@ def test_every_face_field_reaches_the_message_or_is_left_out_on_purpose() -> Non
         want = getattr(face, name)
         if name == "box":
             got = (msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height)
+        elif name == "position":
+            got = (msg.position.x, msg.position.y, msg.position.z)
         else:
             assert hasattr(msg, name), (f"StreamFace.{name} does not reach Emotion: add it to msg/Emotion.msg and "
                                         "cmcnn_ros.ros.messages.emotion, or to NOT_IN_MESSAGE with the reason")
@@ -238,3 +247,15 @@ def test_every_face_field_reaches_the_message_or_is_left_out_on_purpose() -> Non
         if isinstance(want, np.ndarray):
             got, want = list(got), want.tolist()
         assert got == want, f"StreamFace.{name}={want!r} arrives as {got!r}"
+
+
+def test_an_unknown_position_is_published_as_nan() -> None:
+    """No camera_info, no depth: Emotion.position is NaN in all three coordinates (msg/Emotion.msg)."""
+    from cmcnn_ros.inference.stream import StreamFace
+    from cmcnn_ros.ros import messages
+
+    face = StreamFace(box=(1, 2, 30, 30), roll=0.0, eyes_found=True, expression="happy", confidence=0.9,
+                      scores=np.array([0.9, 0.1], np.float32), valence=0.5, arousal=0.2, depth_valid=False,
+                      depth_valid_fraction=0.0, face_id="face1")
+    msg = messages.emotion(face)
+    assert all(math.isnan(v) for v in (msg.position.x, msg.position.y, msg.position.z))

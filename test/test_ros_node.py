@@ -11,6 +11,7 @@ correctness with the shipped ``models/cmcnn_default.pt``.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -132,7 +133,10 @@ def test_emotions_carry_colour_header_and_all_fields(active_node, frames):
         assert 220 < cx < 360 and 60 < cy < 180 and 60 < f.roi.width < 160
         assert f.depth_valid and f.depth_valid_fraction > 0.9
         assert isinstance(f.eyes_found, bool) and abs(f.roll) < 0.6
+        # No camera_info_topic: where the face is stays unknown (test_ros_face_frames.py has one).
+        assert all(math.isnan(v) for v in (f.position.x, f.position.y, f.position.z))
     assert len(ids) == 1, f"face_id not stable: {ids}"
+    assert h.node.log().count("camera_info_topic is empty: faces are published without a position") == 1
     # The annotated debug image (on while subscribed) carries the colour header.
     assert wait_until(lambda: len(debug) > 0, 5)
     img = debug[-1][1]
@@ -199,6 +203,7 @@ def test_diagnostics_report_pipeline(active_node):
     for key in ("input rate (Hz)", "processed rate (Hz)", "dropped pairs", "latency p50 (ms)",
                 "latency p95 (ms)", "bad messages", "colour received", "depth received"):
         assert key in kv
+    assert (kv["camera_info"], kv["face frames"], kv["frames without camera_info"]) == ("(none)", "none", "0")
     assert float(kv["latency p95 (ms)"]) >= float(kv["latency p50 (ms)"]) > 0
 
 

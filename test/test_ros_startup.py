@@ -240,14 +240,24 @@ def test_the_node_publishes_exactly_what_the_stream_returns(fer_node_in_process,
 
     import numpy as np
 
+    from sensor_msgs.msg import CameraInfo
+
+    from cmcnn_ros.inference.face_pose import CameraIntrinsics
     from cmcnn_ros.inference.stream import ExpressionStream
     from cmcnn_ros.msg import EmotionArray
     from cmcnn_ros.ros import conversions
 
     node = fer_node_in_process
-    node.set_parameters([rclpy_param("model_path", str(random_checkpoint)), rclpy_param("score_smoothing", 0.5)])
+    node.set_parameters([rclpy_param("model_path", str(random_checkpoint)), rclpy_param("score_smoothing", 0.5),
+                         rclpy_param("camera_info_topic", "/cam/color/camera_info")])
     node.trigger_configure()
     node.trigger_activate()
+    # The camera's CameraInfo as the subscription would hand it over (where the faces are: issue 17).
+    info = CameraInfo(width=640, height=480)
+    info.header.frame_id = "camera_color_optical_frame"
+    info.k = [525.0, 0.0, 319.5, 0.0, 525.0, 239.5, 0.0, 0.0, 1.0]
+    node._camera_info.add(info)
+    intrinsics = CameraIntrinsics(525.0, 525.0, 319.5, 239.5, width=640, height=480)
     listener = rclpy.create_node("listener", context=node.context)
     got = []
     listener.create_subscription(EmotionArray, "/fer_node/emotions", got.append, 10)
@@ -259,7 +269,7 @@ def test_the_node_publishes_exactly_what_the_stream_returns(fer_node_in_process,
         stamp = time.time_ns()
         pair = image_msg(colour, "bgr8", stamp), image_msg(depth, "16UC1", stamp)
         node._process(*pair)
-        expected.append(offline.process(*conversions.frame_pair(*pair), depth_scale=1.0))
+        expected.append(offline.process(*conversions.frame_pair(*pair), depth_scale=1.0, intrinsics=intrinsics))
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(listener)
     end = time.monotonic() + 5.0
@@ -279,3 +289,4 @@ def test_the_node_publishes_exactly_what_the_stream_returns(fer_node_in_process,
             # float32 message fields
             assert (e.valence, e.arousal) == (float(np.float32(face.valence)), float(np.float32(face.arousal)))
             assert e.depth_valid == face.depth_valid
+            assert (e.position.x, e.position.y, e.position.z) == face.position and np.isfinite(face.position).all()

@@ -54,6 +54,19 @@ def test_nose_tip_depth_is_the_requested_distance_in_mm(z):
     assert noisy.faces[0].nose_tip_m[2] == pytest.approx(z, abs=1e-4)
 
 
+def test_sellion_truth_is_on_the_nose_bridge_between_the_eyes():
+    """REP-155's face frame origin, the truth the node's face position is measured against."""
+    ideal = render_frame([_frontal(z=1.0)], camera=SMALL, sensor=SensorSpec(ideal=True), seed=0)
+    t = ideal.faces[0]
+    (xl, yl), (xr, yr) = t.eyes
+    u, v = t.landmarks[27]
+    assert xl < u < xr and v < t.landmarks[30][1]                   # between the eyes, above the nose tip
+    sx, sy, sz = t.sellion_m
+    assert (SMALL.fx * sx / sz + SMALL.cx, SMALL.fy * sy / sz + SMALL.cy) == pytest.approx((u, v), abs=1e-3)
+    assert int(ideal.depth_mm[int(round(v)), int(round(u))]) == pytest.approx(sz * 1000, abs=5)
+    assert 0.01 < sz - t.nose_tip_m[2] < 0.04                       # behind the nose tip
+
+
 def test_depth_has_holes_as_zero_and_room_behind_face():
     f = render_frame([_frontal(z=1.0)], camera=SMALL, seed=5)
     d = f.depth_mm

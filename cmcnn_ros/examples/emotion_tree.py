@@ -33,6 +33,14 @@ Tree (``build_tree``; priorities left to right, a higher one preempts)::
 Every decision goes to ``TreeIO.publish`` (the node publishes it as JSON and
 logs it). A face that leaves while it is being greeted or comforted aborts
 that behaviour with a log line and an ``abort`` decision.
+
+Greeting and comforting turn towards the person first: with ``fer_node``'s
+``camera_info_topic`` set, each face carries its position (REP-155's face
+frame origin, metres in the camera's optical frame, REP-103: x right, y down,
+z forward), and the decision's ``turn_to`` gives the bearing and elevation of
+that person from the camera's optical axis and the face's TF frame
+(``face_<face_id>``), which a robot transforms into its base frame with tf2
+to turn its head or body; ``turn_to`` is null when the position is unknown.
 """
 
 from __future__ import annotations
@@ -115,12 +123,18 @@ class TreeSettings:
 
 @dataclass(frozen=True)
 class FaceObservation:
-    """One face of one EmotionArray, validated."""
+    """One face of one EmotionArray, validated.
+
+    ``position`` is the face's ``Emotion.position`` (metres in the frame
+    ``frame_id``, the array's ``header.frame_id``), None when it is unknown (NaN).
+    """
 
     face_id: str
     expression: str
     confidence: float
     depth_valid: bool
+    position: Optional[Tuple[float, float, float]] = None
+    frame_id: str = ""
 
 
 def observations_from_message(msg: Any) -> List[FaceObservation]:
@@ -132,6 +146,8 @@ def observations_from_message(msg: Any) -> List[FaceObservation]:
             ``unknown``, a confidence outside [0, 1], an empty or repeated ``face_id``).
     """
     classes = [str(c) for c in msg.classes]
+    header = getattr(msg, "header", None)
+    frame_id = str(header.frame_id) if header is not None else ""
     out: List[FaceObservation] = []
     for i, face in enumerate(msg.faces):
         fid = str(face.face_id)
@@ -150,7 +166,12 @@ def observations_from_message(msg: Any) -> List[FaceObservation]:
             raise BadEmotions(f"face {fid!r} has confidence {confidence}, outside [0, 1]")
         if any(o.face_id == fid for o in out):
             raise BadEmotions(f"face_id {fid!r} appears twice in one message")
-        out.append(FaceObservation(fid, expression, confidence, bool(face.depth_valid)))
+        point = getattr(face, "position", None)   # an older producer has none
+        position = None
+        if point is not None:
+            xyz = (float(point.x), float(point.y), float(point.z))
+            position = xyz if all(math.isfinite(c) for c in xyz) else None
+        out.append(FaceObservation(fid, expression, confidence, bool(face.depth_valid), position, frame_id))
     return out
 
 
@@ -174,6 +195,8 @@ class FaceState:
     greeted: bool = False
     comforted_since: Optional[float] = None   # ``since`` of the episode already comforted
     quiet_noted: bool = False
+    position: Optional[Tuple[float, float, float]] = None   # the last known one (metres, frame_id)
+    frame_id: str = ""
 
     def held_s(self, now: float) -> float:
         return max(0.0, now - self.since)
@@ -194,6 +217,8 @@ class FaceState:
         if obs.expression != self.expression:
             self.since = now
         self.expression, self.confidence, self.depth_valid = obs.expression, obs.confidence, obs.depth_valid
+        if obs.position is not None:   # a frame without depth on the face keeps where it was last seen
+            self.position, self.frame_id = obs.position, obs.frame_id
         self.last_seen = now
         self.history.append((now, obs.expression, obs.confidence))
         while self.history and now - self.history[0][0] > keep_s:
@@ -203,6 +228,24 @@ class FaceState:
         return {"face_id": self.face_id, "expression": self.expression,
                 "confidence": round(self.confidence, 3), "held_s": round(self.held_s(now), 2),
                 "depth_valid": self.depth_valid}
+
+
+def turn_target(state: FaceState) -> Optional[Dict[str, Any]]:
+    """Where to turn to face this person, or None when the face's position is unknown.
+
+    ``bearing_deg`` and ``elevation_deg`` are measured from the camera's
+    optical axis in REP-103's sense of rotation for a robot (positive bearing
+    = to the left, positive elevation = up; the optical frame has x right,
+    y down, z forward); ``face_frame`` is the face's REP-155 TF frame, for a
+    robot that transforms it into its base frame instead.
+    """
+    if state.position is None:
+        return None
+    x, y, z = state.position
+    return {"frame_id": state.frame_id, "face_frame": f"face_{state.face_id}",
+            "bearing_deg": round(math.degrees(math.atan2(-x, z)), 1),
+            "elevation_deg": round(math.degrees(math.atan2(-y, math.hypot(x, z))), 1),
+            "distance_m": round(math.sqrt(x * x + y * y + z * z), 2)}
 
 
 class Inbox:
@@ -505,7 +548,9 @@ class Say(_TreeBehaviour):
             state.greeted = True
         else:
             state.comforted_since = state.since
-        self.io.publish({"decision": self.kind, **state.summary(now), "held_s": round(held, 2)})
+        # Turn towards the person before speaking (null: fer_node has no camera_info, or no depth on the face).
+        self.io.publish({"decision": self.kind, **state.summary(now), "held_s": round(held, 2),
+                         "turn_to": turn_target(state)})
 
     def update(self) -> Status:
         elapsed = self.io.now() - self.started

@@ -36,6 +36,7 @@ from ..preprocessing.images import Frame, Image, as_frame
 from ..preprocessing.params import PreprocessingError, PreprocessingParams
 from ..preprocessing.pipeline import FaceCrops, FacePreprocessor
 from .backends import DEFAULT_BACKEND, make_backend
+from .face_pose import NAN_ORIENTATION, NAN_POSITION, CameraIntrinsics, FacePose, IntrinsicsError, estimate_face_pose
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class FaceResult:
         depth_valid_fraction: fraction of valid depth readings on the face.
         alignment: which path the roll and framing took (``"mesh"``,
             ``"keypoints"``, ``"haar_eyes"`` or ``"none"``).
+        position: REP-155's face frame origin (the sellion) in metres in the
+            colour camera's optical frame (:mod:`~cmcnn_ros.inference.face_pose`);
+            NaN without camera intrinsics, depth or enough valid depth readings.
+        orientation: quaternion ``(x, y, z, w)`` of REP-155's face axes (``x``
+            out of the face, ``z`` to the scalp) in the same frame; NaN without
+            intrinsics or FaceMesh landmarks.
     """
 
     box: Box
@@ -84,6 +91,8 @@ class FaceResult:
     depth_valid: bool
     depth_valid_fraction: float
     alignment: str = "none"
+    position: Tuple[float, float, float] = NAN_POSITION
+    orientation: Tuple[float, float, float, float] = NAN_ORIENTATION
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-friendly dict (used by the command line and the bag evaluator)."""
@@ -99,7 +108,14 @@ class FaceResult:
             "depth_valid": bool(self.depth_valid),
             "depth_valid_fraction": round(float(self.depth_valid_fraction), 3),
             "alignment": self.alignment,
+            # strict JSON has no NaN: an unknown position or orientation is null
+            "position_m": _finite_or_none(self.position, 4),
+            "orientation_xyzw": _finite_or_none(self.orientation, 4),
         }
+
+
+def _finite_or_none(values: Sequence[float], digits: int) -> Optional[List[float]]:
+    return [round(float(v), digits) for v in values] if all(np.isfinite(values)) else None
 
 
 @dataclass
@@ -229,6 +245,8 @@ class PreparedFrame:
         shape: ``(h, w)`` of the colour frame.
         timings: per-stage milliseconds so far.
         started: ``time.perf_counter()`` when the preparation began.
+        poses: where each face is (:class:`~.face_pose.FacePose`), one per
+            face when camera intrinsics were given, else empty.
     """
 
     faces: List[FaceCrops]
@@ -236,6 +254,7 @@ class PreparedFrame:
     shape: Tuple[int, int]
     timings: Dict[str, float]
     started: float
+    poses: List[FacePose] = field(default_factory=list)
 
 
 class Recognizer:
@@ -348,7 +367,8 @@ class Recognizer:
     # ------------------------------------------------------------------ API
     def recognize(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
                   depth_scale: Optional[float] = None,
-                  boxes: Optional[Sequence[Sequence[float]]] = None) -> RecognitionResult:
+                  boxes: Optional[Sequence[Sequence[float]]] = None,
+                  intrinsics: Optional[CameraIntrinsics] = None) -> RecognitionResult:
         """Recognise the expression of every face in a frame.
 
         Args:
@@ -361,19 +381,24 @@ class Recognizer:
                 Without them, faces are found by :attr:`face_finder` (full
                 detection, or a local search between full detections when
                 ``redetect_interval`` > 1).
+            intrinsics: the colour camera's pinhole intrinsics; with them each
+                face gets its ``position`` (from ``depth``) and ``orientation``
+                (from its landmarks), else both stay NaN.
 
         Returns:
             A :class:`RecognitionResult`; ``faces`` is empty when no face is found.
 
         Raises:
-            RecognizerError: the frame or depth is malformed (message says how).
+            RecognizerError: the frame or depth is malformed, or ``intrinsics``
+                are for another image size (message says how).
             NonFiniteScoresError: the network gave NaN/inf scores for a face.
         """
-        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes))
+        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes, intrinsics=intrinsics))
 
     def prepare(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
                 depth_scale: Optional[float] = None,
-                boxes: Optional[Sequence[Sequence[float]]] = None) -> PreparedFrame:
+                boxes: Optional[Sequence[Sequence[float]]] = None,
+                intrinsics: Optional[CameraIntrinsics] = None) -> PreparedFrame:
         """The first half of :meth:`recognize`: find, align and crop the faces, stack the model input.
 
         Call it for every frame in order (the face finder follows faces from
@@ -399,13 +424,29 @@ class Recognizer:
             if self.flip_tta and faces:
                 # One batch: the mirror images ride behind the faces, averaged in finish().
                 inputs = np.concatenate([inputs, self.preprocessor.to_tensor(faces, mirrored=True)])
-        except PreprocessingError as exc:
+            poses = self._poses(faces, frame.shape, depth_m, intrinsics) if intrinsics is not None else []
+        except (PreprocessingError, IntrinsicsError) as exc:
             raise RecognizerError(str(exc)) from exc
         timings = {k: v for k, v in self.preprocessor.last_timings.items() if k != "total"}
         if detect_ms is not None:
             timings["detect"] = detect_ms
         timings["preprocess"] = (time.perf_counter() - t_start) * 1000.0
-        return PreparedFrame(faces=faces, inputs=inputs, shape=frame.shape, timings=timings, started=t_start)
+        return PreparedFrame(faces=faces, inputs=inputs, shape=frame.shape, timings=timings, started=t_start,
+                             poses=poses)
+
+    def _poses(self, faces: Sequence[FaceCrops], shape: Tuple[int, int], depth_m: Optional[np.ndarray],
+               intrinsics: CameraIntrinsics) -> List[FacePose]:
+        """Where each face is (:func:`~.face_pose.estimate_face_pose`), with the depth range the crops use.
+
+        Raises:
+            IntrinsicsError: the intrinsics are for another image size.
+        """
+        problem = intrinsics.size_problem(shape)
+        if problem:
+            raise IntrinsicsError(problem)
+        p = self.params
+        return [estimate_face_pose(depth_m, intrinsics, face.box, face.landmarks, face.eyes,
+                                   p.depth_min_m, p.depth_max_m) for face in faces]
 
     def finish(self, prepared: PreparedFrame) -> RecognitionResult:
         """The second half of :meth:`recognize`: all faces through the network in one batch, scores, results.
@@ -427,7 +468,8 @@ class Recognizer:
             raise NonFiniteScoresError(
                 f"the model gave non-finite scores for {broken} of {len(faces)} faces; the checkpoint "
                 f"{self.source} is numerically broken: re-train or re-save it")
-        results = [self._face_result(face, p) for face, p in zip(faces, probs)]
+        poses = prepared.poses or [FacePose()] * len(faces)
+        results = [self._face_result(face, p, pose) for face, p, pose in zip(faces, probs, poses)]
         timings["total"] = (time.perf_counter() - prepared.started) * 1000.0
         return RecognitionResult(faces=results, timings=timings)
 
@@ -444,9 +486,10 @@ class Recognizer:
         """
         return self.backend(inputs)
 
-    def _face_result(self, face: FaceCrops, probs: np.ndarray) -> FaceResult:
-        """The one place a face's crops and scores become its result (what the stream and node pass on)."""
+    def _face_result(self, face: FaceCrops, probs: np.ndarray, pose: FacePose) -> FaceResult:
+        """The one place a face's crops, scores and pose become its result (what the stream and node pass on)."""
         return FaceResult(box=face.box, roll=face.roll, eyes_found=face.eyes_found, scores=probs.astype(np.float32),
                           depth_valid=bool(face.depth_valid and "depth" in self.modalities),
                           depth_valid_fraction=float(face.depth_valid_fraction), alignment=face.alignment,
+                          position=pose.position, orientation=pose.orientation,
                           **describe_scores(probs, self.class_names)._asdict())

@@ -35,6 +35,7 @@ import numpy as np
 from ..classes import describe_scores
 from ..parallel import DEFAULT_LANES
 from .backends import DEFAULT_BACKEND
+from .face_pose import CameraIntrinsics
 from .recognizer import FaceResult, PreparedFrame, Recognizer
 from .tracking import (DEFAULT_IOU_THRESHOLD, DEFAULT_MAX_MISSED, DEFAULT_REDETECT_INTERVAL, DEFAULT_SMOOTHING,
                        FaceTracker, TrackingError, smooth_scores)
@@ -176,21 +177,23 @@ class ExpressionStream:
 
     def process(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
                 depth_scale: Optional[float] = None,
-                boxes: Optional[Sequence[Sequence[float]]] = None) -> StreamResult:
+                boxes: Optional[Sequence[Sequence[float]]] = None,
+                intrinsics: Optional[CameraIntrinsics] = None) -> StreamResult:
         """Recognise, track and smooth one frame: :meth:`finish` of :meth:`prepare`.
 
         Args:
-            colour, depth, depth_scale, boxes: as :meth:`Recognizer.recognize`.
+            colour, depth, depth_scale, boxes, intrinsics: as :meth:`Recognizer.recognize`.
 
         Raises:
             RecognizerError: the frame is malformed (nothing is tracked then).
             NonFiniteScoresError: the network gave NaN/inf scores (nothing is tracked then).
         """
-        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes))
+        return self.finish(self.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes, intrinsics=intrinsics))
 
     def prepare(self, colour: np.ndarray, depth: Optional[np.ndarray] = None,
                 depth_scale: Optional[float] = None,
-                boxes: Optional[Sequence[Sequence[float]]] = None) -> PreparedFrame:
+                boxes: Optional[Sequence[Sequence[float]]] = None,
+                intrinsics: Optional[CameraIntrinsics] = None) -> PreparedFrame:
         """Find, align and crop the faces of the next frame (:meth:`Recognizer.prepare`).
 
         Frames go through :meth:`prepare` in camera order; :meth:`finish` takes
@@ -200,7 +203,7 @@ class ExpressionStream:
         Raises:
             RecognizerError: the frame is malformed.
         """
-        return self.recognizer.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes)
+        return self.recognizer.prepare(colour, depth, depth_scale=depth_scale, boxes=boxes, intrinsics=intrinsics)
 
     def finish(self, prepared: PreparedFrame) -> StreamResult:
         """The network, the tracks and the smoothing for a prepared frame: what is published.
@@ -218,7 +221,8 @@ class ExpressionStream:
 
     def process_faces(self, colour: np.ndarray, faces: Sequence[Tuple[str, Sequence[float]]],
                       tracked_ids: Sequence[str], depth: Optional[np.ndarray] = None,
-                      depth_scale: Optional[float] = None) -> StreamResult:
+                      depth_scale: Optional[float] = None,
+                      intrinsics: Optional[CameraIntrinsics] = None) -> StreamResult:
         """Recognise and smooth the faces another detector found in one frame, under its ids.
 
         Detection and tracking are that detector's: each box goes through the
@@ -227,7 +231,7 @@ class ExpressionStream:
         came with. Scores are smoothed per id with the tracker's ``smoothing``.
 
         Args:
-            colour, depth, depth_scale: as :meth:`Recognizer.recognize`.
+            colour, depth, depth_scale, intrinsics: as :meth:`Recognizer.recognize`.
             faces: ``(face_id, (x, y, w, h))`` of this frame, boxes inside the image.
             tracked_ids: every id the detector still tracks (its faces of this
                 frame, and those it lists without a box now); an id that was
@@ -241,7 +245,8 @@ class ExpressionStream:
         ids = [str(fid) for fid, _ in faces]
         if len(set(ids)) != len(ids):
             raise TrackingError(f"a face id appears twice among {ids}")
-        result = self.recognizer.recognize(colour, depth, depth_scale=depth_scale, boxes=[b for _, b in faces])
+        result = self.recognizer.recognize(colour, depth, depth_scale=depth_scale, boxes=[b for _, b in faces],
+                                           intrinsics=intrinsics)
         tracked = list(dict.fromkeys(list(tracked_ids) + ids))
         out: List[StreamFace] = []
         followed: Dict[str, Optional[np.ndarray]] = {fid: self._followed[fid] for fid in tracked

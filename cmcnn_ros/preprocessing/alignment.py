@@ -112,6 +112,10 @@ class Alignment:
             the next frame of a video (the mesh's square x
             ``landmark_roi_scale``, rotated by its roll: MediaPipe's tracking
             region); None on the other paths.
+        landmarks: on the mesh path, the mesh's ``(468, 3)`` points
+            (:attr:`~.facemesh.FaceMesh.points`: frame pixels, relative z), kept
+            for the head pose (:mod:`cmcnn_ros.inference.face_pose`); None on
+            the other paths.
     """
 
     roll: float
@@ -121,6 +125,7 @@ class Alignment:
     method: str = "none"
     box: Optional[Box] = None
     region: Optional[Region] = None
+    landmarks: Optional[np.ndarray] = None
 
 
 def crop_transform(box: Box, roll: float, crop_size: int, margin: float) -> np.ndarray:
@@ -441,7 +446,7 @@ class LandmarkAligner:
         face_box = (int(round(sq.cx - side / 2.0)), int(round(sq.cy - side / 2.0)), int(round(side)),
                     int(round(side)))
         return Alignment(roll=sq.roll, eyes_found=True, eyes=EyePair(left=left, right=right), matrix=matrix,
-                         method="mesh", box=face_box, region=self._next_region(mesh))
+                         method="mesh", box=face_box, region=self._next_region(mesh), landmarks=mesh.points)
 
     def _from_box(self, box: Box, roll: float, eyes_found: bool, eyes: Optional[EyePair],
                   method: str) -> Alignment:

@@ -55,6 +55,9 @@ class FaceCrops:
         track_region: where FaceMesh should look for this face in the next
             frame (:attr:`~cmcnn_ros.preprocessing.alignment.Alignment.region`);
             None off the mesh path.
+        landmarks: the FaceMesh points ``(468, 3)`` (frame pixels, relative
+            z) on the mesh path, what the head pose is estimated from; None
+            off it.
     """
 
     box: Tuple[int, int, int, int]
@@ -68,6 +71,7 @@ class FaceCrops:
     detection_score: float = float("nan")
     alignment: str = "none"
     track_region: Optional[Region] = None
+    landmarks: Optional[np.ndarray] = None
 
 
 def check_modalities(modalities: Iterable[str]) -> Tuple[str, ...]:
@@ -275,7 +279,8 @@ class FacePreprocessor:
         return FaceCrops(box=tuple(int(v) for v in box), roll=float(alignment.roll),
                          eyes_found=alignment.eyes_found, crops=crops, depth_valid=depth_valid,
                          depth_valid_fraction=fraction, timings=t, eyes=eyes, detection_score=score,
-                         alignment=alignment.method, track_region=alignment.region)
+                         alignment=alignment.method, track_region=alignment.region,
+                         landmarks=alignment.landmarks)
 
     def to_tensor(self, faces: Sequence[FaceCrops], mirrored: bool = False) -> np.ndarray:
         """Stack crops into the model input (:func:`~.model_input.build_model_input`, as training does).

@@ -87,6 +87,7 @@ class PipelineStats:
             self.zero_stamps = 0
             self.faces = 0
             self.faces_skipped = 0
+            self.without_intrinsics = 0
             self.last_error = ""
             self.stages: Dict[str, LatencyWindow] = {}
 
@@ -125,6 +126,11 @@ class PipelineStats:
         with self._lock:
             self.faces_skipped += int(count)
 
+    def on_without_intrinsics(self) -> None:
+        """A frame whose faces could not be located: no usable camera_info for it (see the log)."""
+        with self._lock:
+            self.without_intrinsics += 1
+
     def on_zero_stamp(self) -> None:
         with self._lock:
             self.zero_stamps += 1
@@ -148,6 +154,7 @@ class PipelineStats:
                 "zero stamps": str(self.zero_stamps),
                 "faces published": str(self.faces),
                 "followed faces skipped": str(self.faces_skipped),
+                "frames without camera_info": str(self.without_intrinsics),
                 "last bad message": self.last_error,
                 "stage p50 (ms)": ", ".join(f"{name} {window.percentiles((50,))[0]:.1f}"
                                             for name, window in self.stages.items() if window.percentiles()),

@@ -19,6 +19,14 @@ faces' ``/humans/faces/<id>/roi`` give the boxes
 (:mod:`~cmcnn_ros.ros.hri_input`), and the expressions go out under the
 detector's ids, without a tracked list of the node's own.
 
+With ``camera_info_topic`` set, each face is located too (the sellion from the
+registered depth, the head's orientation from its landmarks:
+:mod:`cmcnn_ros.inference.face_pose`, with the intrinsics of the image's
+``CameraInfo``, :mod:`~cmcnn_ros.ros.camera_info`): ``Emotion.position`` and,
+with ``face_source: own``, REP-155's TF frame ``face_<face_id>``
+(:mod:`~cmcnn_ros.ros.face_frames`). An unusable ``CameraInfo`` costs the
+positions and frames of its images, never their expressions.
+
 Colour and depth arrive raw or through ``image_transport``'s compressed
 transports (``colour_transport: compressed``, ``depth_transport:
 compressedDepth``): the node then subscribes to the ``CompressedImage`` topic
@@ -55,7 +63,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -64,17 +72,20 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from cmcnn_ros.device import DeviceError, resolve_device
 from cmcnn_ros.inference.backends import BackendError
+from cmcnn_ros.inference.face_pose import CameraIntrinsics, IntrinsicsError
 from cmcnn_ros.inference.recognizer import NonFiniteScoresError, PreparedFrame
 from cmcnn_ros.inference.stream import ExpressionStream, StreamResult
 from cmcnn_ros.inference.tracking import TrackingError
 from cmcnn_ros.preprocessing.params import PreprocessingError
 from cmcnn_ros.ros import conversions, messages
+from cmcnn_ros.ros.camera_info import CameraInfoBuffer, image_intrinsics
 from cmcnn_ros.ros.diagnostics import LogThrottle, PipelineStats
+from cmcnn_ros.ros.face_frames import NO_TF, FaceFramePublisher
 from cmcnn_ros.ros.hri import HRI_TRACKED_TOPIC, HriPublisher
 from cmcnn_ros.ros.hri_input import HriFaceInput
 from cmcnn_ros.ros.inputs import InputTopic, input_topic, subscribe_rgbd, transport_problems
@@ -135,6 +146,10 @@ class FerNode(LifecycleNode):
         self._emotions_pub: Any = None
         self._debug_pub: Any = None
         self._hri = HriPublisher(self)
+        self._camera_info = CameraInfoBuffer()
+        self._camera_info_topic = ""   # resolved; empty: faces are not located
+        self._frames = FaceFramePublisher(self)   # REP-155 face_<id> TF frames (face_source own)
+        self._said: Set[str] = set()   # one-time notices already logged
         self._face_source = "own"     # as configured
         self._hri_input = HriFaceInput(self, self._on_tracked,
                                        lambda level, text, detail: self._log_throttled(level, text, detail=detail))
@@ -206,6 +221,12 @@ class FerNode(LifecycleNode):
             logger.warning(text)
         else:
             logger.info(text)
+
+    def _say_once(self, key: str, text: str) -> None:
+        """Log ``text`` the first time ``key`` comes up in this node's life (a setting, not an event)."""
+        if key not in self._said:
+            self._said.add(key)
+            self.get_logger().warning(text)
 
     def _read_config(self) -> Dict[str, Any]:
         """Validate parameters read at configure.
@@ -301,6 +322,7 @@ class FerNode(LifecycleNode):
             described.append("depth (none)")
         if self._follow is not None:
             described.append(f"faces from {HRI_TRACKED_TOPIC} and /humans/faces/<id>/roi")
+        described.append(self._start_locating())
         self.get_logger().info(f"active: {', '.join(described)}, sync {cfg['sync_policy']} via {self._sync_backend}, "
                                f"{self._pipeline}")
         return super().on_activate(state)
@@ -327,8 +349,25 @@ class FerNode(LifecycleNode):
         self._state_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
+    def _start_locating(self) -> str:
+        """Face positions and frames for this activation (after :meth:`_subscribe`); what the log line says."""
+        if not self._camera_info_topic:
+            self._say_once("no camera_info", "camera_info_topic is empty: faces are published without a position "
+                           "(Emotion.position NaN) and without REP-155 face_<id> TF frames; set camera_info_topic "
+                           "to the colour camera's camera_info (e.g. /camera/color/camera_info) to locate them")
+            return "camera_info none (faces not located)"
+        if self._face_source != "own":
+            # The ROS4HRI detector publishes its faces' frames; a second face_<id> would contradict it.
+            return f"camera_info {self._camera_info_topic} (Emotion.position; face frames are the detector's)"
+        backend = self._frames.start()
+        if backend == NO_TF:
+            self._say_once("no tf", "neither tf2_ros nor tf2_msgs can be imported: no face_<id> TF frames are "
+                           "published (Emotion.position is); install tf2_ros (ROS 2's tf2_ros_py)")
+        return f"camera_info {self._camera_info_topic}, face frames via {backend}"
+
     def _release(self) -> None:
         self._hri.release()
+        self._frames.release()
         for attr in ("_emotions_pub", "_debug_pub"):
             pub = getattr(self, attr)
             if pub is not None:
@@ -361,6 +400,14 @@ class FerNode(LifecycleNode):
                                     else f"colour/depth pair with its {HRI_TRACKED_TOPIC} list")
         sub = subscribe_rgbd(self, colour, depth, slop, int(cfg["sync_queue_size"]), on_pair, self._observe)
         self._subs, self._sync, self._sync_backend = sub.subscriptions, sub.synchroniser, sub.backend
+        info_topic = str(cfg["camera_info_topic"]).strip()
+        self._camera_info.clear()
+        self._camera_info_topic = self.resolve_topic_name(info_topic) if info_topic else ""
+        if info_topic:
+            # Not a third synchronised stream: each image takes the CameraInfo of its stamp, else the newest
+            # (ros/camera_info.py says why). Sensor-data QoS matches reliable and best-effort drivers alike.
+            self._subs.append(self.create_subscription(CameraInfo, info_topic, self._camera_info.add,
+                                                       qos_profile_sensor_data))
         if self._follow is not None:
             self._hri_input.start()
 
@@ -493,13 +540,15 @@ class FerNode(LifecycleNode):
         try:
             colour, depth = conversions.frame_pair(colour_msg, depth_msg, self._topics[:2])
             decode_ms = (time.monotonic() - t0) * 1e3
+            intrinsics = self._intrinsics_for(colour_msg, colour.shape)
             if tracked is None:
-                frame, result = self._stream.prepare(colour, depth, depth_scale=1.0), None
+                frame, result = self._stream.prepare(colour, depth, depth_scale=1.0, intrinsics=intrinsics), None
             else:  # face_source ros4hri: the detector's faces of this image, under its ids, in one stage
                 faces, ids, skipped = self._hri_input.faces_for(tracked, colour_msg.header, colour.shape[:2],
                                                                 float(self._param("sync_slop")))
                 self._stats.on_faces_skipped(skipped)
-                frame, result = None, self._stream.process_faces(colour, faces, ids, depth, depth_scale=1.0)
+                frame, result = None, self._stream.process_faces(colour, faces, ids, depth, depth_scale=1.0,
+                                                                 intrinsics=intrinsics)
         except NonFiniteScoresError as exc:  # never publish a NaN/inf score
             reason = str(exc)
             self._stats.on_bad(reason)
@@ -512,6 +561,26 @@ class FerNode(LifecycleNode):
                                 detail=reason)
             return None
         return _Prepared(colour_msg.header, colour, stamp, t0, frame, decode_ms, result)
+
+    def _intrinsics_for(self, colour_msg: Any, shape: Tuple[int, ...]) -> Optional[CameraIntrinsics]:
+        """The colour image's intrinsics from its CameraInfo; None (logged, throttled, counted) when unusable."""
+        topic = self._camera_info_topic
+        if not topic:
+            return None
+        info = self._camera_info.for_image(ros_stamp_ns(colour_msg))
+        if info is None:
+            self._stats.on_without_intrinsics()
+            self._log_throttled("warning", f"no camera_info received on '{topic}' yet: faces are published "
+                                "without position and TF frame until one arrives (is it the colour camera's?)")
+            return None
+        try:
+            return image_intrinsics(info, shape, colour_msg.header.frame_id)
+        except IntrinsicsError as exc:
+            # The expressions are still good: publish them, without where the faces are.
+            self._stats.on_without_intrinsics()
+            self._log_throttled("warning", f"camera_info on '{topic}' is unusable: {exc}; faces are published "
+                                "without position and TF frame until a usable one arrives", detail=f"{topic} {exc}")
+            return None
 
     def _publish(self, job: _Prepared) -> None:
         """Stage 2: the network, tracks and smoothing of a prepared frame, then its messages."""
@@ -538,6 +607,11 @@ class FerNode(LifecycleNode):
         if self._param("publish_hri"):
             self._hri.publish(msg.header, result.faces, result.tracked_ids,
                               publish_tracked=self._face_source == "own")
+        if self._frames.active:
+            if not msg.header.frame_id:
+                self._say_once("no frame_id", "the colour images have an empty header.frame_id: face_<id> TF "
+                               "frames need their parent frame, none are published (Emotion.position is)")
+            self._frames.publish(msg.header, result.faces)
         if self._debug_pub is not None and self._debug_pub.get_subscription_count() > 0:
             self._debug_pub.publish(messages.debug_image(job.header, job.colour, class_names, result.faces))
 
@@ -548,6 +622,9 @@ class FerNode(LifecycleNode):
               "device": self._device or "(not loaded)", "inference backend": self._backend or "(not loaded)",
               "threads": self._pipeline or "(inactive)", "sync": self._sync_backend or "(inactive)",
               "inputs": ", ".join(f"{i.kind} {i.transport}" for i in self._inputs) or "(inactive)",
+              "camera_info": self._camera_info_topic or "(none)",
+              "camera_info received": str(self._camera_info.received),
+              "face frames": self._frames.backend,
               "image decoding": conversions.backend_name(),
               "cv_bridge fallbacks": str(conversions.bridge_fallbacks())}
         kv.update(self._stats.key_values())

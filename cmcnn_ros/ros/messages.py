@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, Sequence
 
 import numpy as np
+from geometry_msgs.msg import Point
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from cmcnn_ros.inference.annotate import Annotation, draw_annotations
@@ -29,6 +30,9 @@ NOT_IN_MESSAGE: Dict[str, str] = {
     "alignment": "which crop path a face took is a diagnostic of the offline tools (cmcnn-recognize, "
                  "bag reports); eyes_found says what a consumer needs",
     "is_new": "a consumer learns new faces from face_id (and ROS4HRI's /humans/faces/tracked)",
+    "orientation": "the head's orientation is the rotation of the face's TF frame face_<face_id> (REP-155's "
+                   "head pose, published with face_source own); with face_source ros4hri the detector owns "
+                   "the face frames",
 }
 
 
@@ -49,6 +53,7 @@ def emotion(face: StreamFace) -> "Emotion":
         arousal=float(face.arousal),
         depth_valid=bool(face.depth_valid),
         depth_valid_fraction=float(face.depth_valid_fraction),
+        position=Point(x=float(face.position[0]), y=float(face.position[1]), z=float(face.position[2])),
     )
 
 

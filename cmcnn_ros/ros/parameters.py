@@ -88,6 +88,11 @@ PARAMETERS: Dict[str, Tuple[Any, str, Dict[str, Any]]] = {
                     "Depth registered to the colour image (16UC1/mono16 mm, 32FC1 m). Azure "
                     "Kinect: /depth_to_rgb/image_raw; Kinect v2: /kinect2/qhd/image_depth_rect. "
                     "Empty: colour only (depth channel zeroed). Read on activate.", {}),
+    "camera_info_topic": ("", "The colour camera's sensor_msgs/CameraInfo (e.g. /camera/color/camera_info; Azure "
+                              "Kinect: /rgb/camera_info). With it each face gets Emotion.position (the sellion, "
+                              "metres in the colour optical frame, from the registered depth) and, with face_source "
+                              "own, a REP-155 TF frame face_<face_id> (position and head orientation). Empty: no "
+                              "position (NaN) and no TF frames. Read on activate.", {}),
     "colour_transport": ("raw", "How the colour image arrives, as image_transport names it: raw subscribes to "
                                 "colour_topic (sensor_msgs/Image); compressed to colour_topic/compressed "
                                 "(sensor_msgs/CompressedImage, JPEG or PNG: a robot's stream without a "

@@ -50,6 +50,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+# The package's one pinhole model (face positions use it too); cmcnn_synthetic imports it from here.
+from cmcnn_ros.inference.face_pose import CameraIntrinsics
 from cmcnn_ros.ros import compressed
 from cmcnn_ros.tools.bag_io import (CAMERA_FRAME_ID, CAMERA_INFO_TOPIC, CAMERA_INFO_TYPE, COLOUR_TOPIC, DEPTH_TOPIC,
                                     IMAGE_TYPE, LABELS_TOPIC, STRING_TYPE, FrameLabels)
@@ -95,18 +97,6 @@ class Transports:
                                 f"{self.depth_codec!r}")
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise BagWriteError(f"JPEG quality must be in 1-100, got {self.jpeg_quality}")
-
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole intrinsics of the (registered) colour camera, in pixels."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
 
 
 class RgbdBagWriter:

@@ -60,7 +60,8 @@ logger = logging.getLogger(__name__)
 LABELS_HEADER = ("colour", "depth", "label", "subject", "intensity", "box_x", "box_y", "box_w", "box_h")
 TRUTH_HEADER = ("colour", "subject", "label", "intensity", "yaw_deg", "pitch_deg", "roll_deg", "nose_x_m",
                 "nose_y_m", "nose_z_m", "eye1_x", "eye1_y", "eye2_x", "eye2_y", "frame_seed",
-                "light_azimuth_deg", "light_elevation_deg", "light_intensity", "ambient")
+                "light_azimuth_deg", "light_elevation_deg", "light_intensity", "ambient",
+                "sellion_x_m", "sellion_y_m", "sellion_z_m")
 
 
 _FILE_MODE = 0o644
@@ -190,7 +191,9 @@ def _write_job(job: Job, options: RenderOptions, root: Path) -> Tuple[List[str],
              str(job.seed),
              # the light is drawn per frame; kept so accuracy can be broken down by illumination
              f"{frame.light.azimuth_deg:.1f}", f"{frame.light.elevation_deg:.1f}", f"{frame.light.intensity:.2f}",
-             f"{frame.light.ambient:.3f}"]
+             f"{frame.light.ambient:.3f}",
+             # REP-155's face frame origin, what the node's face position estimates
+             *(f"{c:.4f}" for c in face.sellion_m)]
     return row, truth
 
 

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 _SEED_SALT = 0x5CE7E
 _NOSE_TIP = 30
+# Multi-PIE landmark 27, the top of the nose bridge between the eyes: the sellion, REP-155's face frame
+# origin (cmcnn_ros.inference.face_pose estimates the same point).
+_SELLION = 27
 _RIGHT_EYE = slice(36, 42)   # subject's right eye: appears on the image left for a frontal face
 _LEFT_EYE = slice(42, 48)
 # Ground-truth box geometry, calibrated against OpenCV's frontal Haar cascade
@@ -123,6 +126,8 @@ class FaceTruth:
         eyes: eye centres ``((x, y), (x, y))`` ordered by image x (image-left first).
         landmarks: ``(68, 2)`` float32 projected Multi-PIE landmarks.
         nose_tip_m: nose tip in the camera frame (metres).
+        sellion_m: sellion (top of the nose bridge, between the eyes: REP-155's
+            face frame origin) in the camera frame (metres).
         yaw_deg, pitch_deg, roll_deg: pose as requested.
         visible_fraction: share of the 68 landmarks that are in the frame and not occluded.
         in_frame: the whole box lies inside the image.
@@ -136,6 +141,7 @@ class FaceTruth:
     eyes: Tuple[Tuple[float, float], Tuple[float, float]]
     landmarks: np.ndarray
     nose_tip_m: Tuple[float, float, float]
+    sellion_m: Tuple[float, float, float]
     yaw_deg: float
     pitch_deg: float
     roll_deg: float
@@ -274,8 +280,10 @@ def _face_truth(spec: FaceSpec, posed: PosedFace, camera: CameraSpec, z_ideal: n
     eyes = (eye_a, eye_b) if eye_a[0] <= eye_b[0] else (eye_b, eye_a)
     in_frame = box[0] >= 0 and box[1] >= 0 and box[0] + box[2] <= camera.width and box[1] + box[3] <= camera.height
     nose = posed.vertices[model.landmarks68[_NOSE_TIP]].astype(float)
+    sellion = posed.vertices[model.landmarks68[_SELLION]].astype(float)
     return FaceTruth(subject_id=int(spec.subject_id), label=spec.label, intensity=spec.intensity, box=box,
                      eyes=eyes, landmarks=lm2.astype(np.float32), nose_tip_m=tuple(nose.tolist()),
+                     sellion_m=tuple(sellion.tolist()),
                      yaw_deg=spec.yaw_deg, pitch_deg=spec.pitch_deg, roll_deg=spec.roll_deg,
                      visible_fraction=float(visible.mean()), in_frame=bool(in_frame), weights=posed.weights)
 

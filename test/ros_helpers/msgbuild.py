@@ -2,8 +2,9 @@
 
 The same steps as ``scripts/setup.sh`` uses for ``msg/*.msg``, for packages that exist only in a test:
 the ROS4HRI test builds its own ``hri_msgs`` (REP-155 ``Expression``, ``IdsList`` and
-``NormalizedRegionOfInterest2D``) this way, so the node's ROS4HRI output and input are checked against
-real generated messages without the package shipping them.
+``NormalizedRegionOfInterest2D``) this way, and the face-frame test its ``tf2_msgs`` (``TFMessage``, on
+the venv's ``geometry_msgs``), so the node's output and input are checked against real generated
+messages without the package shipping them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Sequence
 
 PACKAGE_XML = """<?xml version="1.0"?>
 <package format="3">
@@ -24,7 +25,7 @@ PACKAGE_XML = """<?xml version="1.0"?>
   <license>MIT</license>
   <buildtool_depend>ament_cmake</buildtool_depend>
   <buildtool_depend>rosidl_default_generators</buildtool_depend>
-  <depend>std_msgs</depend>
+{depends}
   <exec_depend>rosidl_default_runtime</exec_depend>
   <member_of_group>rosidl_interface_packages</member_of_group>
   <export><build_type>ament_cmake</build_type></export>
@@ -35,8 +36,8 @@ CMAKELISTS = """cmake_minimum_required(VERSION 3.20)
 project({name} C CXX)
 find_package(ament_cmake REQUIRED)
 find_package(rosidl_default_generators REQUIRED)
-find_package(std_msgs REQUIRED)
-rosidl_generate_interfaces(${{PROJECT_NAME}} {files} DEPENDENCIES std_msgs)
+{find_packages}
+rosidl_generate_interfaces(${{PROJECT_NAME}} {files} DEPENDENCIES {dependencies})
 ament_export_dependencies(rosidl_default_runtime)
 ament_package()
 """
@@ -46,8 +47,12 @@ def venv_dir() -> Path:
     return Path(os.environ.get("VIRTUAL_ENV") or Path(sys.executable).resolve().parents[1])
 
 
-def build_message_package(name: str, messages: Mapping[str, str], workdir: Path, timeout: float = 600) -> Path:
+def build_message_package(name: str, messages: Mapping[str, str], workdir: Path, timeout: float = 600,
+                          dependencies: Sequence[str] = ("std_msgs",)) -> Path:
     """Generate, build and install message package ``name`` with ``messages`` (file stem -> definition).
+
+    ``dependencies`` are the message packages the definitions use (installed in the venv, e.g.
+    ``geometry_msgs`` for ``TransformStamped``).
 
     Returns:
         the install prefix (use :func:`prefix_env` to run code that imports the package).
@@ -60,8 +65,12 @@ def build_message_package(name: str, messages: Mapping[str, str], workdir: Path,
     for stem, text in messages.items():
         (src / "msg" / f"{stem}.msg").write_text(textwrap.dedent(text).lstrip())
     files = " ".join(f'"msg/{stem}.msg"' for stem in messages)
-    (src / "package.xml").write_text(PACKAGE_XML.format(name=name))
-    (src / "CMakeLists.txt").write_text(CMAKELISTS.format(name=name, files=files))
+    deps = list(dependencies)
+    (src / "package.xml").write_text(PACKAGE_XML.format(
+        name=name, depends="\n".join(f"  <depend>{d}</depend>" for d in deps)))
+    (src / "CMakeLists.txt").write_text(CMAKELISTS.format(
+        name=name, files=files, dependencies=" ".join(deps),
+        find_packages="\n".join(f"find_package({d} REQUIRED)" for d in deps)))
     venv = venv_dir()
     env = dict(os.environ, AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv),
                PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
