@@ -240,3 +240,36 @@ def test_cli_never_prints_a_non_finite_score(tmp_path, overflowing_checkpoint, a
     assert run.returncode == 2, run.stdout
     assert "NaN" not in run.stdout and "Traceback" not in run.stderr
     assert "non-finite scores for 1 of 1 faces" in run.stderr and "numerically broken" in run.stderr
+
+
+def test_cli_locates_faces_with_a_calibration_file_and_refuses_a_bad_one(tmp_path, checkpoint, astronaut_frame):
+    """``--intrinsics`` gives the node's position and orientation; both calibration layouts read alike."""
+    image, depth = tmp_path / "frame.png", tmp_path / "depth.png"
+    cv2.imwrite(str(image), astronaut_frame)
+    cv2.imwrite(str(depth), _plane_depth_mm(astronaut_frame.shape, 1.5))
+    h, w = astronaut_frame.shape[:2]
+    synth = tmp_path / "intrinsics.yaml"   # cmcnn-synth's layout
+    synth.write_text(f"fx: 500.0\nfy: 500.0\ncx: {(w - 1) / 2}\ncy: {(h - 1) / 2}\nwidth: {w}\nheight: {h}\n")
+    ros = tmp_path / "camera.yaml"         # ROS camera_calibration's layout
+    ros.write_text(f"image_width: {w}\nimage_height: {h}\ncamera_name: head\ncamera_matrix:\n  rows: 3\n  cols: 3\n"
+                   f"  data: [500.0, 0.0, {(w - 1) / 2}, 0.0, 500.0, {(h - 1) / 2}, 0.0, 0.0, 1.0]\n")
+    found = []
+    for calib in (synth, ros):
+        run = _cli(str(image), "--depth", str(depth), "--checkpoint", str(checkpoint), "--intrinsics", str(calib))
+        assert run.returncode == 0, run.stderr
+        face = json.loads(run.stdout)[0]
+        found.append(face["position_m"])
+        x, y, z = face["position_m"]
+        bx, by, bw, bh = face["box"]
+        assert 1.3 < z < 1.6                                       # on the wall 1.5 m away, nose bridge forward
+        u, v = 500.0 * x / z + (w - 1) / 2, 500.0 * y / z + (h - 1) / 2
+        assert bx < u < bx + bw and by < v < by + bh               # projects back into the face's box
+        assert face["orientation_xyzw"] is not None and abs(np.linalg.norm(face["orientation_xyzw"]) - 1) < 1e-3
+    assert found[0] == found[1]
+    no_calib = json.loads(_cli(str(image), "--depth", str(depth), "--checkpoint", str(checkpoint)).stdout)[0]
+    assert no_calib["position_m"] is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"fx: 0.0\nfy: 500.0\ncx: 1.0\ncy: 1.0\nwidth: {w}\nheight: {h}\n")
+    run = _cli(str(image), "--checkpoint", str(checkpoint), "--intrinsics", str(bad))
+    assert run.returncode == 2 and "focal length fx is 0.0" in run.stderr and str(bad) in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -128,6 +128,30 @@ class CameraIntrinsics:
         if len(values) != 9:
             raise IntrinsicsError(f"the camera matrix K has {len(values)} entries, not 9")
         return cls(fx=values[0], fy=values[4], cx=values[2], cy=values[5], width=int(width), height=int(height))
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any]) -> "CameraIntrinsics":
+        """From a calibration file's contents.
+
+        Two layouts: ``fx, fy, cx, cy, width, height`` (``cmcnn-synth``'s
+        ``intrinsics.yaml``), or ROS ``camera_calibration``'s
+        ``image_width``, ``image_height`` and ``camera_matrix: {data: [9]}``.
+
+        Raises:
+            IntrinsicsError: neither layout, or values :class:`CameraIntrinsics` refuses.
+        """
+        try:
+            if "camera_matrix" in doc:
+                return cls.from_matrix(doc["camera_matrix"]["data"], int(doc["image_width"]),
+                                       int(doc["image_height"]))
+            return cls(fx=float(doc["fx"]), fy=float(doc["fy"]), cx=float(doc["cx"]), cy=float(doc["cy"]),
+                       width=int(doc["width"]), height=int(doc["height"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, IntrinsicsError):
+                raise
+            raise IntrinsicsError(
+                f"expected fx, fy, cx, cy, width, height or a ROS camera_calibration file (image_width, "
+                f"image_height, camera_matrix.data); {type(exc).__name__}: {exc}") from exc
 
     def size_problem(self, shape: Sequence[int]) -> Optional[str]:
         """Why these intrinsics do not describe an image of ``shape`` ``(h, w, ...)``, or None."""

@@ -8,6 +8,12 @@ photo or a single Kinect frame is usable.
 
     cmcnn-recognize photo.jpg
     cmcnn-recognize colour.png --depth depth.png --annotate out.png
+    cmcnn-recognize colour.png --depth depth.png --intrinsics intrinsics.yaml   # + where each face is
+
+With ``--intrinsics`` (the colour camera's calibration) and a depth image,
+each face also gets the node's ``position_m`` (the sellion, metres in the
+camera's optical frame) and ``orientation_xyzw`` (REP-155 face axes), the
+numbers ``fer_node`` publishes as ``Emotion.position`` and ``face_<id>``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +31,9 @@ from ..inference.annotate import Annotation, draw_annotations
 from ..preprocessing.params import PreprocessingParams
 from ..preprocessing.pipeline import FacePreprocessor
 from .single_image import add_image_arguments, read_inputs, run_image_tool, write_png_atomic
+
+if TYPE_CHECKING:
+    from ..inference.face_pose import CameraIntrinsics
 
 logger = logging.getLogger("cmcnn-recognize")
 
@@ -45,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default=None,
                         help="what runs the network: auto (the default: ONNX Runtime when installed, else torch), "
                              "torch or onnxruntime")
+    parser.add_argument("--intrinsics", type=Path, default=None,
+                        help="colour camera calibration YAML (fx, fy, cx, cy, width, height as cmcnn-synth writes "
+                             "it, or a ROS camera_calibration file): also locate each face")
     parser.add_argument("--annotate", type=Path, default=None, help="write the image with boxes and labels here")
     parser.add_argument("--verbose", action="store_true", help="log timings")
     return parser
@@ -58,9 +70,29 @@ def annotate(colour: np.ndarray, faces: Sequence[dict]) -> np.ndarray:
         for face in faces])
 
 
+def read_intrinsics(path: Path) -> "CameraIntrinsics":
+    """The camera calibration file of ``--intrinsics``.
+
+    Raises:
+        ValueError: unreadable or unusable file, naming it and the problem.
+    """
+    import yaml
+
+    from ..inference.face_pose import CameraIntrinsics, IntrinsicsError
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+        if not isinstance(doc, dict):
+            raise IntrinsicsError("not a YAML mapping")
+        return CameraIntrinsics.from_mapping(doc)
+    except (OSError, yaml.YAMLError, IntrinsicsError) as exc:
+        raise ValueError(f"--intrinsics {path}: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> List[dict]:
     """Process one image and return the per-face dicts (what ``main`` prints)."""
     colour, depth = read_inputs(args)
+    intrinsics = read_intrinsics(args.intrinsics) if args.intrinsics else None   # a bad file fails first
 
     checkpoint = args.checkpoint
     if checkpoint is None and not args.no_model:
@@ -70,7 +102,8 @@ def run(args: argparse.Namespace) -> List[dict]:
 
         chosen = {"backend": args.backend} if args.backend else {}   # else the recognizer's default
         recognizer = Recognizer.from_checkpoint(checkpoint, device=args.device, **chosen)
-        result = recognizer.recognize(colour, depth, depth_scale=args.depth_scale)
+        result = recognizer.recognize(colour, depth, depth_scale=args.depth_scale,
+                                      intrinsics=intrinsics)
         logger.info("timings (ms): %s", {k: round(v, 1) for k, v in result.timings.items()})
         faces = [dict(f.to_dict(), classes=recognizer.class_names) for f in result.faces]
     else:
