@@ -41,32 +41,27 @@ EMOTIONS = "/fer_node/emotions"
 
 # A /tf listener as tf2's buffer would be one (QoS of tf2_ros's TransformListener), and an /emotions reader.
 LISTENER = textwrap.dedent("""
-    import json, sys, threading, time
+    import sys
+    sys.path.insert(0, "test")   # cwd is the repository root
+    from ros_helpers.listener import report, spin_until_told, stamp_ns
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from tf2_msgs.msg import TFMessage
     from cmcnn_ros.msg import EmotionArray
     rclpy.init()
     node = rclpy.create_node("tf_listener")
-    st = lambda h: h.stamp.sec * 10**9 + h.stamp.nanosec
     got = {"tf": [], "emotions": []}
     qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
     def on_tf(m):
         for t in m.transforms:
             r, q = t.transform.translation, t.transform.rotation
-            got["tf"].append([st(t.header), t.header.frame_id, t.child_frame_id, [r.x, r.y, r.z], [q.x, q.y, q.z, q.w]])
+            got["tf"].append([stamp_ns(t.header), t.header.frame_id, t.child_frame_id,
+                              [r.x, r.y, r.z], [q.x, q.y, q.z, q.w]])
     node.create_subscription(TFMessage, "/tf", on_tf, qos)
     node.create_subscription(EmotionArray, "/fer_node/emotions", lambda m: got["emotions"].append(
-        [st(m.header), [[f.face_id, [f.position.x, f.position.y, f.position.z]] for f in m.faces]]), 10)
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
-    print("ready", flush=True)
-    while not done.is_set():
-        rclpy.spin_once(node, timeout_sec=0.05)
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
-    print(json.dumps(got), flush=True)
+        [stamp_ns(m.header), [[f.face_id, [f.position.x, f.position.y, f.position.z]] for f in m.faces]]), 10)
+    spin_until_told(node)
+    report(got)
 """)
 
 

@@ -69,23 +69,24 @@ COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
 # The consumer: learns ids from /humans/faces/tracked, then subscribes to each face's expression
 # (transient local, as the node's README says), like libhri's face discovery.
 CONSUMER = textwrap.dedent("""
-    import json, sys, time
+    import sys
+    sys.path.insert(0, "test")   # cwd is the repository root
+    from ros_helpers.listener import report, spin_until_told, stamp_ns
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from hri_msgs.msg import Expression, IdsList
     from cmcnn_ros.msg import EmotionArray
     rclpy.init()
     node = rclpy.create_node("hri_consumer")
-    st = lambda h: h.stamp.sec * 10**9 + h.stamp.nanosec
     got = {"tracked": [], "expressions": {}, "emotions": [], "publishers_at_end": {}}
     subs = {}
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
     def on_expression(fid, m):
-        got["expressions"][fid].append([st(m.header), m.expression, m.valence, m.arousal, m.confidence])
+        got["expressions"][fid].append([stamp_ns(m.header), m.expression, m.valence, m.arousal, m.confidence])
 
     def on_tracked(m):
-        got["tracked"].append([st(m.header), list(m.ids)])
+        got["tracked"].append([stamp_ns(m.header), list(m.ids)])
         for fid in m.ids:
             if fid not in subs:
                 got["expressions"][fid] = []
@@ -94,19 +95,11 @@ CONSUMER = textwrap.dedent("""
 
     node.create_subscription(IdsList, "/humans/faces/tracked", on_tracked, 10)
     node.create_subscription(EmotionArray, "/fer_node/emotions", lambda m: got["emotions"].append(
-        [st(m.header), [[f.face_id, f.expression, f.valence, f.arousal, f.confidence] for f in m.faces]]), 10)
-    import threading
-    done = threading.Event()        # the test says when it has sent everything
-    threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
-    print("ready", flush=True)
-    while not done.is_set():
-        rclpy.spin_once(node, timeout_sec=0.05)
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
+        [stamp_ns(m.header), [[f.face_id, f.expression, f.valence, f.arousal, f.confidence] for f in m.faces]]), 10)
+    spin_until_told(node)
     for fid in subs:
         got["publishers_at_end"][fid] = node.count_publishers(f"/humans/faces/{fid}/expression")
-    print(json.dumps(got), flush=True)
+    report(got)
 """)
 
 
@@ -244,7 +237,9 @@ DETECTOR = textwrap.dedent("""
 
 # A ROS4HRI application: ids from /humans/faces/tracked (whoever publishes it), then each face's expression.
 FOLLOWER = textwrap.dedent("""
-    import json, re, sys, threading, time
+    import re, sys
+    sys.path.insert(0, "test")   # cwd is the repository root
+    from ros_helpers.listener import report, spin_until_told, stamp_ns
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -252,7 +247,6 @@ FOLLOWER = textwrap.dedent("""
     from cmcnn_ros.msg import EmotionArray
     rclpy.init()
     node = rclpy.create_node("hri_app")
-    st = lambda h: h.stamp.sec * 10**9 + h.stamp.nanosec
     got = {"expressions": {}, "emotions": [], "diagnostics": {}}
     subs = {}
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -263,7 +257,7 @@ FOLLOWER = textwrap.dedent("""
                 got["expressions"][fid] = []
                 subs[fid] = node.create_subscription(
                     Expression, f"/humans/faces/{fid}/expression",
-                    lambda e, fid=fid: got["expressions"][fid].append([st(e.header), e.expression, e.confidence]),
+                    lambda e, fid=fid: got["expressions"][fid].append([stamp_ns(e.header), e.expression, e.confidence]),
                     latched)
 
     def on_diagnostics(m):
@@ -274,20 +268,13 @@ FOLLOWER = textwrap.dedent("""
     node.create_subscription(IdsList, "/humans/faces/tracked", on_tracked, 10)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     node.create_subscription(EmotionArray, "/fer_node/emotions", lambda m: got["emotions"].append(
-        [st(m.header), list(m.classes), [[f.face_id, f.expression, f.confidence, list(f.scores),
+        [stamp_ns(m.header), list(m.classes), [[f.face_id, f.expression, f.confidence, list(f.scores),
           [f.roi.x_offset, f.roi.y_offset, f.roi.width, f.roi.height]] for f in m.faces]]), 10)
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
-    print("ready", flush=True)
-    while not done.is_set():
-        rclpy.spin_once(node, timeout_sec=0.05)
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.05)
+    spin_until_told(node)
     got["tracked_publishers"] = sorted(i.node_name for i in node.get_publishers_info_by_topic("/humans/faces/tracked"))
     got["expression_publishers"] = {fid: node.count_publishers(f"/humans/faces/{fid}/expression")
                                     for fid in list(subs) + ["ghost"]}
-    print(json.dumps(got), flush=True)
+    report(got)
 """)
 
 
