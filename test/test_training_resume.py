@@ -105,6 +105,7 @@ def test_a_killed_run_resumes_to_the_same_result(runs):
     assert (killed / "learning_curve.png").is_file()
     assert b["calibration"]["temperature"] == a["calibration"]["temperature"]
     assert load_checkpoint(killed / "checkpoint.pt").model_config.temperature == b["calibration"]["temperature"]
+    assert b["model_config"]["temperature"] == b["calibration"]["temperature"]   # metrics.json says what ships
     wa = load_checkpoint(whole / "checkpoint.pt").model.state_dict()
     wb = load_checkpoint(killed / "checkpoint.pt").model.state_dict()
     assert wa.keys() == wb.keys()

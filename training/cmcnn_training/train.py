@@ -333,6 +333,7 @@ def write_outputs(cfg: TrainConfig, data: TrainingData, params: PreprocessingPar
     if cfg.calibrate and final_model is not None and data.val is not None:
         final_model, metrics["calibration"] = calibrate_on_validation(final_model, data, model_config.modalities,
                                                                       cfg, device)
+        metrics["model_config"] = final_model.config.to_dict()   # what the checkpoint holds: its temperature
     ckpt_path: Optional[Path] = None
     if final_model is not None:
         ckpt_path = out / cfg.checkpoint_name
