@@ -43,7 +43,8 @@ EMOTIONS = "/fer_node/emotions"
 LISTENER = textwrap.dedent("""
     import sys
     sys.path.insert(0, "test")   # cwd is the repository root
-    from ros_helpers.listener import report, spin_until_told, stamp_ns
+    from cmcnn_ros.ros.sync import ros_stamp_ns
+    from ros_helpers.listener import report, spin_until_told
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from tf2_msgs.msg import TFMessage
@@ -55,11 +56,11 @@ LISTENER = textwrap.dedent("""
     def on_tf(m):
         for t in m.transforms:
             r, q = t.transform.translation, t.transform.rotation
-            got["tf"].append([stamp_ns(t.header), t.header.frame_id, t.child_frame_id,
+            got["tf"].append([ros_stamp_ns(t), t.header.frame_id, t.child_frame_id,
                               [r.x, r.y, r.z], [q.x, q.y, q.z, q.w]])
     node.create_subscription(TFMessage, "/tf", on_tf, qos)
     node.create_subscription(EmotionArray, "/fer_node/emotions", lambda m: got["emotions"].append(
-        [stamp_ns(m.header), [[f.face_id, [f.position.x, f.position.y, f.position.z]] for f in m.faces]]), 10)
+        [ros_stamp_ns(m), [[f.face_id, [f.position.x, f.position.y, f.position.z]] for f in m.faces]]), 10)
     spin_until_told(node)
     report(got)
 """)

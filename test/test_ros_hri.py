@@ -71,7 +71,8 @@ COLOUR, DEPTH = "/cam/color/image_raw", "/cam/depth_registered/image_raw"
 CONSUMER = textwrap.dedent("""
     import sys
     sys.path.insert(0, "test")   # cwd is the repository root
-    from ros_helpers.listener import report, spin_until_told, stamp_ns
+    from cmcnn_ros.ros.sync import ros_stamp_ns
+    from ros_helpers.listener import report, spin_until_told
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from hri_msgs.msg import Expression, IdsList
@@ -83,10 +84,10 @@ CONSUMER = textwrap.dedent("""
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
     def on_expression(fid, m):
-        got["expressions"][fid].append([stamp_ns(m.header), m.expression, m.valence, m.arousal, m.confidence])
+        got["expressions"][fid].append([ros_stamp_ns(m), m.expression, m.valence, m.arousal, m.confidence])
 
     def on_tracked(m):
-        got["tracked"].append([stamp_ns(m.header), list(m.ids)])
+        got["tracked"].append([ros_stamp_ns(m), list(m.ids)])
         for fid in m.ids:
             if fid not in subs:
                 got["expressions"][fid] = []
@@ -95,7 +96,7 @@ CONSUMER = textwrap.dedent("""
 
     node.create_subscription(IdsList, "/humans/faces/tracked", on_tracked, 10)
     node.create_subscription(EmotionArray, "/fer_node/emotions", lambda m: got["emotions"].append(
-        [stamp_ns(m.header), [[f.face_id, f.expression, f.valence, f.arousal, f.confidence] for f in m.faces]]), 10)
+        [ros_stamp_ns(m), [[f.face_id, f.expression, f.valence, f.arousal, f.confidence] for f in m.faces]]), 10)
     spin_until_told(node)
     for fid in subs:
         got["publishers_at_end"][fid] = node.count_publishers(f"/humans/faces/{fid}/expression")
@@ -239,7 +240,8 @@ DETECTOR = textwrap.dedent("""
 FOLLOWER = textwrap.dedent("""
     import re, sys
     sys.path.insert(0, "test")   # cwd is the repository root
-    from ros_helpers.listener import report, spin_until_told, stamp_ns
+    from cmcnn_ros.ros.sync import ros_stamp_ns
+    from ros_helpers.listener import report, spin_until_told
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -257,7 +259,7 @@ FOLLOWER = textwrap.dedent("""
                 got["expressions"][fid] = []
                 subs[fid] = node.create_subscription(
                     Expression, f"/humans/faces/{fid}/expression",
-                    lambda e, fid=fid: got["expressions"][fid].append([stamp_ns(e.header), e.expression, e.confidence]),
+                    lambda e, fid=fid: got["expressions"][fid].append([ros_stamp_ns(e), e.expression, e.confidence]),
                     latched)
 
     def on_diagnostics(m):
@@ -268,7 +270,7 @@ FOLLOWER = textwrap.dedent("""
     node.create_subscription(IdsList, "/humans/faces/tracked", on_tracked, 10)
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     node.create_subscription(EmotionArray, "/fer_node/emotions", lambda m: got["emotions"].append(
-        [stamp_ns(m.header), list(m.classes), [[f.face_id, f.expression, f.confidence, list(f.scores),
+        [ros_stamp_ns(m), list(m.classes), [[f.face_id, f.expression, f.confidence, list(f.scores),
           [f.roi.x_offset, f.roi.y_offset, f.roi.width, f.roi.height]] for f in m.faces]]), 10)
     spin_until_told(node)
     got["tracked_publishers"] = sorted(i.node_name for i in node.get_publishers_info_by_topic("/humans/faces/tracked"))

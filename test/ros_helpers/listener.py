@@ -17,11 +17,6 @@ import time
 from typing import Any
 
 
-def stamp_ns(header: Any) -> int:
-    """A ``std_msgs/Header`` stamp in nanoseconds."""
-    return header.stamp.sec * 10**9 + header.stamp.nanosec
-
-
 def spin_until_told(node: Any, linger_s: float = 2.0) -> None:
     """Say ``ready``, spin ``node`` until stdin gives a line, then ``linger_s`` seconds more."""
     import rclpy
