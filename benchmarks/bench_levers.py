@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from cmcnn_ros.atomic_io import atomic_open, write_json_atomic
 
 logger = logging.getLogger("bench_levers")
 
@@ -56,11 +57,12 @@ def train(name: str, args: argparse.Namespace) -> Path:
     if metrics.is_file():
         logger.info("%s: finished before, kept", name)
         return metrics
-    cmd = [sys.executable, "-m", "cmcnn_training.train", "--config", "real_faces", "--root", args.root,
-           "--epochs", str(args.epochs), "--no-calibrate", "--no-progress", "--output-dir", str(run),
-           *VARIANTS[name]]
-    if (run / "train_state.pt").is_file():
+    if (run / "train_state.pt").is_file():   # killed mid-run: continue it
         cmd = [sys.executable, "-m", "cmcnn_training.train", "--resume", str(run), "--no-progress"]
+    else:
+        cmd = [sys.executable, "-m", "cmcnn_training.train", "--config", "real_faces", "--root", args.root,
+               "--epochs", str(args.epochs), "--no-calibrate", "--no-progress", "--output-dir", str(run),
+               *VARIANTS[name]]
     logger.info("%s: %s", name, " ".join(cmd))
     run.parent.mkdir(parents=True, exist_ok=True)
     with open(Path(args.out) / f"{name}.log", "a") as log:
@@ -73,12 +75,10 @@ def curve_of(metrics: Path) -> List[Dict[str, float]]:
 
 
 def draw(curves: Dict[str, List[Dict[str, float]]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
     for name, curve in curves.items():
         ax.plot([r["epoch"] for r in curve], [100 * r["accuracy"] for r in curve], marker="o", label=name,
                 linewidth=2.5 if name == "recipe" else 1.2)
@@ -88,9 +88,8 @@ def draw(curves: Dict[str, List[Dict[str, float]]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("%-20s PublicTest after %d epochs: %.1f %%", name, args.epochs,
                     100 * result["final_accuracy"][name])
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.json, result)
     if args.figure:
         draw(curves, Path(args.figure))
     return 0
